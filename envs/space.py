@@ -1,0 +1,236 @@
+"""The per-layer search space: what a layer's deployment can be, and which of it is valid.
+
+A `Choice` fixes the four levels for one layer: architecture variant, quantization, algorithm and
+dataflow (on a CPU, the loop schedule). The action that selects it is a MultiDiscrete triple
+`(arch, quant x algorithm, dataflow)`. SB3-contrib masks MultiDiscrete actions per component, which is
+exact only if the valid set of a layer is a Cartesian product of per-component sets; the encoding is
+chosen so that it is: everything that constrains validity jointly (e.g. int8 excludes Winograd
+F(4x4,3x3)) sits inside the one `quant x algorithm` component, and every dataflow is valid for every
+algorithm (each algorithm reads tile, order, axes and threads in its own way). `SearchSpace.mask`
+returns exact masks; `SearchSpace.check` explains an invalid choice.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from gymnasium import spaces
+
+from envs.network import Layer, Op
+
+QUANTS = ("fp32", "fp16", "int8")
+"""fp32; fp16 storage with fp32 arithmetic; int8 storage with int32 accumulation."""
+ALGORITHMS = ("direct", "im2col", "winograd_f2", "winograd_f4", "depthwise")
+"""direct loop nest; im2col + GEMM; Winograd F(2x2,3x3) and F(4x4,3x3); specialised depthwise."""
+TILES = ("8x8", "16x4", "4x16")
+"""Register tile as out-channels x spatial outputs."""
+ORDERS = ("weight_outer", "input_outer")
+"""Outer cache loop: weights stationary (input streamed per weight block) or the reverse."""
+AXES = ("oc", "spatial")
+BASE_ARCH = "base"
+QUANT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+class InvalidChoice(ValueError):
+    """A choice the search space does not admit for a layer."""
+
+
+@dataclass(frozen=True)
+class CpuSchedule:
+    """A CPU loop schedule: register tile, outer loop order, vectorised and parallel axes, threads."""
+
+    tile: str = "8x8"
+    order: str = "weight_outer"
+    vec: str = "oc"
+    par: str = "oc"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("tile", self.tile, TILES),
+            ("order", self.order, ORDERS),
+            ("vec", self.vec, AXES),
+            ("par", self.par, AXES),
+        ):
+            if value not in allowed:
+                raise InvalidChoice(f"schedule {name}={value!r} is not one of {allowed}")
+        if self.threads < 1:
+            raise InvalidChoice(f"schedule threads={self.threads} must be >= 1")
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        """(out-channel block, spatial block) in elements."""
+        m, n = self.tile.split("x")
+        return int(m), int(n)
+
+    @property
+    def key(self) -> str:
+        """Compact stable string, used in database keys."""
+        return f"{self.tile}/{self.order}/vec={self.vec}/par={self.par}/t{self.threads}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def cpu_schedules(max_threads: int) -> tuple[CpuSchedule, ...]:
+    """Every schedule of the family for a CPU with `max_threads` cores (threads 1, 2, 4, ... <= cores)."""
+    threads = [t for t in (1, 2, 4, 8) if t <= max_threads]
+    return tuple(
+        CpuSchedule(tile, order, vec, par, t)
+        for tile, order, vec, par, t in itertools.product(TILES, ORDERS, AXES, AXES, threads)
+    )
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One layer's deployment: architecture variant, quantization, algorithm and dataflow."""
+
+    quant: str
+    algo: str
+    dataflow: CpuSchedule
+    arch: str = BASE_ARCH
+
+    @property
+    def key(self) -> str:
+        """Compact stable string, used in database keys."""
+        return f"{self.arch}/{self.quant}/{self.algo}/{self.dataflow.key}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"arch": self.arch, "quant": self.quant, "algo": self.algo, "dataflow": self.dataflow.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Choice":
+        """Inverse of `to_dict`."""
+        return cls(d["quant"], d["algo"], CpuSchedule(**d["dataflow"]), d.get("arch", BASE_ARCH))
+
+
+def why_invalid(layer: Layer, quant: str, algo: str) -> str | None:
+    """The reason `(quant, algo)` cannot deploy `layer`, or None when it can."""
+    if not layer.op.searchable:
+        return f"layer {layer.name!r} ({layer.op.value}) has no per-layer choice"
+    if quant not in QUANTS:
+        return f"quantization {quant!r} is not one of {QUANTS}"
+    if algo not in ALGORITHMS:
+        return f"algorithm {algo!r} is not one of {ALGORITHMS}"
+    if algo == "depthwise" and layer.op is not Op.DEPTHWISE:
+        return f"the depthwise kernel needs a depthwise layer; {layer.name!r} is {layer.op.value}"
+    if algo.startswith("winograd"):
+        if layer.op is not Op.CONV or layer.groups != 1:
+            return f"Winograd needs a dense (groups=1) convolution; {layer.name!r} is {layer.op.value}"
+        if layer.kernel != (3, 3) or layer.stride != (1, 1):
+            return f"Winograd F(m,3x3) needs a 3x3 stride-1 kernel; {layer.name!r} has {layer.kernel} stride {layer.stride}"
+        if algo == "winograd_f4" and quant == "int8":
+            return "int8 Winograd F(4x4,3x3) is not exact in 16-bit transforms; only F(2x2,3x3) is offered in int8"
+    return None
+
+
+class SearchSpace:
+    """The action encoding for one target: MultiDiscrete `(arch, quant x algorithm, dataflow)`.
+
+    Args:
+        dataflows: the target's dataflow options (CPU schedules).
+        quants: precisions the target supports.
+        arch_options: architecture variants; `("base",)` until an architecture space fills the slot.
+    """
+
+    def __init__(
+        self,
+        dataflows: Sequence[CpuSchedule],
+        quants: Sequence[str] = QUANTS,
+        arch_options: Sequence[str] = (BASE_ARCH,),
+    ) -> None:
+        unknown = set(quants) - set(QUANTS)
+        if unknown:
+            raise InvalidChoice(f"unknown quantization(s) {sorted(unknown)}; valid: {QUANTS}")
+        self.dataflows = tuple(dataflows)
+        self.arch_options = tuple(arch_options)
+        self.quant_algos = tuple(itertools.product(quants, ALGORITHMS))
+        self.nvec = (len(self.arch_options), len(self.quant_algos), len(self.dataflows))
+        self._dataflow_index = {d: i for i, d in enumerate(self.dataflows)}
+        self._qa_index = {qa: i for i, qa in enumerate(self.quant_algos)}
+        self._mask_cache: dict[str, np.ndarray] = {}
+
+    @property
+    def action_space(self) -> spaces.MultiDiscrete:
+        """The Gymnasium action space."""
+        return spaces.MultiDiscrete(np.array(self.nvec, dtype=np.int64))
+
+    @property
+    def size(self) -> int:
+        """Number of distinct actions (valid or not)."""
+        return int(np.prod(self.nvec))
+
+    def decode(self, action: Sequence[int]) -> Choice:
+        """Action -> Choice (no validity check)."""
+        a, qa, d = (int(x) for x in action)
+        quant, algo = self.quant_algos[qa]
+        return Choice(quant, algo, self.dataflows[d], self.arch_options[a])
+
+    def encode(self, choice: Choice) -> np.ndarray:
+        """Choice -> action; raises InvalidChoice if the choice is outside this space."""
+        try:
+            return np.array(
+                [
+                    self.arch_options.index(choice.arch),
+                    self._qa_index[(choice.quant, choice.algo)],
+                    self._dataflow_index[choice.dataflow],
+                ],
+                dtype=np.int64,
+            )
+        except (KeyError, ValueError) as err:
+            raise InvalidChoice(f"choice {choice.key} is outside this search space") from err
+
+    def flat_index(self, action: Sequence[int]) -> int:
+        """Row-major index of an action, for per-layer cost tables."""
+        a, qa, d = (int(x) for x in action)
+        return (a * self.nvec[1] + qa) * self.nvec[2] + d
+
+    def qa_mask(self, layer: Layer) -> np.ndarray:
+        """Which `quant x algorithm` entries are valid for the layer."""
+        return np.array([why_invalid(layer, q, a) is None for q, a in self.quant_algos], dtype=bool)
+
+    def mask(self, layer: Layer) -> np.ndarray:
+        """Concatenated per-component masks; exact because validity is a product (module docstring)."""
+        key = layer.signature
+        cached = self._mask_cache.get(key)
+        if cached is None:
+            cached = np.concatenate(
+                [np.ones(self.nvec[0], bool), self.qa_mask(layer), np.ones(self.nvec[2], bool)]
+            )
+            self._mask_cache[key] = cached
+        return cached
+
+    def check(self, layer: Layer, choice: Choice) -> None:
+        """Raise InvalidChoice naming the reason if `choice` cannot deploy `layer`."""
+        reason = why_invalid(layer, choice.quant, choice.algo)
+        if reason is None and choice.dataflow not in self._dataflow_index:
+            reason = f"dataflow {choice.dataflow.key} is not offered by this target"
+        if reason is None and choice.arch not in self.arch_options:
+            reason = f"architecture variant {choice.arch!r} is not one of {self.arch_options}"
+        if reason is not None:
+            raise InvalidChoice(f"layer {layer.name!r}: {reason}")
+
+    def valid_choices(self, layer: Layer) -> list[Choice]:
+        """Every valid choice for the layer (the product of the component masks)."""
+        return [
+            Choice(q, a, d, arch)
+            for arch in self.arch_options
+            for (q, a), ok in zip(self.quant_algos, self.qa_mask(layer))
+            if ok
+            for d in self.dataflows
+        ]
+
+    def baseline_choice(self) -> Choice:
+        """The "BLAS fp32" deployment of any layer: fp32 im2col+GEMM, default schedule, all threads."""
+        return Choice("fp32", "im2col", CpuSchedule(threads=max(d.threads for d in self.dataflows)))
+
+    def all_choices(self) -> list[Choice]:
+        """Every action decoded, in `flat_index` order (valid or not)."""
+        return [
+            Choice(q, a, d, arch) for arch in self.arch_options for q, a in self.quant_algos for d in self.dataflows
+        ]
