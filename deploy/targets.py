@@ -1,0 +1,104 @@
+"""The target registry: a name -> the hardware, its search space, and the backend that prices it."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from deploy.cpu_model import CORTEX_A72, CpuLatencyModel, CpuModelParams, CpuSpec, load_calibration
+from envs.space import QUANTS, SearchSpace, cpu_schedules
+
+
+@dataclass(frozen=True)
+class CpuTarget:
+    """A CPU board: its published spec, TVM target, and the calibration of its latency model."""
+
+    name: str
+    description: str
+    spec: CpuSpec
+    tvm_target: dict[str, Any]
+    calibration: str | None = None
+    """Name of the shipped calibration (`deploy/data/<name>.json`); None = uncalibrated defaults."""
+    quants: tuple[str, ...] = field(default=QUANTS)
+
+    def search_space(self) -> SearchSpace:
+        """The per-layer choices this target offers (threads up to its core count)."""
+        return SearchSpace(cpu_schedules(self.spec.cores), self.quants)
+
+    def model(self) -> CpuLatencyModel:
+        """The analytical latency model of this target (its modelled cost backend)."""
+        if self.calibration is None:
+            return CpuLatencyModel(self.spec, CpuModelParams(), "uncalibrated")
+        return CpuLatencyModel(self.spec, load_calibration(self.calibration), self.calibration)
+
+    def backend(self) -> CpuLatencyModel:
+        """The cost backend used when no board is attached."""
+        return self.model()
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _cache_kib(index: int, default: int) -> int:
+    size = _read(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size")
+    match = re.fullmatch(r"(\d+)K", size)
+    return int(match.group(1)) if match else default
+
+
+def _host() -> CpuTarget:
+    """This machine, described from /proc and /sys (the model is uncalibrated for it)."""
+    mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", _read("/proc/cpuinfo"))
+    spec = CpuSpec(
+        name="host",
+        cores=os.cpu_count() or 1,
+        freq_ghz=float(mhz.group(1)) / 1000 if mhz else 2.5,
+        l1d_kib=_cache_kib(0, 32),
+        l2_kib=_cache_kib(2, 1024),
+        simd_pipes=2,
+        load_ports=2,
+        dram_gbps=10.0,
+        fp16_arith=False,
+        dotprod=False,
+        idle_w=10.0,
+        core_active_w=5.0,
+    )
+    return CpuTarget(
+        name="host",
+        description=f"this machine ({spec.cores} cores); latency model uncalibrated until measured",
+        spec=spec,
+        tvm_target={"kind": "llvm", "num-cores": spec.cores},
+    )
+
+
+def _cortex_a72() -> CpuTarget:
+    return CpuTarget(
+        name="cortex-a72",
+        description="Raspberry Pi 4: 4x Cortex-A72 @1.5 GHz, NEON, 32 KB L1D, 1 MB L2 (ARMv8.0: no fp16 arithmetic, no dot-product)",
+        spec=CORTEX_A72,
+        tvm_target={
+            "kind": "llvm",
+            "mtriple": "aarch64-linux-gnu",
+            "mcpu": "cortex-a72",
+            "mattr": ["+neon"],
+            "num-cores": 4,
+        },
+        calibration="cortex_a72",
+    )
+
+
+TARGETS: dict[str, Callable[[], CpuTarget]] = {"cortex-a72": _cortex_a72, "host": _host}
+
+
+def get_target(name: str) -> CpuTarget:
+    """The registered target `name`; ValueError listing the valid names otherwise."""
+    try:
+        return TARGETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown target {name!r}; valid targets: {', '.join(sorted(TARGETS))}") from None

@@ -1,0 +1,60 @@
+"""Shared fixtures: the A72 target, its space and a cost table; small networks."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.cost_table import CostTable
+from deploy.targets import get_target
+from envs import zoo
+from envs.network import Layer, Network, Op
+
+
+@pytest.fixture(scope="session")
+def a72():
+    return get_target("cortex-a72")
+
+
+@pytest.fixture(scope="session")
+def a72_space(a72):
+    return a72.search_space()
+
+
+@pytest.fixture(scope="session")
+def a72_table(a72, a72_space):
+    return CostTable(a72.backend(), a72_space)
+
+
+@pytest.fixture(scope="session")
+def mobilenet_v2():
+    return zoo.get_network("mobilenet_v2")
+
+
+def tiny_network(size: int = 16) -> Network:
+    """conv 3x3 -> depthwise -> pointwise -> residual add -> global pool -> dense (10 classes)."""
+    return Network(
+        "tiny",
+        (3, size, size),
+        (
+            Layer("stem", Op.CONV, ("input",), (3, size, size), (16, size, size), (3, 3), (1, 1), (1, 1), batch_norm=True, activation="relu"),
+            Layer("dw", Op.DEPTHWISE, ("stem",), (16, size, size), (16, size, size), (3, 3), (1, 1), (1, 1), groups=16, batch_norm=True, activation="relu"),
+            Layer("pw", Op.POINTWISE, ("dw",), (16, size, size), (16, size, size), batch_norm=True),
+            Layer("add", Op.ADD, ("pw", "stem"), (16, size, size), (16, size, size)),
+            Layer("conv2", Op.CONV, ("add",), (16, size, size), (32, size // 2, size // 2), (3, 3), (2, 2), (1, 1), batch_norm=True, activation="relu"),
+            Layer("pool", Op.POOL, ("conv2",), (32, size // 2, size // 2), (32, 1, 1), pool="global_avg"),
+            Layer("fc", Op.DENSE, ("pool",), (32, 1, 1), (10, 1, 1), bias=True),
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return tiny_network()
+
+
+def pytest_configure(config) -> None:
+    """Trained accuracy proxies are cached across test runs in .cache/ (not in the user's home)."""
+    import os
+    from pathlib import Path
+
+    os.environ.setdefault("DEPLOYGYM_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "deploygym"))
