@@ -1,0 +1,215 @@
+"""Network-level cost of a per-layer deployment: layers, the layers between them, and conversions.
+
+Neighbouring layers that store activations differently (precision or layout) pay a conversion pass;
+non-searchable layers (pooling, add, concat, activations) run in the format of their first input.
+The images enter, and the logits leave, as fp32 NCHW.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from deploy.cost import NETWORK_IO_FORMAT, TensorFormat
+from deploy.cost_table import CostTable
+from envs.network import NETWORK_INPUT, Layer, Network
+from envs.space import QUANT_BYTES, Choice
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One layer's share of a network's cost."""
+
+    name: str
+    choice: Choice | None
+    latency_ms: float
+    conversion_ms: float
+    memory_bytes: int
+    energy_mj: float | None
+    provenance: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = asdict(self)
+        d["choice"] = self.choice.to_dict() if self.choice else None
+        return d
+
+
+@dataclass(frozen=True)
+class NetworkCost:
+    """Totals of a deployment. `memory_bytes` = per-layer weights and workspaces + peak activations."""
+
+    latency_ms: float
+    conversion_ms: float
+    memory_bytes: int
+    energy_mj: float | None
+    layers: tuple[LayerCost, ...]
+
+    @property
+    def provenance(self) -> tuple[str, ...]:
+        """Distinct provenances of the numbers summed."""
+        return tuple(sorted({l.provenance for l in self.layers}))
+
+
+class Assembler:
+    """Prices a network layer by layer as the choices of its searchable layers arrive, in order.
+
+    Each `add(choice)` prices the next searchable layer, the conversions into it, and the
+    non-searchable layers up to the next searchable one; the last `add` also converts the output.
+    """
+
+    def __init__(self, network: Network, table: CostTable) -> None:
+        self.network = network
+        self.table = table
+        self.segments: list[list[Layer]] = []
+        leading: list[Layer] = []
+        for layer in network.layers:
+            if layer.op.searchable:
+                self.segments.append([layer])
+            elif self.segments:
+                self.segments[-1].append(layer)
+            else:
+                leading.append(layer)
+        if leading:
+            names = ", ".join(l.name for l in leading)
+            raise ValueError(f"network {network.name!r}: layers before the first searchable layer ({names}) are not supported")
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new deployment."""
+        self.step = 0
+        self.latency_ms = 0.0
+        self.conversion_ms = 0.0
+        self.energy_mj = 0.0
+        self.layers: list[LayerCost] = []
+        self._formats: dict[str, tuple[TensorFormat, int]] = {NETWORK_INPUT: (NETWORK_IO_FORMAT, 1)}
+        self._peak_activation = 0.0
+
+    @property
+    def done(self) -> bool:
+        """True once every searchable layer has a choice."""
+        return self.step == len(self.segments)
+
+    def add(self, choice: Choice) -> float:
+        """Price the next searchable layer under `choice` (already validated); returns the ms added."""
+        before = self.latency_ms
+        head, *rest = self.segments[self.step]
+        fmt = self.table.io_format(choice)
+        threads = choice.dataflow.threads
+        cost = self.table.cost(head, choice)
+        self._record(head, choice, cost, fmt, threads)
+        for layer in rest:
+            fmt, threads = self._formats[layer.inputs[0]]
+            self._record(layer, None, self.table.fixed_layer_cost(layer, fmt, threads), fmt, threads)
+        self.step += 1
+        if self.done:
+            last = self.network.layers[-1]
+            out_fmt, out_threads = self._formats[last.name]
+            tail = self.table.conversion_cost(last.out_elements, out_fmt, NETWORK_IO_FORMAT, out_threads)
+            self.conversion_ms += tail.latency_ms
+            self.latency_ms += tail.latency_ms
+        return self.latency_ms - before
+
+    def _record(self, layer: Layer, choice: Choice | None, cost, fmt: TensorFormat, threads: int) -> None:
+        conversion = 0.0
+        for src in layer.inputs:
+            src_fmt, _ = self._formats[src]
+            elements = int(np.prod(self.network.producer_shape(src)))
+            conversion += self.table.conversion_cost(elements, src_fmt, fmt, threads).latency_ms
+        self._formats[layer.name] = (fmt, threads)
+        self.latency_ms += cost.latency_ms + conversion
+        self.conversion_ms += conversion
+        if cost.energy_mj is not None:
+            self.energy_mj += cost.energy_mj
+        bytes_per = QUANT_BYTES[fmt.quant]
+        self._peak_activation = max(self._peak_activation, (layer.in_elements + layer.out_elements) * bytes_per)
+        self.layers.append(LayerCost(layer.name, choice, cost.latency_ms, conversion, cost.memory_bytes, cost.energy_mj, cost.provenance))
+
+    def result(self) -> NetworkCost:
+        """Totals of the (complete) deployment."""
+        if not self.done:
+            raise ValueError(f"deployment incomplete: {self.step} of {len(self.segments)} searchable layers chosen")
+        memory = sum(l.memory_bytes for l in self.layers) + int(self._peak_activation)
+        return NetworkCost(self.latency_ms, self.conversion_ms, memory, self.energy_mj, tuple(self.layers))
+
+
+def evaluate(network: Network, choices: Mapping[str, Choice], table: CostTable) -> NetworkCost:
+    """Cost of a complete deployment (one choice per searchable layer, by layer name)."""
+    missing = [l.name for l in network.searchable_layers if l.name not in choices]
+    if missing:
+        raise ValueError(f"deployment of {network.name!r} has no choice for layer(s) {missing}")
+    assembler = Assembler(network, table)
+    for layer in network.searchable_layers:
+        table.space.check(layer, choices[layer.name])
+        assembler.add(choices[layer.name])
+    return assembler.result()
+
+
+def uniform_choices(network: Network, pick: Callable[[Layer], Choice]) -> dict[str, Choice]:
+    """A deployment that applies `pick` to every searchable layer."""
+    return {layer.name: pick(layer) for layer in network.searchable_layers}
+
+
+def best_choices(
+    network: Network, table: CostTable, allow: Callable[[Choice], bool] | None = None
+) -> dict[str, Choice]:
+    """Fastest deployment (among choices `allow` admits), by dynamic programming over the layer chain.
+
+    The state between consecutive searchable layers is the activation format and thread count, so
+    conversions and the layers between them are priced exactly along the chain; skip connections are
+    priced when the result is evaluated.
+    """
+    space = table.space
+    all_choices = space.all_choices()
+    admitted = np.array([allow(c) if allow else True for c in all_choices])
+    states: list[tuple[TensorFormat, int]] = sorted(
+        {(table.io_format(c), c.dataflow.threads) for c in all_choices} | {(NETWORK_IO_FORMAT, 1)},
+        key=lambda s: (s[0].quant, s[0].layout, s[1]),
+    )
+    state_of = np.array([states.index((table.io_format(c), c.dataflow.threads)) for c in all_choices])
+    assembler = Assembler(network, table)
+    value = np.full(len(states), np.inf)  # best latency so far ending in each state
+    value[states.index((NETWORK_IO_FORMAT, 1))] = 0.0  # the image
+    back: list[np.ndarray] = []
+    best_in_state: list[np.ndarray] = []
+    for i, segment in enumerate(assembler.segments):
+        head, between = segment[0], segment[1:]
+        latency, _ = table.latency_array(head)
+        latency = np.where(admitted, latency, np.nan)
+        best = np.full(len(states), -1)
+        for s in range(len(states)):
+            candidates = np.where((state_of == s) & ~np.isnan(latency))[0]
+            if len(candidates):
+                best[s] = candidates[np.argmin(latency[candidates])]
+        elements = int(np.prod(network.producer_shape(head.inputs[0])))
+        new_value = np.full(len(states), np.inf)
+        arg = np.full(len(states), -1)
+        for s, (fmt, threads) in enumerate(states):
+            if best[s] < 0:
+                continue
+            enter = value + np.array([table.conversion_cost(elements, f, fmt, threads).latency_ms for f, _ in states])
+            arg[s] = int(np.argmin(enter))
+            new_value[s] = enter[arg[s]] + latency[best[s]]
+        # the non-searchable layers after this one run in its format
+        new_value = new_value + np.array(
+            [sum(table.fixed_layer_cost(l, f, t).latency_ms for l in between) for f, t in states]
+        )
+        if i == len(assembler.segments) - 1:
+            out = network.layers[-1].out_elements
+            new_value = new_value + np.array(
+                [table.conversion_cost(out, f, NETWORK_IO_FORMAT, t).latency_ms for f, t in states]
+            )
+        value = new_value
+        back.append(arg)
+        best_in_state.append(best)
+    if not np.isfinite(value).any():
+        raise ValueError(f"no admitted deployment exists for {network.name!r}")
+    s = int(np.argmin(value))
+    picks: list[Choice] = []
+    for i in range(len(assembler.segments) - 1, -1, -1):
+        picks.append(all_choices[best_in_state[i][s]])
+        s = back[i][s]
+    heads = [seg[0].name for seg in assembler.segments]
+    return dict(zip(heads, reversed(picks)))
