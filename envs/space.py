@@ -4,9 +4,10 @@ A `Choice` fixes the four levels for one layer: architecture variant, quantizati
 dataflow (on a CPU, the loop schedule). The action that selects it is a MultiDiscrete triple
 `(arch, quant x algorithm, dataflow)`. SB3-contrib masks MultiDiscrete actions per component, which is
 exact only if the valid set of a layer is a Cartesian product of per-component sets; the encoding is
-chosen so that it is: everything that constrains validity jointly (e.g. int8 excludes Winograd
-F(4x4,3x3)) sits inside the one `quant x algorithm` component, and every dataflow is valid for every
-algorithm (each algorithm reads tile, order, axes and threads in its own way). `SearchSpace.mask`
+chosen so that it is: everything that could constrain validity jointly sits inside the one
+`quant x algorithm` component, and every dataflow is valid for every algorithm (each algorithm reads
+tile, order, axes and threads in its own way). int8 Winograd works in an int16 transform domain, as
+ncnn's winograd23/43 int8 kernels do (the F(4x4,3x3) input transform grows values at most 100x). `SearchSpace.mask`
 returns exact masks; `SearchSpace.check` explains an invalid choice.
 """
 
@@ -124,8 +125,6 @@ def why_invalid(layer: Layer, quant: str, algo: str) -> str | None:
             return f"Winograd needs a dense (groups=1) convolution; {layer.name!r} is {layer.op.value}"
         if layer.kernel != (3, 3) or layer.stride != (1, 1):
             return f"Winograd F(m,3x3) needs a 3x3 stride-1 kernel; {layer.name!r} has {layer.kernel} stride {layer.stride}"
-        if algo == "winograd_f4" and quant == "int8":
-            return "int8 Winograd F(4x4,3x3) is not exact in 16-bit transforms; only F(2x2,3x3) is offered in int8"
     return None
 
 

@@ -1,0 +1,75 @@
+"""Wiring a `DeploymentEnv` from names: network, target, reward, database, accuracy oracle.
+
+This is the entry point `gym.make("DeployGym/Deploy-v0", ...)` calls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploy.cost_table import CostTable
+from deploy.db import MeasurementDB
+from deploy.deployment import best_choices, evaluate
+from deploy.targets import get_target
+from envs import zoo
+from envs.env import Accuracy, DeploymentEnv
+from envs.network import Network
+from envs.reward import RewardConfig
+
+DEFAULT_BUDGET_FRACTION = 0.4
+"""Without an explicit budget, the budget is this fraction of the baseline ("BLAS fp32") latency."""
+
+
+class BudgetError(ValueError):
+    """A latency budget no deployment can meet."""
+
+
+def resolve_network(network: str | Network) -> Network:
+    """A Network, or the built-in network of that name."""
+    return network if isinstance(network, Network) else zoo.get_network(network)
+
+
+def make_deployment_env(
+    network: str | Network = "mobilenet_v2",
+    target: str = "cortex-a72",
+    mode: str = "budget",
+    budget_ms: float | None = None,
+    target_ms: float | None = None,
+    db_path: str | Path | None = None,
+    accuracy: Accuracy | None = None,
+) -> DeploymentEnv:
+    """Build the environment.
+
+    Args:
+        network: built-in network name or a `Network` (e.g. from `envs.torch_import.import_module`).
+        target: registered target name.
+        mode: "budget" (maximise accuracy under `budget_ms`) or "tradeoff" (MnasNet-style, `target_ms`).
+        budget_ms: latency budget; default `DEFAULT_BUDGET_FRACTION` x the baseline latency.
+        target_ms: trade-off target latency; default the same as the default budget.
+        db_path: measurement database file shared across runs (None: costs stay in memory).
+        accuracy: accuracy oracle; default trains (once, cached) the network's 32x32 variant on digits.
+    """
+    net = resolve_network(network)
+    tgt = get_target(target)
+    space = tgt.search_space()
+    db = MeasurementDB(db_path) if db_path is not None else None
+    costs = CostTable(tgt.backend(), space, db)
+    baseline = evaluate(net, {l.name: space.baseline_choice() for l in net.searchable_layers}, costs)
+    default = DEFAULT_BUDGET_FRACTION * baseline.latency_ms
+    if mode == "budget":
+        budget = default if budget_ms is None else float(budget_ms)
+        fastest = evaluate(net, best_choices(net, costs), costs).latency_ms
+        if budget < fastest:
+            raise BudgetError(
+                f"latency budget {budget:.3f} ms is below the fastest deployment of {net.name} on {target} "
+                f"({fastest:.3f} ms, {costs.backend.provenance}): no deployment can meet it; "
+                f"use --budget-ms >= {fastest:.3f} or --tradeoff"
+            )
+        reward = RewardConfig("budget", budget_ms=budget)
+    else:
+        reward = RewardConfig(mode, target_ms=default if target_ms is None else float(target_ms))
+    if accuracy is None:
+        from envs.accuracy import oracle_for
+
+        accuracy = oracle_for(net)
+    return DeploymentEnv(net, space, costs, accuracy, reward)

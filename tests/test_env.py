@@ -1,0 +1,110 @@
+"""The Gymnasium environment: its spec (docstring) checked against behaviour."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs
+from envs.accuracy import oracle_for
+from envs.env import INVALID_ACTION_REWARD, DeploymentEnv
+from envs.make import BudgetError, make_deployment_env
+from envs.space import why_invalid
+
+
+@pytest.fixture(scope="module")
+def oracle(tiny, tmp_path_factory):
+    return oracle_for(tiny, cache_dir=tmp_path_factory.mktemp("acc"), epochs=15)
+
+
+@pytest.fixture()
+def env(tiny, oracle) -> DeploymentEnv:
+    return make_deployment_env(tiny, "cortex-a72", accuracy=oracle)
+
+
+def rollout(env: DeploymentEnv, rng: np.random.Generator):
+    """One episode of uniformly random valid actions; returns (rewards, last info)."""
+    env.reset()
+    rewards, done, info = [], False, {}
+    while not done:
+        mask = env.action_masks()
+        parts = np.split(mask, np.cumsum(env.space.nvec)[:-1])
+        action = np.array([rng.choice(np.flatnonzero(p)) for p in parts])
+        _, reward, done, _, info = env.step(action)
+        rewards.append(reward)
+    return rewards, info
+
+
+def test_env_checkers_pass(env):
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+
+
+def test_gym_make_builds_the_registered_env(tiny, oracle):
+    made = gym.make(envs.ENV_ID, network=tiny, target="cortex-a72", accuracy=oracle)
+    obs, _ = made.reset(seed=3)
+    assert made.observation_space.contains(obs)
+    assert made.unwrapped.network.name == "tiny"
+
+
+def test_masks_are_exact(env, tiny):
+    """Every action the masks allow is valid, and every valid choice is allowed."""
+    for layer, mask in zip(env.layers, env._masks):
+        qa = mask[env.space.nvec[0] : env.space.nvec[0] + env.space.nvec[1]]
+        for (quant, algo), allowed in zip(env.space.quant_algos, qa):
+            assert allowed == (why_invalid(layer, quant, algo) is None)
+        assert mask.sum() == env.space.nvec[0] + qa.sum() + env.space.nvec[2]
+
+
+def test_episode_walks_searchable_layers_and_reports_the_deployment(env, tiny):
+    rewards, info = rollout(env, np.random.default_rng(0))
+    assert len(rewards) == len(tiny.searchable_layers) == 5
+    assert set(info["choices"]) == {l.name for l in tiny.searchable_layers}
+    assert info["latency_provenance"] == "modelled:cortex-a72-model@1"
+    assert info["accuracy_provenance"].startswith("measured:heldout")
+    assert 0.8 < info["accuracy"] <= 1.0
+    assert info["speedup"] == pytest.approx(info["baseline_latency_ms"] / info["latency_ms"])
+    assert info["memory_bytes"] > 0 and info["energy_mj"] > 0
+    # the final reward is the budget formula; the steps pay their latency share
+    cfg = env.reward_config
+    expected_final = cfg.final_reward(info["accuracy"], info["latency_ms"])
+    assert sum(rewards) == pytest.approx(expected_final - cfg.latency_weight * 100 * info["latency_ms"] / cfg.budget_ms)
+
+
+def test_invalid_action_ends_the_episode_with_a_reason(env):
+    env.reset()
+    winograd = env.space.quant_algos.index(("fp32", "winograd_f2"))
+    env.step(np.array([0, winograd, 0]))  # stem is a 3x3 stride-1 conv: valid
+    _, reward, terminated, truncated, info = env.step(np.array([0, winograd, 0]))  # dw: invalid
+    assert terminated and not truncated and reward == INVALID_ACTION_REWARD
+    assert "Winograd needs a dense" in info["invalid_action"]
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.array([0, 0, 0]))
+
+
+def test_same_actions_same_results(env):
+    a, info_a = rollout(env, np.random.default_rng(7))
+    b, info_b = rollout(env, np.random.default_rng(7))
+    assert a == b and info_a["choices"] == info_b["choices"]
+
+
+def test_tradeoff_mode_pays_only_at_the_end(tiny, oracle):
+    env = make_deployment_env(tiny, "cortex-a72", mode="tradeoff", target_ms=0.5, accuracy=oracle)
+    rewards, info = rollout(env, np.random.default_rng(1))
+    assert all(r == 0.0 for r in rewards[:-1])
+    assert rewards[-1] == pytest.approx(100 * info["accuracy"] * (info["latency_ms"] / 0.5) ** -0.07)
+
+
+def test_impossible_budget_is_refused_with_the_fastest_possible_latency(tiny, oracle):
+    with pytest.raises(BudgetError, match=r"below the fastest deployment .* use --budget-ms >="):
+        make_deployment_env(tiny, "cortex-a72", budget_ms=1e-6, accuracy=oracle)
+
+
+def test_unknown_target_and_network_list_the_valid_ones(oracle):
+    with pytest.raises(ValueError, match="valid targets: cortex-a72, host"):
+        make_deployment_env("mobilenet_v2", "cortex-a99", accuracy=oracle)
+    with pytest.raises(ValueError, match="mobilenet_v1"):
+        make_deployment_env("mobilenet_v9", "cortex-a72", accuracy=oracle)
