@@ -89,6 +89,8 @@ class DeploymentEnv(gym.Env):
         self.action_space = space.action_space
         self.observation_space = spaces.Box(0.0, OBS_HIGH, shape=(27,), dtype=np.float32)
         self._max_threads = max(d.threads for d in space.dataflows)
+        self._nvec = np.array(space.nvec)
+        self._offsets = np.cumsum((0,) + space.nvec[:-1])
         self._static = np.stack([self._layer_features(i) for i in range(len(self.layers))])
         self._masks = [space.mask(layer) for layer in self.layers]
         fastest = np.array([np.nanmin(costs.latency_array(layer)[0]) for layer in self.layers])
@@ -113,8 +115,7 @@ class DeploymentEnv(gym.Env):
         action = np.asarray(action, dtype=np.int64).reshape(-1)
         layer = self.layers[self._t]
         mask = self._masks[self._t]
-        offsets = np.cumsum((0,) + self.space.nvec[:-1])
-        if action.shape != (3,) or not self.action_space.contains(action) or not mask[offsets + action].all():
+        if action.shape != (3,) or (action < 0).any() or (action >= self._nvec).any() or not mask[self._offsets + action].all():
             reason = self._invalid_reason(layer, action)
             self._t = len(self.layers)
             return self._observation(), INVALID_ACTION_REWARD, True, False, {"invalid_action": reason, "layer": layer.name}
@@ -163,7 +164,7 @@ class DeploymentEnv(gym.Env):
         return self.reward_config.final_reward(accuracy, latency)
 
     def _invalid_reason(self, layer: Layer, action: np.ndarray) -> str:
-        if action.shape != (3,) or not self.action_space.contains(action):
+        if action.shape != (3,) or (action < 0).any() or (action >= self._nvec).any():
             return f"action {action.tolist()} is outside {self.action_space}"
         choice = self.space.decode(action)
         try:

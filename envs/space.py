@@ -14,7 +14,7 @@ returns exact masks; `SearchSpace.check` explains an invalid choice.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -74,7 +74,7 @@ class CpuSchedule:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
-        return asdict(self)
+        return {"tile": self.tile, "order": self.order, "vec": self.vec, "par": self.par, "threads": self.threads}
 
 
 def cpu_schedules(max_threads: int) -> tuple[CpuSchedule, ...]:

@@ -52,6 +52,14 @@ def tiny():
     return tiny_network()
 
 
+@pytest.fixture(scope="session")
+def tiny_oracle(tiny):
+    """The accuracy oracle of the tiny network (trained once, cached under DEPLOYGYM_CACHE)."""
+    from envs.accuracy import oracle_for
+
+    return oracle_for(tiny, epochs=15)
+
+
 def pytest_configure(config) -> None:
     """Trained accuracy proxies are cached across test runs in .cache/ (not in the user's home)."""
     import os

@@ -9,15 +9,14 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
-from envs.accuracy import oracle_for
 from envs.env import INVALID_ACTION_REWARD, DeploymentEnv
 from envs.make import BudgetError, make_deployment_env
 from envs.space import why_invalid
 
 
 @pytest.fixture(scope="module")
-def oracle(tiny, tmp_path_factory):
-    return oracle_for(tiny, cache_dir=tmp_path_factory.mktemp("acc"), epochs=15)
+def oracle(tiny_oracle):
+    return tiny_oracle
 
 
 @pytest.fixture()

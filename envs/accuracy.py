@@ -1,0 +1,440 @@
+"""The accuracy oracle: held-out top-1 accuracy of a network with one precision per searchable layer.
+
+The network is built with `envs.torch_build`, trained briefly on a small dataset (scikit-learn's
+digits by default, so nothing is downloaded) and its weights are cached on disk. A deployment is then
+simulated by post-training fake quantisation of the trained network, with every batch norm folded
+into its convolution first, as a deployment runtime does. Per searchable layer:
+
+- fp32: unchanged;
+- fp16: weights, bias and input activations rounded through `torch.float16`;
+- int8: weights quantised symmetrically per output channel to [-127, 127]; input activations
+  quantised per tensor (affine int8) with a range calibrated once, in fp32, on training batches.
+
+Accumulation, adds, pools and activations stay in fp32. The quantised weights of every layer are
+precomputed for every precision, so switching assignments swaps tensors; results are cached by
+assignment, so a repeated query costs a dict lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+from tqdm.auto import tqdm
+
+from envs.network import Network, Op
+from envs.space import QUANTS
+from envs.torch_build import NetworkModule, build_module, fold_batch_norm
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPOCHS = 6
+"""Training epochs; MobileNetV2 at 32x32 reaches 96% held-out accuracy on digits."""
+TRAIN_BATCH_SIZE = 64
+LEARNING_RATE = 1e-2
+TRAIN_RECIPE = "adam-onecycle-lr1e-2-bs64-v1"
+"""Names everything about training not in the cache key's other parts; change it when the recipe changes."""
+EVAL_BATCH_SIZE = 120
+"""Held-out images per forward pass: small enough that freed activations are reused, not page-faulted in again."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_CHANNELS_LAST = torch.channels_last
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Images split into train and held-out test: float32 `(N, C, H, W)` in [0, 1], int64 labels.
+
+    `name` identifies the data (source, size, split) and is part of the trained-weights cache key.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    name: str
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (labels are 0 .. num_classes - 1)."""
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+
+def _split(x: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int, name: str) -> Dataset:
+    """Stratified train / test split."""
+    train, test = train_test_split(
+        np.arange(len(y)), test_size=test_fraction, stratify=y.numpy(), random_state=seed
+    )
+    train, test = torch.from_numpy(np.sort(train)), torch.from_numpy(np.sort(test))
+    return Dataset(x[train].contiguous(), y[train], x[test].contiguous(), y[test], name)
+
+
+def digits_dataset(image_size: int = 32, channels: int = 3, seed: int = 0) -> Dataset:
+    """scikit-learn's 1,797 8x8 handwritten digits, resized (bilinear) and replicated to `channels`.
+
+    Split 80/20, stratified, with `seed`: 1,437 training and 360 held-out images.
+    """
+    if image_size < 1 or channels < 1:
+        raise ValueError(f"image_size and channels must be positive, got {image_size} and {channels}")
+    digits = load_digits()
+    x = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    x = x.expand(-1, channels, -1, -1)
+    y = torch.from_numpy(digits.target).long()
+    name = f"digits-{image_size}" + (f"-{channels}ch" if channels != 3 else "") + (f"-split{seed}" if seed else "")
+    return _split(x, y, 0.2, seed, name)
+
+
+def image_folder_dataset(
+    root: str | Path, image_size: int, channels: int = 3, test_fraction: float = 0.2, seed: int = 0
+) -> Dataset:
+    """Images in class-per-subfolder layout (`root/<class>/<image>`), resized (bilinear) to a square.
+
+    Classes are the subfolders holding at least one image, sorted by name (label = position).
+    `channels` is 1 (grayscale) or 3 (RGB). The split is stratified with `seed`. The dataset name
+    carries a hash of the files' bytes, so changed images never reuse weights trained on old ones.
+    """
+    root = Path(root)
+    modes = {1: "L", 3: "RGB"}
+    if channels not in modes:
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not root.is_dir():
+        raise ValueError(f"image folder {root} does not exist or is not a directory")
+    classes = {
+        d.name: files
+        for d in sorted(p for p in root.iterdir() if p.is_dir())
+        if (files := sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+    }
+    if not classes:
+        raise ValueError(
+            f"image folder {root} has no images: expected {root}/<class>/<image> with suffix in {IMAGE_SUFFIXES}"
+        )
+    if len(classes) < 2:
+        raise ValueError(f"image folder {root} has one class ({next(iter(classes))!r}); at least 2 are needed")
+    from PIL import Image, UnidentifiedImageError
+
+    digest = hashlib.sha256(f"{image_size}:{channels}:{test_fraction}:{seed}".encode())
+    images, labels = [], []
+    for label, (cls, files) in enumerate(classes.items()):
+        for f in files:
+            data = f.read_bytes()
+            digest.update(f"{cls}/{f.name}".encode() + data)
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    im = im.convert(modes[channels]).resize((image_size, image_size), Image.BILINEAR)
+                    images.append(np.asarray(im, dtype=np.float32) / 255.0)
+            except (UnidentifiedImageError, OSError) as e:
+                raise ValueError(f"cannot read image {f}: {e}") from e
+            labels.append(label)
+    x = torch.from_numpy(np.stack(images))
+    x = x.unsqueeze(1) if channels == 1 else x.permute(0, 3, 1, 2)
+    name = f"folder-{root.name}-{image_size}-{digest.hexdigest()[:12]}"
+    try:
+        return _split(x, torch.tensor(labels), test_fraction, seed, name)
+    except ValueError as e:
+        raise ValueError(f"image folder {root}: cannot split {len(labels)} images into train and test: {e}") from e
+
+
+def default_cache_dir() -> Path:
+    """`$DEPLOYGYM_CACHE/accuracy` if `DEPLOYGYM_CACHE` is set, else `~/.cache/deploygym/accuracy`."""
+    root = os.environ.get("DEPLOYGYM_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "deploygym") / "accuracy"
+
+
+def train(network: Network, dataset: Dataset, epochs: int, seed: int) -> NetworkModule:
+    """A freshly initialised module for `network`, trained on `dataset` (Adam, one-cycle, seeded)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = build_module(network)
+    module = module.to(memory_format=_CHANNELS_LAST).train()
+    generator = torch.Generator().manual_seed(seed)
+    x = dataset.x_train.contiguous(memory_format=_CHANNELS_LAST)
+    n = len(x)
+    batch = min(TRAIN_BATCH_SIZE, n)
+    starts = range(0, n - batch + 1, batch)  # full batches only: batch norm needs more than one sample
+    optimizer = torch.optim.Adam(module.parameters(), lr=LEARNING_RATE)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, LEARNING_RATE, total_steps=max(1, epochs * len(starts)))
+    bar = tqdm(range(epochs), desc=f"training {network.name} on {dataset.name}", leave=False)
+    for _ in bar:
+        order = torch.randperm(n, generator=generator)
+        for start in starts:
+            idx = order[start : start + batch]
+            loss = F.cross_entropy(module(x[idx]), dataset.y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return module.eval()
+
+
+def _save_atomically(obj: Any, path: Path) -> None:
+    """Write via a temporary file in the same folder and `os.replace`: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # mode from the umask
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _int8_per_channel(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-output-channel int8 quantise-dequantise (range [-127, 127])."""
+    amax = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    return (w / scale).round().clamp(-127, 127) * scale
+
+
+class _LayerQuantizer:
+    """One searchable layer: its weights and bias precomputed per precision, and its input fake-quant.
+
+    Registered as a forward pre-hook on the layer's `nn.Conv2d` / `nn.Linear`.
+    """
+
+    def __init__(self, module: nn.Conv2d | nn.Linear, input_min: float, input_max: float) -> None:
+        self.module = module
+        w = module.weight.detach().clone()
+        b = module.bias.detach().clone() if module.bias is not None else None
+        self.weights = {"fp32": w, "fp16": w.half().float(), "int8": _int8_per_channel(w)}
+        self.biases = {"fp32": b, "fp16": None if b is None else b.half().float(), "int8": b}
+        lo, hi = min(input_min, 0.0), max(input_max, 0.0)  # zero stays exactly representable
+        self.input_scale = (hi - lo) / 255.0 if hi > lo else 1.0
+        zero_point = int(np.clip(round(-128 - lo / self.input_scale), -128, 127))
+        self._input_levels = (-128 - zero_point, 127 - zero_point)  # int8 range minus the zero point
+        self.precision = "fp32"
+
+    def set_precision(self, precision: str) -> None:
+        """Swap in the precomputed weights of `precision`."""
+        self.module.weight.data = self.weights[precision]
+        if self.module.bias is not None:
+            self.module.bias.data = self.biases[precision]
+        self.precision = precision
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        if self.precision == "fp16":
+            return (args[0].half().float(),)
+        if self.precision == "int8":  # as torch.fake_quantize_per_tensor_affine, in half the time
+            x = (args[0] * (1.0 / self.input_scale)).round_().clamp_(*self._input_levels).mul_(self.input_scale)
+            return (x,)
+        return None
+
+
+class CacheInfo(NamedTuple):
+    """Accuracy-cache statistics."""
+
+    hits: int
+    misses: int
+    size: int
+
+
+class AccuracyOracle:
+    """Held-out top-1 accuracy of `network` for one precision ("fp32", "fp16", "int8") per searchable layer.
+
+    The first oracle for a (network, dataset, epochs, seed) trains the network and stores its weights
+    under `cache_dir`; later ones load them (`trained_from_scratch` is then False). A cache file that
+    cannot be loaded is reported in a warning and replaced.
+
+    Args:
+        network: the network; its `input_shape` must match the dataset's images.
+        dataset: training and held-out data; default `digits_dataset` at the network's input size.
+        cache_dir: folder of trained weights; default `default_cache_dir()`.
+        epochs: training epochs.
+        seed: seeds weight initialisation and minibatch order.
+        calibration_batches: training batches (of `TRAIN_BATCH_SIZE`) that calibrate int8 input ranges.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        dataset: Dataset | None = None,
+        cache_dir: Path | None = None,
+        epochs: int = DEFAULT_EPOCHS,
+        seed: int = 0,
+        calibration_batches: int = 4,
+    ) -> None:
+        channels, height, width = network.input_shape
+        if dataset is None:
+            if height != width:
+                raise ValueError(
+                    f"network {network.name!r}: the default digits data needs a square input, got {height}x{width}"
+                )
+            dataset = digits_dataset(height, channels)
+        if dataset.image_shape != network.input_shape:
+            raise ValueError(
+                f"dataset {dataset.name!r} has images {dataset.image_shape}, "
+                f"network {network.name!r} reads {network.input_shape}"
+            )
+        if network.num_classes < dataset.num_classes:
+            raise ValueError(
+                f"network {network.name!r} has {network.num_classes} outputs, "
+                f"dataset {dataset.name!r} has {dataset.num_classes} classes"
+            )
+        if epochs < 1 or calibration_batches < 1:
+            raise ValueError(f"epochs and calibration_batches must be positive, got {epochs} and {calibration_batches}")
+        self.network = network
+        self.dataset = dataset
+        self.epochs = epochs
+        self.seed = seed
+        self.layer_names = tuple(layer.name for layer in network.searchable_layers)
+        self.provenance = f"measured:heldout/{dataset.name}@{len(dataset.y_test)}"
+        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        stem = re.sub(r"[^0-9A-Za-z_.-]", "_", f"{network.name}-{network.fingerprint}-{dataset.name}-e{epochs}-s{seed}")
+        self.cache_path = cache_dir / f"{stem}-{TRAIN_RECIPE}.pt"
+        self.trained_from_scratch = False
+        self.train_seconds = 0.0
+        trained = self._load()
+        if trained is None:
+            trained = self._train_and_save()
+        self._model = fold_batch_norm(trained).to(memory_format=_CHANNELS_LAST)
+        self._quantizers = self._calibrate(calibration_batches)
+        self._x_test = dataset.x_test.contiguous(memory_format=_CHANNELS_LAST)
+        self._results: dict[tuple[str, ...], float] = {}
+        self._hits = self._misses = 0
+
+    def _load(self) -> NetworkModule | None:
+        if not self.cache_path.exists():
+            return None
+        module = build_module(self.network).to(memory_format=_CHANNELS_LAST)
+        try:
+            saved = torch.load(self.cache_path, map_location="cpu", weights_only=True)
+            module.load_state_dict(saved["state_dict"])
+        except Exception as e:  # any unreadable or mismatched file is retrained, never trusted
+            log.warning(
+                "corrupt accuracy cache file %s (%s: %s); retraining and replacing it",
+                self.cache_path, type(e).__name__, e,
+            )
+            return None
+        self.train_seconds = float(saved.get("train_seconds", 0.0))
+        return module.eval()
+
+    def _train_and_save(self) -> NetworkModule:
+        start = time.perf_counter()
+        module = train(self.network, self.dataset, self.epochs, self.seed)
+        self.train_seconds = time.perf_counter() - start
+        self.trained_from_scratch = True
+        log.info(
+            "trained %s on %s in %.1f s; caching in %s",
+            self.network.name, self.dataset.name, self.train_seconds, self.cache_path,
+        )
+        _save_atomically({"state_dict": module.state_dict(), "train_seconds": self.train_seconds}, self.cache_path)
+        return module
+
+    def _calibrate(self, batches: int) -> list[_LayerQuantizer]:
+        """Input ranges of every searchable layer on the first training batches (seeded order), in fp32."""
+        order = torch.randperm(len(self.dataset.x_train), generator=torch.Generator().manual_seed(self.seed))
+        x = self.dataset.x_train[order[: batches * TRAIN_BATCH_SIZE]].contiguous(memory_format=_CHANNELS_LAST)
+        ranges = {name: [float("inf"), float("-inf")] for name in self.layer_names}
+
+        def recorder(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+            def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                lo, hi = torch.aminmax(args[0])
+                ranges[name][0] = min(ranges[name][0], lo.item())
+                ranges[name][1] = max(ranges[name][1], hi.item())
+
+            return hook
+
+        handles = [self._model.module_for(name).register_forward_pre_hook(recorder(name)) for name in self.layer_names]
+        with torch.inference_mode():
+            for chunk in x.split(TRAIN_BATCH_SIZE):
+                self._model(chunk)
+        for handle in handles:
+            handle.remove()
+        quantizers = []
+        for name in self.layer_names:
+            module = self._model.module_for(name)
+            quantizer = _LayerQuantizer(module, *ranges[name])
+            module.register_forward_pre_hook(quantizer)
+            quantizers.append(quantizer)
+        return quantizers
+
+    def _check(self, precisions: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(precisions, str) or len(precisions) != len(self.layer_names):
+            got = repr(precisions) if isinstance(precisions, str) else f"{len(precisions)} values"
+            raise ValueError(
+                f"expected {len(self.layer_names)} precisions, one per searchable layer of {self.network.name!r} "
+                f"(valid values {QUANTS}), got {got}"
+            )
+        for name, precision in zip(self.layer_names, precisions):
+            if precision not in QUANTS:
+                raise ValueError(f"unknown precision {precision!r} for layer {name!r}; valid values are {QUANTS}")
+        return tuple(str(p) for p in precisions)
+
+    def logits(self, precisions: Sequence[str]) -> torch.Tensor:
+        """Held-out logits `(n_test, num_classes)` of the network deployed with `precisions` (never cached)."""
+        key = self._check(precisions)
+        for quantizer, precision in zip(self._quantizers, key):
+            if quantizer.precision != precision:
+                quantizer.set_precision(precision)
+        with torch.inference_mode():
+            return torch.cat([self._model(x) for x in self._x_test.split(EVAL_BATCH_SIZE)])
+
+    def accuracy(self, precisions: Sequence[str]) -> float:
+        """Held-out top-1 accuracy in [0, 1] with one precision per searchable layer, cached by assignment."""
+        key = tuple(precisions)
+        if key in self._results:  # only checked assignments are ever stored
+            self._hits += 1
+            return self._results[key]
+        key = self._check(precisions)
+        self._misses += 1
+        predicted = self.logits(key).argmax(dim=1)
+        result = (predicted == self.dataset.y_test).float().mean().item()
+        self._results[key] = result
+        return result
+
+    @property
+    def baseline_accuracy(self) -> float:
+        """Accuracy with every layer in fp32."""
+        return self.accuracy(("fp32",) * len(self.layer_names))
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses and size of the accuracy cache."""
+        return CacheInfo(self._hits, self._misses, len(self._results))
+
+
+def _architecture(network: Network) -> tuple[tuple[Any, ...], ...]:
+    """What must agree between a network and its small-input proxy: names, ops, kernels, channels."""
+    return tuple(
+        (l.name, l.op, l.kernel, l.stride, l.groups) + (() if l.op is Op.DENSE else (l.in_shape[0], l.out_shape[0]))
+        for l in network.searchable_layers
+    )
+
+
+def oracle_for(network: Network, cache_dir: Path | None = None, epochs: int = DEFAULT_EPOCHS) -> AccuracyOracle:
+    """The digits oracle for `network`: the network itself if its input is at most 32x32, else the
+    zoo's 32x32 variant of the same architecture (same searchable layers, names and channels)."""
+    from envs import zoo
+
+    if max(network.input_shape[1:]) <= zoo.SMALL_INPUT_SIZE:
+        return AccuracyOracle(network, cache_dir=cache_dir, epochs=epochs)
+    target = _architecture(network)
+    for name in zoo.NETWORKS:
+        proxy = zoo.small_input_variant(name)
+        if _architecture(proxy) == target:
+            return AccuracyOracle(proxy, cache_dir=cache_dir, epochs=epochs)
+    raise ValueError(
+        f"network {network.name!r} ({network.input_shape}) has no 32x32 variant in the zoo "
+        f"({', '.join(zoo.NETWORKS)}); build an AccuracyOracle for a small-input version of it and pass it in"
+    )

@@ -1,0 +1,183 @@
+"""`envs.accuracy`: real training on digits, real fake quantisation, disk and in-memory caches."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from envs import zoo
+from envs.accuracy import AccuracyOracle, Dataset, digits_dataset, image_folder_dataset, oracle_for, train
+from tests.test_torch_build import all_ops_network
+
+TINY_EPOCHS = 8
+
+
+@pytest.fixture(scope="module")
+def digits16() -> Dataset:
+    return digits_dataset(image_size=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("accuracy-cache")
+
+
+@pytest.fixture(scope="module")
+def oracle(digits16: Dataset, tiny_cache: Path) -> AccuracyOracle:
+    return AccuracyOracle(all_ops_network(), digits16, cache_dir=tiny_cache, epochs=TINY_EPOCHS)
+
+
+def uniform(oracle: AccuracyOracle, precision: str) -> list[str]:
+    return [precision] * len(oracle.layer_names)
+
+
+def test_digits_dataset_split() -> None:
+    data = digits_dataset(image_size=32, channels=3, seed=0)
+    assert data.x_train.shape == (1437, 3, 32, 32) and data.x_test.shape == (360, 3, 32, 32)
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert 0.0 <= float(data.x_train.min()) and float(data.x_train.max()) <= 1.0
+    assert torch.equal(data.x_train[:, 0], data.x_train[:, 2])  # grey replicated to 3 channels
+    assert torch.bincount(data.y_test).tolist() == pytest.approx([36] * 10, abs=1)  # stratified
+    again = digits_dataset(image_size=32, channels=3, seed=0)
+    assert torch.equal(again.y_test, data.y_test) and torch.equal(again.x_test, data.x_test)
+    other = digits_dataset(image_size=32, channels=3, seed=1)
+    assert not torch.equal(other.y_test, data.y_test) and other.name != data.name
+
+
+def test_tiny_network_learns_digits(oracle: AccuracyOracle) -> None:
+    assert oracle.trained_from_scratch
+    assert oracle.baseline_accuracy > 0.85
+    assert oracle.provenance == "measured:heldout/digits-16@360"
+
+
+def test_all_fp32_is_the_baseline(oracle: AccuracyOracle) -> None:
+    assert oracle.accuracy(uniform(oracle, "fp32")) == oracle.baseline_accuracy
+
+
+def test_fp16_is_within_a_point(oracle: AccuracyOracle) -> None:
+    assert abs(oracle.accuracy(uniform(oracle, "fp16")) - oracle.baseline_accuracy) <= 0.01
+
+
+def test_int8_changes_logits_but_keeps_accuracy(oracle: AccuracyOracle) -> None:
+    fp32 = oracle.logits(uniform(oracle, "fp32"))
+    int8 = oracle.logits(uniform(oracle, "int8"))
+    assert (int8 - fp32).abs().max() > 1e-3
+    assert abs(oracle.accuracy(uniform(oracle, "int8")) - oracle.baseline_accuracy) <= 0.05
+
+
+def test_switching_back_restores_fp32_exactly(oracle: AccuracyOracle) -> None:
+    fp32 = oracle.logits(uniform(oracle, "fp32"))
+    mixed = ["int8", "fp16"] * (len(oracle.layer_names) // 2) + ["int8"] * (len(oracle.layer_names) % 2)
+    assert not torch.equal(oracle.logits(mixed), fp32)
+    assert torch.equal(oracle.logits(uniform(oracle, "fp32")), fp32)
+
+
+def test_repeated_query_is_a_cache_hit(oracle: AccuracyOracle) -> None:
+    assignment = ["int8"] + ["fp16"] * (len(oracle.layer_names) - 1)
+    first = oracle.accuracy(assignment)
+    before = oracle.cache_info()
+    assert oracle.accuracy(tuple(assignment)) == first
+    after = oracle.cache_info()
+    assert (after.hits, after.misses, after.size) == (before.hits + 1, before.misses, before.size)
+
+
+def test_second_oracle_loads_from_disk(oracle: AccuracyOracle, digits16: Dataset, tiny_cache: Path) -> None:
+    again = AccuracyOracle(all_ops_network(), digits16, cache_dir=tiny_cache, epochs=TINY_EPOCHS)
+    assert not again.trained_from_scratch and again.cache_path == oracle.cache_path
+    assert again.baseline_accuracy == oracle.baseline_accuracy
+    assignment = ["int8", "fp16"] + ["fp32"] * (len(oracle.layer_names) - 2)
+    assert again.accuracy(assignment) == oracle.accuracy(assignment)
+
+
+def test_corrupt_cache_file_is_retrained_and_replaced(
+    digits16: Dataset, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = AccuracyOracle(all_ops_network(), digits16, cache_dir=tmp_path, epochs=1)
+    first.cache_path.write_bytes(b"not a checkpoint")
+    with caplog.at_level(logging.WARNING, logger="envs.accuracy"):
+        second = AccuracyOracle(all_ops_network(), digits16, cache_dir=tmp_path, epochs=1)
+    assert second.trained_from_scratch
+    assert str(first.cache_path) in caplog.text
+    assert not AccuracyOracle(all_ops_network(), digits16, cache_dir=tmp_path, epochs=1).trained_from_scratch
+    assert [p.name for p in tmp_path.iterdir()] == [first.cache_path.name]  # no temporary files left
+
+
+def test_training_is_deterministic(digits16: Dataset) -> None:
+    a = train(all_ops_network(), digits16, epochs=1, seed=3).state_dict()
+    b = train(all_ops_network(), digits16, epochs=1, seed=3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "precisions, match",
+    [
+        (["fp32"], r"expected 6 precisions"),
+        ("fp32", r"expected 6 precisions"),
+        (["fp32"] * 5 + ["int4"], r"'int4' for layer 'fc'.*fp32.*fp16.*int8"),
+    ],
+)
+def test_bad_precisions_raise(oracle: AccuracyOracle, precisions: list[str] | str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        oracle.accuracy(precisions)
+
+
+def test_dataset_must_match_the_network(digits16: Dataset, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"\(3, 16, 16\).*\(3, 32, 32\)"):
+        AccuracyOracle(all_ops_network(size=32), digits16, cache_dir=tmp_path)
+
+
+def _write_images(folder: Path, classes: dict[str, int], size: int = 12) -> None:
+    rng = np.random.default_rng(0)
+    for label, (name, count) in enumerate(classes.items()):
+        (folder / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8) + np.uint8(60 * label)
+            Image.fromarray(pixels).save(folder / name / f"{i}.png")
+
+
+def test_image_folder_dataset(tmp_path: Path) -> None:
+    _write_images(tmp_path / "shapes", {"a": 10, "b": 10, "c": 10})
+    (tmp_path / "shapes" / "a" / "notes.txt").write_text("not an image")
+    data = image_folder_dataset(tmp_path / "shapes", image_size=8, channels=3, test_fraction=0.2)
+    assert data.x_train.shape == (24, 3, 8, 8) and data.x_test.shape == (6, 3, 8, 8)
+    assert torch.bincount(data.y_test).tolist() == [2, 2, 2]
+    assert data.x_test[data.y_test == 2].mean() > data.x_test[data.y_test == 0].mean()  # labels follow folders
+    grey = image_folder_dataset(tmp_path / "shapes", image_size=8, channels=1)
+    assert grey.x_train.shape == (24, 1, 8, 8) and grey.name != data.name
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "shapes" / "a" / "0.png")
+    assert image_folder_dataset(tmp_path / "shapes", image_size=8).name != data.name  # content is in the name
+
+
+def test_image_folder_errors_name_the_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match=f"{empty}.*no images"):
+        image_folder_dataset(empty, image_size=8)
+    single = tmp_path / "single"
+    _write_images(single, {"only": 4})
+    with pytest.raises(ValueError, match=f"{single}.*one class"):
+        image_folder_dataset(single, image_size=8)
+    with pytest.raises(ValueError, match="missing"):
+        image_folder_dataset(tmp_path / "missing", image_size=8)
+
+
+def test_oracle_for_a_large_network_without_proxy_raises(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no 32x32 variant"):
+        oracle_for(all_ops_network(size=64), cache_dir=tmp_path)
+
+
+def test_mobilenet_v2_proxy_on_digits(tmp_path: Path) -> None:
+    """The full-size MobileNetV2 maps to its 32x32 variant; fake quantisation acts on a real network."""
+    oracle = oracle_for(zoo.mobilenet_v2(), cache_dir=tmp_path, epochs=3)
+    assert oracle.network == zoo.small_input_variant("mobilenet_v2")
+    assert oracle.layer_names == tuple(l.name for l in zoo.mobilenet_v2().searchable_layers)
+    fp32 = oracle.baseline_accuracy
+    assert fp32 > 0.5
+    assert abs(oracle.accuracy(uniform(oracle, "fp16")) - fp32) <= 0.01
+    assert abs(oracle.accuracy(uniform(oracle, "int8")) - fp32) <= 0.05
+    assert not torch.equal(oracle.logits(uniform(oracle, "int8")), oracle.logits(uniform(oracle, "fp32")))
