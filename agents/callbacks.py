@@ -1,0 +1,104 @@
+"""TensorBoard for the search: what the environment reported at the end of each episode.
+
+Scalars (averaged over the episodes a rollout completed, written at each rollout end):
+`deploy/episode_reward`, `deploy/latency_ms`, `deploy/accuracy`, `deploy/speedup`,
+`deploy/feasible_fraction`, `deploy/memory_mb`, `deploy/energy_mj`; best so far (by reward):
+`best/reward`, `best/latency_ms`, `best/accuracy`, `best/speedup`. Histograms of the chosen options:
+`choices/quant`, `choices/algo`, `choices/threads`, `choices/tile` (option indices). The run's
+hyperparameters are written once as TensorBoard hparams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import HParam
+
+from envs.space import ALGORITHMS, QUANTS, TILES
+
+
+@dataclass
+class BestDeployment:
+    """The best complete deployment seen so far (by episode reward)."""
+
+    reward: float = -np.inf
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class DeploymentTensorBoard(BaseCallback):
+    """Logs finished episodes to TensorBoard and keeps the best deployment found.
+
+    Args:
+        hparams: hyperparameters and run settings to show in TensorBoard's HPARAMS tab.
+        on_best: called with the episode info whenever a new best deployment is found.
+    """
+
+    def __init__(self, hparams: dict[str, Any], on_best: Callable[[dict[str, Any]], None] | None = None) -> None:
+        super().__init__()
+        self.hparams = hparams
+        self.on_best = on_best
+        self.best = BestDeployment()
+        self._returns: np.ndarray | None = None
+        self._choices: dict[str, list[int]] = {"quant": [], "algo": [], "threads": [], "tile": []}
+        self.episodes = 0
+
+    def _on_training_start(self) -> None:
+        self._returns = np.zeros(self.training_env.num_envs)
+        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in self.hparams.items()}
+        self.logger.record(
+            "hparams",
+            HParam(hparams, {"best/reward": 0.0, "best/latency_ms": 0.0, "best/accuracy": 0.0}),
+            exclude=("stdout", "log", "json", "csv"),
+        )
+
+    def _on_step(self) -> bool:
+        rewards, dones, infos = self.locals["rewards"], self.locals["dones"], self.locals["infos"]
+        assert self._returns is not None
+        self._returns += rewards
+        for i, (done, info) in enumerate(zip(dones, infos)):
+            if not done:
+                continue
+            episode_reward = float(self._returns[i])
+            self._returns[i] = 0.0
+            if "accuracy" not in info:  # ended on an invalid action
+                self.logger.record_mean("deploy/invalid_episodes", 1.0)
+                continue
+            self.episodes += 1
+            self._log_episode(episode_reward, info)
+        return True
+
+    def _log_episode(self, episode_reward: float, info: dict[str, Any]) -> None:
+        record = self.logger.record_mean
+        record("deploy/episode_reward", episode_reward)
+        record("deploy/latency_ms", info["latency_ms"])
+        record("deploy/accuracy", info["accuracy"])
+        record("deploy/speedup", info["speedup"])
+        record("deploy/feasible_fraction", float(info["feasible"]))
+        record("deploy/memory_mb", info["memory_bytes"] / 1e6)
+        if info.get("energy_mj") is not None:
+            record("deploy/energy_mj", info["energy_mj"])
+        for choice in info["choices"].values():
+            self._choices["quant"].append(QUANTS.index(choice["quant"]))
+            self._choices["algo"].append(ALGORITHMS.index(choice["algo"]))
+            self._choices["threads"].append(choice["dataflow"]["threads"])
+            self._choices["tile"].append(TILES.index(choice["dataflow"]["tile"]))
+        if episode_reward > self.best.reward:
+            self.best = BestDeployment(episode_reward, dict(info))
+            if self.on_best:
+                self.on_best(self.best.info)
+
+    def _on_rollout_end(self) -> None:
+        if self.best.info:
+            self.logger.record("best/reward", self.best.reward)
+            self.logger.record("best/latency_ms", self.best.info["latency_ms"])
+            self.logger.record("best/accuracy", self.best.info["accuracy"])
+            self.logger.record("best/speedup", self.best.info["speedup"])
+        self.logger.record("deploy/episodes", self.episodes)
+        for name, values in self._choices.items():
+            if values:
+                self.logger.record(f"choices/{name}", th.tensor(values, dtype=th.float32), exclude=("stdout", "log", "json", "csv"))
+                values.clear()

@@ -1,0 +1,47 @@
+"""Agents: hyperparameters from YAML, and seeded PPO runs that are identical."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents.ppo import HyperparamError, PPOHyperparams, load_hyperparams, make_agent, make_vec_env
+from envs.make import make_deployment_env
+
+
+def test_default_section_and_network_override():
+    assert load_hyperparams("resnet18") == PPOHyperparams()
+    assert load_hyperparams("mobilenet_v2").ent_coef == 0.005
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("default: [1, 2\n", "cannot read hyperparameters"),
+        ("- just\n- a list\n", "expected a mapping with a 'default' section"),
+        ("default:\n  n_steps: 64\n  learning_rat: 0.1\n", "unknown hyperparameter(s) ['learning_rat']"),
+        ("default:\n  n_steps: many\n", "hyperparameter n_steps='many'"),
+        ("default:\n  net_arch: 64\n", "hyperparameter net_arch=64"),
+        ("default: {}\ntiny: [1]\n", "section 'tiny' must be a mapping"),
+    ],
+)
+def test_malformed_yaml_names_the_file_and_the_problem(tmp_path, text, message):
+    path = tmp_path / "ppo.yml"
+    path.write_text(text)
+    with pytest.raises(HyperparamError) as err:
+        load_hyperparams("tiny", path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_two_seeded_runs_are_identical(tiny, tiny_oracle):
+    oracle = tiny_oracle
+    hp = PPOHyperparams(n_envs=2, n_steps=32, batch_size=32, n_epochs=2)
+
+    def trained() -> dict[str, torch.Tensor]:
+        env = make_vec_env(lambda: make_deployment_env(tiny, "cortex-a72", accuracy=oracle), hp.n_envs)
+        agent = make_agent(env, hp, seed=11, tensorboard_log=None)
+        agent.learn(128)
+        return agent.policy.state_dict()
+
+    first, second = trained(), trained()
+    assert all(torch.equal(first[k], second[k]) for k in first)
