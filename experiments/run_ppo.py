@@ -1,0 +1,186 @@
+"""Search a per-layer deployment of a CNN on a target with MaskablePPO; export the best one.
+
+    python experiments/run_ppo.py --target cortex-a72                 # MobileNetV2, default budget
+    python experiments/run_ppo.py --net resnet18 --budget-ms 120
+    python experiments/run_ppo.py --net mobilenet_v1 --tradeoff 40     # MnasNet-style trade-off
+    python experiments/run_ppo.py --resume runs/mobilenet_v2-cortex-a72-s0-...   # continue a run
+
+Without a board the latencies come from the calibrated Cortex-A72 model (every number says so).
+Each run writes one folder: config.yml, command.txt, tb/ (TensorBoard), checkpoints/,
+best_deployment.json (kept up to date), deployment.json and summary.txt at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.callbacks import DeploymentTensorBoard
+from agents.ppo import DEFAULT_HYPERPARAMS, load_hyperparams, make_agent, make_vec_env
+from deploy.db import DatabaseError
+from deploy.deployment import evaluate
+from deploy.export import deployment_dict, write_json
+from deploy.targets import TARGETS
+from envs.space import Choice
+
+
+@dataclass
+class Config:
+    """Everything a run depends on (written to config.yml)."""
+
+    target: str = "cortex-a72"
+    """registered target (cortex-a72, host)"""
+    net: str = "mobilenet_v2"
+    """built-in network (mobilenet_v1, mobilenet_v2, mobilenet_v2_32, resnet18)"""
+    timesteps: int = 60_000
+    """environment steps to train for (one step = one layer)"""
+    budget_ms: float | None = None
+    """latency budget in ms (default: 0.4 x the fp32 im2col baseline)"""
+    tradeoff: float | None = None
+    """use the MnasNet trade-off reward with this target latency in ms instead of a budget"""
+    seed: int = 0
+    """seed of the agent (the environment itself is deterministic)"""
+    logdir: str = "runs"
+    """where run folders and the shared measurement database go"""
+    resume: str | None = None
+    """run folder to continue from its last checkpoint (its config is reused)"""
+    hyperparams: str = str(DEFAULT_HYPERPARAMS)
+    """YAML of PPO hyperparameters (keyed by network, with a default section)"""
+    checkpoint_every: int = 20_000
+    """save the agent every this many steps"""
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Command line -> Config (one flag per field, help from the field docstrings)."""
+    doc = {name: "" for name in (f.name for f in fields(Config))}
+    source = Path(__file__).read_text().split("class Config")[1].split("def parse_args")[0].splitlines()
+    for i, line in enumerate(source):
+        name = line.strip().split(":")[0]
+        if name in doc and i + 1 < len(source):
+            doc[name] = source[i + 1].strip().strip('"')
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(Config):
+        default = getattr(Config(), f.name)
+        kind = {"timesteps": int, "seed": int, "checkpoint_every": int, "budget_ms": float, "tradeoff": float}.get(f.name, str)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default, help=doc[f.name])
+    return Config(**vars(parser.parse_args(argv)))
+
+
+def run_folder(config: Config) -> Path:
+    """A new folder for this run, or the folder being resumed."""
+    if config.resume:
+        folder = Path(config.resume)
+        if not (folder / "config.yml").is_file():
+            raise ValueError(f"--resume {folder}: not a run folder (no config.yml)")
+        return folder
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = Path(config.logdir) / f"{config.net}-{config.target}-s{config.seed}-{stamp}"
+    folder.mkdir(parents=True, exist_ok=False)
+    return folder
+
+
+def load_resumed(config: Config) -> Config:
+    """The saved config of the run being resumed, with the new timestep target."""
+    saved = yaml.safe_load((Path(config.resume) / "config.yml").read_text())  # type: ignore[arg-type]
+    saved.update(resume=config.resume, timesteps=config.timesteps)
+    return Config(**saved)
+
+
+def summary(info: dict[str, Any], baseline_accuracy: float, folder: Path) -> str:
+    """One screen: the best deployment against the baseline."""
+    lines = [
+        f"run folder           {folder}",
+        f"latency              {info['latency_ms']:.2f} ms  ({info['latency_provenance']})",
+        f"baseline (BLAS fp32) {info['baseline_latency_ms']:.2f} ms  -> speedup {info['speedup']:.2f}x",
+        f"accuracy             {100 * info['accuracy']:.2f}%  (fp32 {100 * baseline_accuracy:.2f}%, "
+        f"loss {100 * (baseline_accuracy - info['accuracy']):.2f} points; {info['accuracy_provenance']})",
+        f"memory               {info['memory_bytes'] / 1e6:.2f} MB   energy {info['energy_mj']:.1f} mJ (modelled)",
+        f"feasible             {info['feasible']}",
+    ]
+    counts: dict[str, int] = {}
+    for c in info["choices"].values():
+        key = f"{c['quant']}/{c['algo']}"
+        counts[key] = counts.get(key, 0) + 1
+    lines.append("layers               " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    if config.resume:
+        config = load_resumed(config)
+    if config.target not in TARGETS:
+        raise ValueError(f"unknown target {config.target!r}; valid targets: {', '.join(sorted(TARGETS))}")
+    hp = load_hyperparams(config.net, config.hyperparams)
+
+    # imported late: building the environment trains (or loads) the accuracy proxy
+    from envs.accuracy import oracle_for
+    from envs.make import make_deployment_env, resolve_network
+
+    network = resolve_network(config.net)
+    oracle = oracle_for(network)
+    db_path = Path(config.logdir) / "measurements.sqlite"
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "tradeoff" if config.tradeoff is not None else "budget"
+
+    def make_env():
+        return make_deployment_env(network, config.target, mode, config.budget_ms, config.tradeoff, db_path, oracle)
+
+    probe = make_env()  # fails fast on an impossible budget, before any folder is written
+    folder = run_folder(config)
+    if not config.resume:
+        (folder / "config.yml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+        (folder / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
+
+    def save_best(info: dict[str, Any]) -> None:
+        choices = {name: Choice.from_dict(c) for name, c in info["choices"].items()}
+        cost = evaluate(network, choices, probe.costs)
+        doc = deployment_dict(
+            network, config.target, probe.costs.fingerprint, choices, cost, info["accuracy"],
+            info["accuracy_provenance"], probe.baseline, oracle.baseline_accuracy,
+        )
+        write_json(folder / "best_deployment.json", doc)
+
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.callbacks import CheckpointCallback
+
+    env = make_vec_env(make_env, hp.n_envs)
+    checkpoints = folder / "checkpoints"
+    latest = sorted(checkpoints.glob("*.zip"), key=lambda p: p.stat().st_mtime)
+    if config.resume and latest:
+        agent = MaskablePPO.load(latest[-1], env=env, device="cpu", tensorboard_log=str(folder / "tb"))
+        print(f"resuming from {latest[-1]} at {agent.num_timesteps} steps")
+    else:
+        agent = make_agent(env, hp, config.seed, str(folder / "tb"))
+    hparams = {**asdict(config), **hp.to_dict(), "reward_mode": mode, "reference_ms": probe.reward_config.reference_ms}
+    tensorboard = DeploymentTensorBoard(hparams, on_best=save_best)
+    checkpointing = CheckpointCallback(max(config.checkpoint_every // hp.n_envs, 1), str(checkpoints), name_prefix="ppo")
+    remaining = max(config.timesteps - agent.num_timesteps, 0)
+    agent.learn(
+        remaining, callback=[tensorboard, checkpointing], progress_bar=True,
+        reset_num_timesteps=not config.resume, tb_log_name="ppo",
+    )
+    agent.save(checkpoints / f"ppo_{agent.num_timesteps}_steps.zip")
+    if not tensorboard.best.info:
+        print("no complete deployment was evaluated; train for more timesteps", file=sys.stderr)
+        return 1
+    (folder / "best_deployment.json").replace(folder / "deployment.json")
+    text = summary(tensorboard.best.info, oracle.baseline_accuracy, folder)
+    (folder / "summary.txt").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, DatabaseError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
