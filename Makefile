@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine: `make run` (the main job) and `make test`.
+# Both create the virtual environment in .venv when it is missing.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: run test bench calibrate clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+run: $(VENV)/.installed  ## the main job: PPO search on the calibrated Cortex-A72 model
+	$(PY) experiments/run_ppo.py --target cortex-a72 $(ARGS)
+
+test: $(VENV)/.installed  ## the test suite (what CI runs)
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed  ## benchmark JSON + PNG into benchmarks/out/
+	$(PY) benchmarks/main_job.py
+
+calibrate: $(VENV)/.installed  ## refit the A72 model to the public figures (writes deploy/data/cortex_a72.json)
+	$(PY) experiments/calibrate_cpu_model.py
+
+clean-venv:
+	rm -rf $(VENV)
