@@ -46,7 +46,7 @@ DEFAULT_EPOCHS = 6
 """Training epochs; MobileNetV2 at 32x32 reaches 96% held-out accuracy on digits."""
 TRAIN_BATCH_SIZE = 64
 LEARNING_RATE = 1e-2
-TRAIN_RECIPE = "adam-onecycle-lr1e-2-bs64-v1"
+TRAIN_RECIPE = "adam-onecycle-lr1e-2-bs64-bnrecal-v2"
 """Names everything about training not in the cache key's other parts; change it when the recipe changes."""
 EVAL_BATCH_SIZE = 120
 """Held-out images per forward pass: small enough that freed activations are reused, not page-faulted in again."""
@@ -185,7 +185,29 @@ def train(network: Network, dataset: Dataset, epochs: int, seed: int) -> Network
             optimizer.step()
             schedule.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    recalibrate_batch_norm(module, x)
     return module.eval()
+
+
+def recalibrate_batch_norm(module: nn.Module, images: torch.Tensor) -> None:
+    """Replace every batch norm's running statistics by the exact mean and variance over `images`.
+
+    Running averages lag the weights when training takes few steps (small data sets); evaluation
+    then sees statistics of an earlier network. A cumulative average (momentum None) over the
+    whole training set, with the weights frozen, removes that lag.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    with torch.no_grad():
+        for chunk in images.split(TRAIN_BATCH_SIZE):
+            if len(chunk) > 1:
+                module(chunk)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
 
 
 def _save_atomically(obj: Any, path: Path) -> None:
@@ -422,18 +444,28 @@ def _architecture(network: Network) -> tuple[tuple[Any, ...], ...]:
     )
 
 
-def oracle_for(network: Network, cache_dir: Path | None = None, epochs: int = DEFAULT_EPOCHS) -> AccuracyOracle:
-    """The digits oracle for `network`: the network itself if its input is at most 32x32, else the
-    zoo's 32x32 variant of the same architecture (same searchable layers, names and channels)."""
+def oracle_for(
+    network: Network, cache_dir: Path | None = None, epochs: int = DEFAULT_EPOCHS, image_folder: str | Path | None = None
+) -> AccuracyOracle:
+    """The accuracy oracle for `network`: the network itself if its input is at most 32x32, else the
+    zoo's 32x32 variant of the same architecture (same searchable layers, names and channels).
+
+    Trained on scikit-learn's digits, or on `image_folder` (`<folder>/<class>/<image>`, resized to the
+    proxy's input; the zoo variant then gets one output per class).
+    """
     from envs import zoo
 
-    if max(network.input_shape[1:]) <= zoo.SMALL_INPUT_SIZE:
-        return AccuracyOracle(network, cache_dir=cache_dir, epochs=epochs)
+    small = max(network.input_shape[1:]) <= zoo.SMALL_INPUT_SIZE
+    size = network.input_shape[1] if small else zoo.SMALL_INPUT_SIZE
+    dataset = None if image_folder is None else image_folder_dataset(image_folder, size, network.input_shape[0])
+    if small:
+        return AccuracyOracle(network, dataset, cache_dir=cache_dir, epochs=epochs)
+    classes = 10 if dataset is None else dataset.num_classes
     target = _architecture(network)
     for name in zoo.NETWORKS:
-        proxy = zoo.small_input_variant(name)
+        proxy = zoo.small_input_variant(name, num_classes=classes)
         if _architecture(proxy) == target:
-            return AccuracyOracle(proxy, cache_dir=cache_dir, epochs=epochs)
+            return AccuracyOracle(proxy, dataset, cache_dir=cache_dir, epochs=epochs)
     raise ValueError(
         f"network {network.name!r} ({network.input_shape}) has no 32x32 variant in the zoo "
         f"({', '.join(zoo.NETWORKS)}); build an AccuracyOracle for a small-input version of it and pass it in"

@@ -181,3 +181,14 @@ def test_mobilenet_v2_proxy_on_digits(tmp_path: Path) -> None:
     assert abs(oracle.accuracy(uniform(oracle, "fp16")) - fp32) <= 0.01
     assert abs(oracle.accuracy(uniform(oracle, "int8")) - fp32) <= 0.05
     assert not torch.equal(oracle.logits(uniform(oracle, "int8")), oracle.logits(uniform(oracle, "fp32")))
+
+
+def test_oracle_trains_on_a_users_image_folder(tmp_path: Path) -> None:
+    """A folder of 3 classes: the zoo proxy gets 3 outputs and learns them (brightness separates them)."""
+    _write_images(tmp_path / "mine", {"dark": 60, "mid": 60, "light": 60})
+    oracle = oracle_for(zoo.resnet18(), cache_dir=tmp_path / "cache", epochs=6, image_folder=tmp_path / "mine")
+    assert oracle.network.num_classes == 3 and oracle.network.input_shape == (3, 32, 32)
+    assert oracle.provenance.startswith("measured:heldout/folder-mine-32-") and oracle.provenance.endswith("@36")
+    assert oracle.baseline_accuracy > 0.9
+    with pytest.raises(ValueError, match="no images"):
+        oracle_for(zoo.resnet18(), cache_dir=tmp_path / "cache", image_folder=tmp_path / "cache")
