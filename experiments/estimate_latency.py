@@ -1,0 +1,46 @@
+"""Estimate a network's latency on a target, per layer, without searching.
+
+    python experiments/estimate_latency.py --net resnet18                      # best per-layer deployment
+    python experiments/estimate_latency.py --net mobilenet_v1 --quant int8 --threads 4
+    python experiments/estimate_latency.py --deployment runs/<run>/deployment.json
+
+Without a board the numbers come from the target's latency model, and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from deploy.db import DatabaseError
+from deploy.estimate import estimate_latency
+from deploy.export import load_deployment
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", default="mobilenet_v2", help="built-in network")
+    parser.add_argument("--target", default="cortex-a72", help="registered target")
+    parser.add_argument("--deployment", help="a deployment.json written by run_ppo.py (its network and choices)")
+    parser.add_argument("--quant", help="best deployment restricted to this precision on every layer")
+    parser.add_argument("--threads", type=int, help="best deployment restricted to this thread count")
+    args = parser.parse_args(argv)
+    if args.deployment:
+        record = load_deployment(args.deployment)
+        estimate = estimate_latency(record.network, args.target, record.choices)
+    else:
+        estimate = estimate_latency(args.net, args.target, quant=args.quant, threads=args.threads)
+    print(f"{'layer':24s} {'choice':52s} {'ms':>8s} {'conv ms':>8s}")
+    for layer in estimate.layers:
+        choice = layer.choice.key if layer.choice else "-"
+        print(f"{layer.name:24s} {choice:52s} {layer.latency_ms:8.3f} {layer.conversion_ms:8.3f}")
+    print(estimate.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, DatabaseError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,68 @@
+"""The public latency estimate: any network, a given or the best deployment, and it says it is modelled."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy.deployment import best_choices, evaluate, uniform_choices
+from deploy.estimate import estimate_latency
+from envs import zoo
+from tests.test_torch_import import SmallNet, TorchMobileNetV2
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_best_deployment_of_a_builtin_matches_the_dp_and_says_modelled(a72_table, mobilenet_v2):
+    estimate = estimate_latency("mobilenet_v2", "cortex-a72")
+    expected = evaluate(mobilenet_v2, best_choices(mobilenet_v2, a72_table), a72_table)
+    assert estimate.latency_ms == pytest.approx(expected.latency_ms, rel=1e-12)
+    assert not estimate.measured
+    assert estimate.provenance == ("modelled:cortex-a72-model@1",)
+    assert "not measured" in estimate.summary() and "modelled:cortex-a72-model@1" in estimate.summary()
+    assert len(estimate.choices) == len(mobilenet_v2.searchable_layers)
+
+
+def test_given_choices_are_priced_as_given(a72_table, mobilenet_v2):
+    baseline = uniform_choices(mobilenet_v2, lambda layer: a72_table.space.baseline_choice())
+    estimate = estimate_latency(mobilenet_v2, "cortex-a72", baseline)
+    assert estimate.latency_ms == pytest.approx(evaluate(mobilenet_v2, baseline, a72_table).latency_ms, rel=1e-12)
+    assert estimate.latency_ms > 2 * estimate_latency(mobilenet_v2).latency_ms
+
+
+def test_precision_and_thread_constraints(mobilenet_v2):
+    fp32_1t = estimate_latency(mobilenet_v2, quant="fp32", threads=1)
+    assert {(c.quant, c.dataflow.threads) for c in fp32_1t.choices.values()} == {("fp32", 1)}
+    int8_4t = estimate_latency(mobilenet_v2, quant="int8", threads=4)
+    assert int8_4t.latency_ms < fp32_1t.latency_ms
+    with pytest.raises(ValueError, match=r"threads=3 is not offered by cortex-a72; valid: \[1, 2, 4\]"):
+        estimate_latency(mobilenet_v2, threads=3)
+    with pytest.raises(ValueError, match="quant 'bf16' is not one of"):
+        estimate_latency(mobilenet_v2, quant="bf16")
+
+
+def test_a_torch_module_is_imported_and_priced():
+    imported = estimate_latency(TorchMobileNetV2(10), input_shape=(3, 32, 32))
+    builtin = estimate_latency(zoo.mobilenet_v2(32, 10))
+    assert imported.latency_ms == pytest.approx(builtin.latency_ms, rel=1e-9)  # same layers, other names
+    assert estimate_latency(SmallNet(), input_shape=(3, 32, 32)).latency_ms > 0
+    with pytest.raises(ValueError, match=r"needs input_shape=\(C, H, W\)"):
+        estimate_latency(SmallNet())
+
+
+def test_command_line_prints_layers_and_provenance():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "estimate_latency.py"), "--net", "resnet18", "--quant", "int8"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "layer1.0.conv1" in result.stdout and "int8" in result.stdout
+    assert "resnet18 on cortex-a72" in result.stdout and "not measured: modelled:cortex-a72-model@1" in result.stdout
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "estimate_latency.py"), "--net", "vgg99"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and "valid names" in bad.stderr and "Traceback" not in bad.stderr
