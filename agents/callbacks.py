@@ -35,13 +35,19 @@ class DeploymentTensorBoard(BaseCallback):
     Args:
         hparams: hyperparameters and run settings to show in TensorBoard's HPARAMS tab.
         on_best: called with the episode info whenever a new best deployment is found.
+        best: the best deployment of an earlier session of the same run (when resuming).
     """
 
-    def __init__(self, hparams: dict[str, Any], on_best: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        hparams: dict[str, Any],
+        on_best: Callable[[dict[str, Any]], None] | None = None,
+        best: BestDeployment | None = None,
+    ) -> None:
         super().__init__()
         self.hparams = hparams
         self.on_best = on_best
-        self.best = BestDeployment()
+        self.best = best or BestDeployment()
         self._returns: np.ndarray | None = None
         self._choices: dict[str, list[int]] = {"quant": [], "algo": [], "threads": [], "tile": []}
         self.episodes = 0

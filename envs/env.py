@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -135,6 +135,18 @@ class DeploymentEnv(gym.Env):
         if terminated:
             reward += self._finish(info)
         return self._observation(), float(reward), terminated, False, info
+
+    def replay(self, choices: Mapping[str, Choice]) -> tuple[float, dict[str, Any]]:
+        """Run one whole episode with the given choice per searchable layer; (episode reward, last info)."""
+        missing = [layer.name for layer in self.layers if layer.name not in choices]
+        if missing:
+            raise ValueError(f"deployment of {self.network.name!r} has no choice for layer(s) {missing}")
+        self.reset()
+        total, info = 0.0, {}
+        for layer in self.layers:
+            _, reward, _, _, info = self.step(self.space.encode(choices[layer.name]))
+            total += reward
+        return total, info
 
     def action_masks(self) -> np.ndarray:
         """Exact per-component masks of the current layer (all True after the episode ends)."""

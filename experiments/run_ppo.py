@@ -22,12 +22,13 @@ from typing import Any
 
 import yaml
 
-from agents.callbacks import DeploymentTensorBoard
+from agents.callbacks import BestDeployment, DeploymentTensorBoard
 from agents.ppo import DEFAULT_HYPERPARAMS, load_hyperparams, make_agent, make_vec_env
 from deploy.db import DatabaseError
 from deploy.deployment import evaluate
-from deploy.export import deployment_dict, write_json
+from deploy.export import deployment_dict, load_deployment, write_json
 from deploy.targets import TARGETS
+from envs.env import DeploymentEnv
 from envs.space import Choice
 
 
@@ -55,6 +56,8 @@ class Config:
     """YAML of PPO hyperparameters (keyed by network, with a default section)"""
     checkpoint_every: int = 20_000
     """save the agent every this many steps"""
+    image_folder: str | None = None
+    """train the accuracy proxy on this folder (<folder>/<class>/<image>) instead of scikit-learn's digits"""
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -101,7 +104,7 @@ def summary(info: dict[str, Any], baseline_accuracy: float, folder: Path) -> str
         f"baseline (BLAS fp32) {info['baseline_latency_ms']:.2f} ms  -> speedup {info['speedup']:.2f}x",
         f"accuracy             {100 * info['accuracy']:.2f}%  (fp32 {100 * baseline_accuracy:.2f}%, "
         f"loss {100 * (baseline_accuracy - info['accuracy']):.2f} points; {info['accuracy_provenance']})",
-        f"memory               {info['memory_bytes'] / 1e6:.2f} MB   energy {info['energy_mj']:.1f} mJ (modelled)",
+        f"memory               {info['memory_bytes'] / 1e6:.2f} MB   energy {info['energy_mj']:.1f} mJ ({info['latency_provenance']})",
         f"feasible             {info['feasible']}",
     ]
     counts: dict[str, int] = {}
@@ -110,6 +113,15 @@ def summary(info: dict[str, Any], baseline_accuracy: float, folder: Path) -> str
         counts[key] = counts.get(key, 0) + 1
     lines.append("layers               " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
     return "\n".join(lines)
+
+
+def earlier_best(folder: Path, env: DeploymentEnv) -> BestDeployment | None:
+    """The best deployment a resumed run had found, replayed through the environment; None if none."""
+    for name in ("best_deployment.json", "deployment.json"):
+        if (folder / name).is_file():
+            reward, info = env.replay(load_deployment(folder / name).choices)
+            return BestDeployment(reward, info)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from envs.make import make_deployment_env, resolve_network
 
     network = resolve_network(config.net)
-    oracle = oracle_for(network)
+    oracle = oracle_for(network, image_folder=config.image_folder)
     db_path = Path(config.logdir) / "measurements.sqlite"
     db_path.parent.mkdir(parents=True, exist_ok=True)
     mode = "tradeoff" if config.tradeoff is not None else "budget"
@@ -139,14 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "config.yml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
         (folder / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
 
-    def save_best(info: dict[str, Any]) -> None:
-        choices = {name: Choice.from_dict(c) for name, c in info["choices"].items()}
+    def save_best(info: dict[str, Any], name: str = "best_deployment.json") -> None:
+        choices = {layer: Choice.from_dict(c) for layer, c in info["choices"].items()}
         cost = evaluate(network, choices, probe.costs)
         doc = deployment_dict(
             network, config.target, probe.costs.fingerprint, choices, cost, info["accuracy"],
             info["accuracy_provenance"], probe.baseline, oracle.baseline_accuracy,
         )
-        write_json(folder / "best_deployment.json", doc)
+        write_json(folder / name, doc)
 
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import CheckpointCallback
@@ -160,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         agent = make_agent(env, hp, config.seed, str(folder / "tb"))
     hparams = {**asdict(config), **hp.to_dict(), "reward_mode": mode, "reference_ms": probe.reward_config.reference_ms}
-    tensorboard = DeploymentTensorBoard(hparams, on_best=save_best)
+    tensorboard = DeploymentTensorBoard(hparams, on_best=save_best, best=earlier_best(folder, probe))
     checkpointing = CheckpointCallback(max(config.checkpoint_every // hp.n_envs, 1), str(checkpoints), name_prefix="ppo")
     remaining = max(config.timesteps - agent.num_timesteps, 0)
     agent.learn(
@@ -171,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     if not tensorboard.best.info:
         print("no complete deployment was evaluated; train for more timesteps", file=sys.stderr)
         return 1
-    (folder / "best_deployment.json").replace(folder / "deployment.json")
+    save_best(tensorboard.best.info, "deployment.json")
+    (folder / "best_deployment.json").unlink(missing_ok=True)
     text = summary(tensorboard.best.info, oracle.baseline_accuracy, folder)
     (folder / "summary.txt").write_text(text + "\n")
     print(text)

@@ -11,7 +11,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import envs
 from envs.env import INVALID_ACTION_REWARD, DeploymentEnv
 from envs.make import BudgetError, make_deployment_env
-from envs.space import why_invalid
+from envs.space import Choice, why_invalid
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,12 @@ def test_unknown_target_and_network_list_the_valid_ones(oracle):
         make_deployment_env("mobilenet_v2", "cortex-a99", accuracy=oracle)
     with pytest.raises(ValueError, match="mobilenet_v1"):
         make_deployment_env("mobilenet_v9", "cortex-a72", accuracy=oracle)
+
+
+def test_replay_reproduces_an_episode(env):
+    rewards, info = rollout(env, np.random.default_rng(5))
+    choices = {name: Choice.from_dict(c) for name, c in info["choices"].items()}
+    total, replayed = env.replay(choices)
+    assert total == pytest.approx(sum(rewards)) and replayed["latency_ms"] == info["latency_ms"]
+    with pytest.raises(ValueError, match=r"no choice for layer\(s\) \['fc'\]"):
+        env.replay({k: v for k, v in choices.items() if k != "fc"})

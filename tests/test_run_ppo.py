@@ -24,25 +24,33 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def short_run(tmp_path_factory) -> Path:
+def default_run(tmp_path_factory) -> Path:
+    """The main job exactly as the README runs it (MobileNetV2, default budget and timesteps)."""
     logdir = tmp_path_factory.mktemp("runs")
-    result = run("--target", "cortex-a72", "--net", "mobilenet_v2", "--timesteps", "4096",
-                 "--logdir", str(logdir), "--checkpoint-every", "2048", cwd=logdir)
+    result = run("--target", "cortex-a72", "--logdir", str(logdir), cwd=logdir)
     assert result.returncode == 0, result.stderr[-3000:]
     (folder,) = [p for p in logdir.iterdir() if p.is_dir()]
     return folder
 
 
-def test_run_folder_holds_config_command_checkpoints_export_and_summary(short_run):
-    assert (short_run / "config.yml").read_text().startswith("target: cortex-a72")
-    assert "run_ppo.py" in (short_run / "command.txt").read_text()
-    assert sorted(p.name for p in (short_run / "checkpoints").glob("*.zip"))
-    assert "speedup" in (short_run / "summary.txt").read_text()
-    assert (short_run.parent / "measurements.sqlite").is_file()
+def test_default_run_beats_blas_fp32_twice_over_within_a_point_of_accuracy(default_run):
+    doc = json.loads((default_run / "deployment.json").read_text())
+    assert doc["network"]["name"] == "mobilenet_v2"
+    assert doc["baseline"]["speedup"] >= 2.0
+    assert doc["baseline"]["accuracy"] - doc["totals"]["accuracy"] <= 0.01
+    assert doc["totals"]["accuracy_provenance"] == "measured:heldout/digits-32@360"
 
 
-def test_tensorboard_events_hold_the_search_scalars_and_histograms(short_run):
-    (events_dir,) = list((short_run / "tb").iterdir())
+def test_run_folder_holds_config_command_checkpoints_export_and_summary(default_run):
+    assert (default_run / "config.yml").read_text().startswith("target: cortex-a72")
+    assert "run_ppo.py" in (default_run / "command.txt").read_text()
+    assert sorted(p.name for p in (default_run / "checkpoints").glob("*.zip"))
+    assert "speedup" in (default_run / "summary.txt").read_text()
+    assert (default_run.parent / "measurements.sqlite").is_file()
+
+
+def test_tensorboard_events_hold_the_search_scalars_and_histograms(default_run):
+    (events_dir,) = list((default_run / "tb").iterdir())
     acc = EventAccumulator(str(events_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
@@ -60,8 +68,8 @@ def test_tensorboard_events_hold_the_search_scalars_and_histograms(short_run):
     assert any("hparams" in tag for tag in acc.Tags()["tensors"]) or acc.summary_metadata
 
 
-def test_export_is_versioned_and_reproduces_its_numbers(short_run):
-    path = short_run / "deployment.json"
+def test_export_is_versioned_and_reproduces_its_numbers(default_run):
+    path = default_run / "deployment.json"
     doc = json.loads(path.read_text())
     assert doc["schema"] == "deploygym.deployment/1"
     assert doc["totals"]["latency_provenance"] == ["modelled:cortex-a72-model@1"]
@@ -73,11 +81,19 @@ def test_export_is_versioned_and_reproduces_its_numbers(short_run):
     assert load_deployment(path).target == "cortex-a72"
 
 
-def test_resume_continues_from_the_checkpoint(short_run):
-    result = run("--resume", str(short_run), "--timesteps", "6144", cwd=short_run)
+def test_resume_continues_from_the_checkpoint_and_keeps_the_best(default_run):
+    from envs.accuracy import oracle_for
+    from envs.make import make_deployment_env
+
+    before = load_deployment(default_run / "deployment.json")
+    result = run("--resume", str(default_run), "--timesteps", "62464", cwd=default_run)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming from" in result.stdout
-    assert (short_run / "checkpoints" / "ppo_6144_steps.zip").is_file()
+    assert "resuming from" in result.stdout and "at 60416 steps" in result.stdout
+    assert (default_run / "checkpoints" / "ppo_62464_steps.zip").is_file()
+    after = load_deployment(default_run / "deployment.json")
+    env = make_deployment_env(before.network, "cortex-a72", accuracy=oracle_for(before.network))
+    assert env.replay(after.choices)[0] >= env.replay(before.choices)[0]  # a resumed run never loses its best
+    assert not (default_run / "best_deployment.json").exists()
 
 
 @pytest.mark.parametrize(
