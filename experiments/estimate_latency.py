@@ -10,9 +10,8 @@ Without a board the numbers come from the target's latency model, and the output
 from __future__ import annotations
 
 import argparse
-import sys
 
-from deploy.db import DatabaseError
+from deploy.cli import run_main
 from deploy.estimate import estimate_latency
 from deploy.export import load_deployment
 
@@ -39,8 +38,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, DatabaseError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -24,7 +24,7 @@ import yaml
 
 from agents.callbacks import BestDeployment, DeploymentTensorBoard
 from agents.ppo import DEFAULT_HYPERPARAMS, load_hyperparams, make_agent, make_vec_env
-from deploy.db import DatabaseError
+from deploy.cli import run_main
 from deploy.deployment import evaluate
 from deploy.export import deployment_dict, load_deployment, write_json
 from deploy.targets import TARGETS
@@ -192,8 +192,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, DatabaseError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -1,0 +1,20 @@
+"""What the command-line scripts share: an expected error becomes one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn
+
+from deploy.db import DatabaseError
+
+USER_ERRORS = (ValueError, DatabaseError, OSError)
+"""Errors caused by the input (arguments, files, budgets): reported without a traceback."""
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """Exit with `main()`'s code; an error in `USER_ERRORS` prints `error: <message>` and exits 2."""
+    try:
+        sys.exit(main())
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
