@@ -36,7 +36,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from tqdm.auto import tqdm
 
-from envs.network import Network, Op
+from envs.network import NETWORK_INPUT, Network, Op
 from envs.space import QUANTS
 from envs.torch_build import NetworkModule, build_module, fold_batch_norm
 
@@ -233,11 +233,14 @@ def _int8_per_channel(w: torch.Tensor) -> torch.Tensor:
 class _LayerQuantizer:
     """One searchable layer: its weights and bias precomputed per precision, and its input fake-quant.
 
-    Registered as a forward pre-hook on the layer's `nn.Conv2d` / `nn.Linear`.
+    Registered as a forward pre-hook on the layer's `nn.Conv2d` / `nn.Linear`. With `inplace` (the
+    layer is the only reader of its input, which is not the network input) the input is rounded in
+    place, which costs a third of a pass that allocates.
     """
 
-    def __init__(self, module: nn.Conv2d | nn.Linear, input_min: float, input_max: float) -> None:
+    def __init__(self, module: nn.Conv2d | nn.Linear, input_min: float, input_max: float, inplace: bool) -> None:
         self.module = module
+        self.inplace = inplace
         w = module.weight.detach().clone()
         b = module.bias.detach().clone() if module.bias is not None else None
         self.weights = {"fp32": w, "fp16": w.half().float(), "int8": _int8_per_channel(w)}
@@ -256,11 +259,12 @@ class _LayerQuantizer:
         self.precision = precision
 
     def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        x = args[0]
         if self.precision == "fp16":
-            return (args[0].half().float(),)
-        if self.precision == "int8":  # as torch.fake_quantize_per_tensor_affine, in half the time
-            x = (args[0] * (1.0 / self.input_scale)).round_().clamp_(*self._input_levels).mul_(self.input_scale)
-            return (x,)
+            return (x.copy_(x.half()),) if self.inplace else (x.half().float(),)
+        if self.precision == "int8":  # as torch.fake_quantize_per_tensor_affine, in a tenth of the time
+            x = x.mul_(1.0 / self.input_scale) if self.inplace else x * (1.0 / self.input_scale)
+            return (x.round_().clamp_(*self._input_levels).mul_(self.input_scale),)
         return None
 
 
@@ -384,10 +388,13 @@ class AccuracyOracle:
                 self._model(chunk)
         for handle in handles:
             handle.remove()
+        readers = self.network.consumers()
         quantizers = []
         for name in self.layer_names:
             module = self._model.module_for(name)
-            quantizer = _LayerQuantizer(module, *ranges[name])
+            (source,) = self.network[name].inputs
+            sole_reader = source != NETWORK_INPUT and readers[source] == [name]
+            quantizer = _LayerQuantizer(module, *ranges[name], inplace=sole_reader)
             module.register_forward_pre_hook(quantizer)
             quantizers.append(quantizer)
         return quantizers

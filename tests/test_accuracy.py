@@ -77,6 +77,21 @@ def test_switching_back_restores_fp32_exactly(oracle: AccuracyOracle) -> None:
     assert torch.equal(oracle.logits(uniform(oracle, "fp32")), fp32)
 
 
+def test_in_place_rounding_only_for_sole_readers_and_identical_results(oracle: AccuracyOracle) -> None:
+    inplace = {name: q.inplace for name, q in zip(oracle.layer_names, oracle._quantizers)}
+    # stem reads the images, b1.dw shares stem with the add, left/right share pool: never in place
+    assert inplace == {"stem": False, "b1.dw": False, "b1.pw": True, "left": False, "right": False, "fc": True}
+    for mixed in (uniform(oracle, "int8"), uniform(oracle, "fp16"), ["int8", "fp16", "int8", "fp16", "int8", "fp16"]):
+        fast = oracle.logits(mixed)
+        for q in oracle._quantizers:
+            q.inplace = False
+        try:
+            assert torch.equal(oracle.logits(mixed), fast)
+        finally:
+            for name, q in zip(oracle.layer_names, oracle._quantizers):
+                q.inplace = inplace[name]
+
+
 def test_repeated_query_is_a_cache_hit(oracle: AccuracyOracle) -> None:
     assignment = ["int8"] + ["fp16"] * (len(oracle.layer_names) - 1)
     first = oracle.accuracy(assignment)
