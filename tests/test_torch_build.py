@@ -116,3 +116,19 @@ def test_producer_shape_mismatch_names_the_layer() -> None:
     )
     with pytest.raises(ValueError, match="layer 'b'"):
         build_module(Network("bad", (3, 4, 4), layers))
+
+
+@pytest.mark.parametrize("pixels", [1, 4, 16, 64])
+def test_pointwise_conv_as_gemm_matches_the_convolution_and_keeps_hooks(pixels: int) -> None:
+    from envs.torch_build import PointwiseConv2d
+
+    side = int(pixels**0.5)
+    conv = PointwiseConv2d(24, 40, 1, bias=True)
+    x = torch.randn(6, 24, side, side).contiguous(memory_format=torch.channels_last)
+    seen = []
+    conv.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    y = conv(x)
+    assert seen == [x.shape]
+    assert y.shape == (6, 40, side, side) and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv(x.contiguous()), y, rtol=1e-5, atol=1e-5)  # NCHW input: the conv path
