@@ -1,6 +1,7 @@
 """The measurement database: every `Cost` lands here first, and a hit is never recomputed.
 
-A SQLite file keyed by (target fingerprint, layer signature, choice key), all plain strings from callers.
+A SQLite file keyed by (target fingerprint, layer signature, choice key), all plain strings from callers;
+beside the costs, the measured accuracies of precision assignments, keyed by the accuracy oracle.
 One file is shared across runs and by concurrent worker processes: WAL journal, a 30 s busy timeout,
 short `BEGIN IMMEDIATE` transactions, and first-writer-wins inserts, so a measurement is never
 silently replaced (only `merge_from` upgrades a row, and only with one of more repeats).
@@ -16,7 +17,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from deploy.cost import Cost
 
@@ -39,6 +40,11 @@ CREATE TABLE IF NOT EXISTS costs (
     created_at REAL NOT NULL,
     PRIMARY KEY (fingerprint, signature, choice)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS accuracies (
+    oracle TEXT NOT NULL, assignment TEXT NOT NULL, accuracy REAL NOT NULL, provenance TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (oracle, assignment)
+) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 _INSERT = f"INSERT INTO costs ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) ON CONFLICT DO NOTHING"
@@ -48,6 +54,7 @@ _MERGE = (
     + ", ".join(f"{c} = excluded.{c}" for c in _VALUES + ("created_at",))
     + " WHERE excluded.repeats > costs.repeats"
 )
+_INSERT_ACCURACY = "INSERT INTO accuracies VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 _INSERT_TARGET = "INSERT INTO targets (fingerprint, description) VALUES (?, ?) ON CONFLICT DO NOTHING"
 
 
@@ -131,6 +138,19 @@ class MeasurementDB:
         ).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def put_accuracy(self, oracle: str, assignment: Sequence[str], accuracy: float, provenance: str) -> None:
+        """Store the measured accuracy of one per-layer precision assignment (first writer wins)."""
+        with self._write():
+            self._conn.execute(
+                _INSERT_ACCURACY,
+                (oracle, ",".join(assignment), accuracy, provenance, time.time()),
+            )
+
+    def accuracies(self, oracle: str) -> dict[tuple[str, ...], float]:
+        """Every stored accuracy of one accuracy oracle, keyed by assignment."""
+        rows = self._conn.execute("SELECT assignment, accuracy FROM accuracies WHERE oracle = ?", (oracle,))
+        return {tuple(assignment.split(",")): accuracy for assignment, accuracy in rows}
+
     def export_json(self, path: str | Path, fingerprint: str | None = None) -> int:
         """Write the costs (of one target, or all) and their target descriptions as JSON; returns rows written."""
         where, args = _where(fingerprint)
@@ -157,7 +177,7 @@ class MeasurementDB:
         return len(rows)
 
     def merge_from(self, other_path: str | Path) -> int:
-        """Copy another database's costs and targets in, in one transaction; returns cost rows added or upgraded.
+        """Copy another database's costs, targets and accuracies in, in one transaction; returns cost rows added or upgraded.
 
         A key already present is kept (first writer wins) unless the other row has more repeats.
         The other file is only read.
@@ -174,6 +194,8 @@ class MeasurementDB:
                 self._conn.executemany(_MERGE, source.execute(f"SELECT {_COLUMNS} FROM costs"))
                 added = self._conn.total_changes - before
                 self._conn.executemany(_INSERT_TARGET, source.execute("SELECT fingerprint, description FROM targets"))
+                if source.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'accuracies'").fetchone():
+                    self._conn.executemany(_INSERT_ACCURACY, source.execute("SELECT * FROM accuracies"))
         finally:
             source.close()
         return added

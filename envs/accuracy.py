@@ -12,7 +12,8 @@ into its convolution first, as a deployment runtime does. Per searchable layer:
 
 Accumulation, adds, pools and activations stay in fp32. The quantised weights of every layer are
 precomputed for every precision, so switching assignments swaps tensors; results are cached by
-assignment, so a repeated query costs a dict lookup.
+assignment, so a repeated query costs a dict lookup, and a query that shares its first layers'
+precisions with an earlier one resumes from that one's activations (`envs.prefix_cache`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from tqdm.auto import tqdm
 
+from deploy.db import MeasurementDB
 from envs.network import NETWORK_INPUT, Network, Op
 from envs.space import QUANTS
+from envs.prefix_cache import PrefixCache
 from envs.torch_build import NetworkModule, build_module, fold_batch_norm
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ TRAIN_BATCH_SIZE = 64
 LEARNING_RATE = 1e-2
 TRAIN_RECIPE = "adam-onecycle-lr1e-2-bs64-bnrecal-v2"
 """Names everything about training not in the cache key's other parts; change it when the recipe changes."""
+FAKE_QUANT_SCHEME = "w8perchannel-a8pertensor-f16round-v1"
+"""Names how a precision is simulated (module docstring); change it when that changes."""
 EVAL_BATCH_SIZE = 120
 """Held-out images per forward pass: small enough that freed activations are reused, not page-faulted in again."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -324,6 +329,7 @@ class AccuracyOracle:
         self.dataset = dataset
         self.epochs = epochs
         self.seed = seed
+        self.calibration_batches = calibration_batches
         self.layer_names = tuple(layer.name for layer in network.searchable_layers)
         self.provenance = f"measured:heldout/{dataset.name}@{len(dataset.y_test)}"
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -336,9 +342,23 @@ class AccuracyOracle:
             trained = self._train_and_save()
         self._model = fold_batch_norm(trained).to(memory_format=_CHANNELS_LAST)
         self._quantizers = self._calibrate(calibration_batches)
-        self._x_test = dataset.x_test.contiguous(memory_format=_CHANNELS_LAST)
+        x_test = dataset.x_test.contiguous(memory_format=_CHANNELS_LAST)
+        self._prefix_cache = PrefixCache(self._model, list(x_test.split(EVAL_BATCH_SIZE)))
         self._results: dict[tuple[str, ...], float] = {}
         self._hits = self._misses = 0
+        self._db: MeasurementDB | None = None
+
+    @property
+    def key(self) -> str:
+        """Everything an accuracy depends on besides the assignment (network, data, training, calibration)."""
+        return f"{self.cache_path.stem}-{FAKE_QUANT_SCHEME}-cal{self.calibration_batches}"
+
+    def use_database(self, db: MeasurementDB) -> int:
+        """Reuse the accuracies this oracle measured before in `db`, and store new ones there; returns how many."""
+        known = db.accuracies(self.key)
+        self._results.update(known)
+        self._db = db
+        return len(known)
 
     def _load(self) -> NetworkModule | None:
         if not self.cache_path.exists():
@@ -418,7 +438,7 @@ class AccuracyOracle:
             if quantizer.precision != precision:
                 quantizer.set_precision(precision)
         with torch.inference_mode():
-            return torch.cat([self._model(x) for x in self._x_test.split(EVAL_BATCH_SIZE)])
+            return self._prefix_cache.run(key)
 
     def accuracy(self, precisions: Sequence[str]) -> float:
         """Held-out top-1 accuracy in [0, 1] with one precision per searchable layer, cached by assignment."""
@@ -431,6 +451,8 @@ class AccuracyOracle:
         predicted = self.logits(key).argmax(dim=1)
         result = (predicted == self.dataset.y_test).float().mean().item()
         self._results[key] = result
+        if self._db is not None:
+            self._db.put_accuracy(self.key, key, result, self.provenance)
         return result
 
     @property

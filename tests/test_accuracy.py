@@ -101,6 +101,27 @@ def test_repeated_query_is_a_cache_hit(oracle: AccuracyOracle) -> None:
     assert (after.hits, after.misses, after.size) == (before.hits + 1, before.misses, before.size)
 
 
+def test_measured_accuracies_persist_in_the_database(oracle: AccuracyOracle, digits16: Dataset, tiny_cache: Path, tmp_path: Path) -> None:
+    from deploy.db import MeasurementDB
+
+    def load(**kwargs) -> AccuracyOracle:  # the trained weights come from the disk cache
+        return AccuracyOracle(all_ops_network(), digits16, cache_dir=tiny_cache, epochs=TINY_EPOCHS, **kwargs)
+
+    mixed = ["int8", "fp16"] * (len(oracle.layer_names) // 2) + ["fp32"] * (len(oracle.layer_names) % 2)
+    with MeasurementDB(tmp_path / "m.sqlite") as db:
+        first = load()
+        assert first.use_database(db) == 0
+        expected = {"mixed": first.accuracy(mixed), "int8": first.accuracy(uniform(first, "int8"))}
+        assert first.cache_info().misses == 2
+        again = load()
+        assert again.key == first.key and again.use_database(db) == 2
+        assert again.accuracy(uniform(again, "int8")) == expected["int8"]
+        assert again.accuracy(mixed) == expected["mixed"]
+        assert again.cache_info().misses == 0  # read back, not measured again
+        other = load(calibration_batches=2)
+        assert other.key != first.key and other.use_database(db) == 0
+
+
 def test_second_oracle_loads_from_disk(oracle: AccuracyOracle, digits16: Dataset, tiny_cache: Path) -> None:
     again = AccuracyOracle(all_ops_network(), digits16, cache_dir=tiny_cache, epochs=TINY_EPOCHS)
     assert not again.trained_from_scratch and again.cache_path == oracle.cache_path

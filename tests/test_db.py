@@ -186,6 +186,21 @@ def test_merge_keeps_existing_rows_unless_the_other_has_more_repeats(tmp_path: P
     assert sha256(tmp_path / "other.db") == other_hash
 
 
+def test_accuracies_round_trip_first_writer_wins_and_merge(tmp_path: Path) -> None:
+    assignment = ("fp32", "int8", "fp16")
+    with MeasurementDB(tmp_path / "a.db") as db:
+        assert db.accuracies("oracle-1") == {}
+        db.put_accuracy("oracle-1", assignment, 0.975, "measured:heldout/digits-32@360")
+        db.put_accuracy("oracle-1", assignment, 0.5, "measured:heldout/digits-32@360")  # ignored
+        db.put_accuracy("oracle-2", assignment, 0.9, "measured:heldout/digits-32@360")
+        assert db.accuracies("oracle-1") == {assignment: 0.975}
+    with MeasurementDB(tmp_path / "b.db") as other:
+        other.put_accuracy("oracle-1", ("int8",) * 3, 0.96, "measured:heldout/digits-32@360")
+        assert other.merge_from(tmp_path / "a.db") == 0  # no cost rows, but the accuracies come along
+        assert other.accuracies("oracle-1") == {assignment: 0.975, ("int8",) * 3: 0.96}
+        assert other.accuracies("oracle-2") == {assignment: 0.9}
+
+
 def test_merge_from_foreign_or_missing_file_is_refused(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(os.urandom(8192))
