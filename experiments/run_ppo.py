@@ -25,10 +25,13 @@ import yaml
 from agents.callbacks import BestDeployment, DeploymentTensorBoard
 from agents.ppo import DEFAULT_HYPERPARAMS, load_hyperparams, make_agent, make_vec_env
 from deploy.cli import run_main
+from deploy.db import MeasurementDB
 from deploy.deployment import evaluate
 from deploy.export import deployment_dict, load_deployment, write_json
 from deploy.targets import TARGETS
+from envs.accuracy import AccuracyOracle, oracle_for
 from envs.env import DeploymentEnv
+from envs.make import make_deployment_env, resolve_network
 from envs.space import Choice
 
 
@@ -84,8 +87,12 @@ def run_folder(config: Config) -> Path:
             raise ValueError(f"--resume {folder}: not a run folder (no config.yml)")
         return folder
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(config.logdir) / f"{config.net}-{config.target}-s{config.seed}-{stamp}"
-    folder.mkdir(parents=True, exist_ok=False)
+    base = Path(config.logdir) / f"{config.net}-{config.target}-s{config.seed}-{stamp}"
+    folder, n = base, 1
+    while folder.exists():  # two runs started within the same second
+        n += 1
+        folder = base.with_name(f"{base.name}-{n}")
+    folder.mkdir(parents=True)
     return folder
 
 
@@ -96,14 +103,15 @@ def load_resumed(config: Config) -> Config:
     return Config(**saved)
 
 
-def summary(info: dict[str, Any], baseline_accuracy: float, folder: Path) -> str:
+def summary(info: dict[str, Any], oracle: AccuracyOracle, folder: Path) -> str:
     """One screen: the best deployment against the baseline."""
     lines = [
         f"run folder           {folder}",
         f"latency              {info['latency_ms']:.2f} ms  ({info['latency_provenance']})",
         f"baseline (BLAS fp32) {info['baseline_latency_ms']:.2f} ms  -> speedup {info['speedup']:.2f}x",
-        f"accuracy             {100 * info['accuracy']:.2f}%  (fp32 {100 * baseline_accuracy:.2f}%, "
-        f"loss {100 * (baseline_accuracy - info['accuracy']):.2f} points; {info['accuracy_provenance']})",
+        f"accuracy             {100 * info['accuracy']:.2f}%  (fp32 {100 * oracle.baseline_accuracy:.2f}%, "
+        f"loss {100 * (oracle.baseline_accuracy - info['accuracy']):.2f} points; {info['accuracy_provenance']})",
+        f"accuracy queries     {oracle.cache_info().misses} measured, {oracle.cache_info().hits} from cache",
         f"memory               {info['memory_bytes'] / 1e6:.2f} MB   energy {info['energy_mj']:.1f} mJ ({info['latency_provenance']})",
         f"feasible             {info['feasible']}",
     ]
@@ -132,14 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"unknown target {config.target!r}; valid targets: {', '.join(sorted(TARGETS))}")
     hp = load_hyperparams(config.net, config.hyperparams)
 
-    # imported late: building the environment trains (or loads) the accuracy proxy
-    from envs.accuracy import oracle_for
-    from envs.make import make_deployment_env, resolve_network
-
     network = resolve_network(config.net)
     oracle = oracle_for(network, image_folder=config.image_folder)
     db_path = Path(config.logdir) / "measurements.sqlite"
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    reused = oracle.use_database(MeasurementDB(db_path))
+    if reused:
+        print(f"reusing {reused} accuracies measured before in {db_path}")
     mode = "tradeoff" if config.tradeoff is not None else "budget"
 
     def make_env():
@@ -185,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     save_best(tensorboard.best.info, "deployment.json")
     (folder / "best_deployment.json").unlink(missing_ok=True)
-    text = summary(tensorboard.best.info, oracle.baseline_accuracy, folder)
+    text = summary(tensorboard.best.info, oracle, folder)
     (folder / "summary.txt").write_text(text + "\n")
     print(text)
     return 0

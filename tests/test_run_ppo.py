@@ -96,6 +96,18 @@ def test_resume_continues_from_the_checkpoint_and_keeps_the_best(default_run):
     assert not (default_run / "best_deployment.json").exists()
 
 
+def test_same_seed_and_warm_database_give_the_same_deployment_without_measuring(tmp_path):
+    args = ("--net", "mobilenet_v1", "--timesteps", "2048", "--logdir", str(tmp_path))
+    first = run(*args, cwd=tmp_path)
+    second = run(*args, cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr[-3000:]
+    assert "reusing" not in first.stdout and "reusing" in second.stdout
+    assert "accuracy queries     0 measured" in second.stdout
+    one, two = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    a, b = load_deployment(one / "deployment.json"), load_deployment(two / "deployment.json")
+    assert a.choices == b.choices and a.totals == b.totals
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
