@@ -1,0 +1,325 @@
+"""Compiling a TVM kernel and timing it: on this machine, or on a board through TVM RPC.
+
+Compiling runs in worker processes, as many as there are cores; timing runs in one more worker
+process, one kernel at a time, and never while this process compiles, so two timings never share a
+core with each other or with a compiler. Every call has a timeout: a hung compile, a dead board or a
+crashed kernel kills that worker, which is started again; the caller gets a `MeasurementError`
+saying what failed, and earlier results are untouched.
+
+A board is reached with `python -m tvm.exec.rpc_server` on it, directly (`Device.rpc`) or through
+`python -m tvm.exec.rpc_tracker` and a key (`Device.tracker`). Kernels for a board are exported as a
+`.tar` of object files, which the board's server links itself: no cross-linker is needed here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from deploy.cost import CostUnavailable
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+ArgSpec = tuple[tuple[int, ...], str]  # (shape, dtype) of one kernel argument
+
+
+class MeasurementError(CostUnavailable):
+    """A kernel could not be compiled, reached or timed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where kernels run: this machine (`local`), an RPC server (`rpc`) or a tracker key (`tracker`)."""
+
+    kind: str = "local"
+    host: str = ""
+    port: int = 0
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "rpc", "tracker"):
+            raise ValueError(f"device kind {self.kind!r} is not one of ('local', 'rpc', 'tracker')")
+        if self.kind != "local" and not (self.host and 0 < self.port < 65536):
+            raise ValueError(f"{self.kind} device needs HOST:PORT, got {self.host!r}:{self.port}")
+        if self.kind == "tracker" and not self.key:
+            raise ValueError("a tracker device needs a key (--rpc-key)")
+
+    @property
+    def name(self) -> str:
+        """How measurements name the device (part of their provenance)."""
+        if self.kind == "local":
+            return f"local:{socket.gethostname()}"
+        where = f"{self.host}:{self.port}"
+        return f"rpc:{where}" if self.kind == "rpc" else f"tracker:{where}/{self.key}"
+
+    @classmethod
+    def parse(cls, rpc: str | None = None, tracker: str | None = None, key: str | None = None) -> "Device":
+        """`--rpc HOST:PORT`, or `--rpc-tracker HOST:PORT --rpc-key KEY`, or neither (local)."""
+        if rpc and tracker:
+            raise ValueError("give either --rpc HOST:PORT or --rpc-tracker HOST:PORT, not both")
+        address = rpc or tracker
+        if not address:
+            return cls()
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"RPC address {address!r} is not HOST:PORT")
+        return cls("rpc" if rpc else "tracker", host, int(port), key or "")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How kernels are timed and how long anything may take."""
+
+    repeats: int = 5
+    """timed repeats (the median is kept, the interquartile range is the spread)"""
+    min_repeat_ms: int = 10
+    """each repeat runs the kernel as often as needed to last at least this long"""
+    compile_timeout_s: float = 60.0
+    """longest a compile may take"""
+    run_timeout_s: float = 60.0
+    """longest connecting, uploading and timing one kernel may take"""
+    retries: int = 1
+    """further attempts after a failed compile or run (with a fresh worker)"""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Timing of one kernel: per-repeat times, their median and interquartile range."""
+
+    results_ms: tuple[float, ...]
+    threads: int
+
+    @property
+    def median_ms(self) -> float:
+        """Median of the repeats."""
+        return float(np.median(self.results_ms))
+
+    @property
+    def spread_ms(self) -> float:
+        """Interquartile range of the repeats."""
+        q1, q3 = np.percentile(self.results_ms, [25, 75])
+        return float(q3 - q1)
+
+
+# ---- what the worker processes run (top level, so a spawned process can import them) ----------
+def _compile(module_json: str, target: dict[str, Any], path: str) -> str:
+    """Compile a scheduled IRModule for `target` and export it to `path` (.so locally, .tar for RPC)."""
+    import tvm
+
+    module = tvm.ir.load_json(module_json)
+    executable = tvm.compile(module, target=tvm.target.Target(target))
+    executable.export_library(path)
+    return path
+
+
+def _random_args(args: Sequence[ArgSpec], device: Any) -> list[Any]:
+    import tvm
+
+    rng = np.random.default_rng(0)
+    out = []
+    for shape, dtype in args:
+        if dtype.startswith("int"):
+            values = rng.integers(-8, 8, size=shape).astype(dtype)
+        else:
+            values = rng.uniform(-1, 1, size=shape).astype(dtype)
+        out.append(tvm.runtime.tensor(values, device))
+    return out
+
+
+def _time(module: Any, device: Any, args: Sequence[ArgSpec], settings: MeasureSettings) -> tuple[float, ...]:
+    timer = module.time_evaluator(
+        "main", device, number=1, repeat=settings.repeats, min_repeat_ms=settings.min_repeat_ms
+    )
+    return tuple(float(r) * 1e3 for r in timer(*_random_args(args, device)).results)
+
+
+def _run_local(path: str, args: list[ArgSpec], threads: int, settings: MeasureSettings) -> tuple[float, ...]:
+    import tvm
+
+    tvm.get_global_func("runtime.config_threadpool")(1, threads)
+    return _time(tvm.runtime.load_module(path), tvm.cpu(), args, settings)
+
+
+def _session(device: Device, timeout_s: float) -> Any:
+    from tvm import rpc
+
+    if device.kind == "rpc":
+        return rpc.connect(device.host, device.port, session_timeout=timeout_s)
+    tracker = rpc.connect_tracker(device.host, device.port)
+    keys = sorted(tracker.summary().get("queue_info", {}))
+    if device.key not in keys:
+        raise MeasurementError(
+            f"tracker {device.host}:{device.port} has no server with key {device.key!r}; keys there: {keys}"
+        )
+    return tracker.request(device.key, priority=1, session_timeout=timeout_s, max_retry=1)
+
+
+def _run_remote(
+    device: Device, path: str, args: list[ArgSpec], threads: int, settings: MeasureSettings
+) -> tuple[float, ...]:
+    remote = _session(device, settings.run_timeout_s)
+    remote.upload(path)
+    module = remote.load_module(os.path.basename(path))
+    remote.get_function("runtime.config_threadpool")(1, threads)
+    return _time(module, remote.cpu(), args, settings)
+
+
+def serve(fd: int) -> None:
+    """Worker loop on a socket: run (function, args) requests until it closes."""
+    conn = Connection(fd)
+    while True:
+        try:
+            fn, args = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send(("ok", fn(*args)))
+        except BaseException as err:  # reported to the caller, who decides
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+class _Worker:
+    """One worker process (a fresh interpreter that imports only this module); a call that times out
+    or crashes it kills it, and the next call starts a new one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+
+    def call(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> Any:
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+        assert self._conn is not None
+        self._conn.send((fn, args))
+        if not self._conn.poll(timeout_s):
+            self.stop()
+            raise MeasurementError(f"{self.name}: no answer within {timeout_s:.0f} s (worker killed)")
+        try:
+            status, value = self._conn.recv()
+        except (EOFError, OSError):
+            self.stop()
+            raise MeasurementError(f"{self.name}: the worker process died") from None
+        if status == "error":  # compilers repeat a line per relocation: keep each line once
+            raise MeasurementError(f"{self.name}: " + "\n".join(dict.fromkeys(value.splitlines())))
+        return value
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")])))
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", f"from deploy.tvm_measure import serve; serve({theirs.fileno()})"],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+
+    def stop(self) -> None:
+        """Kill the process (idempotent)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(5)
+        if self._conn is not None:
+            self._conn.close()
+        self._proc = self._conn = None
+
+
+class Measurer:
+    """Compiles scheduled kernels for a target and times them on a device.
+
+    Args:
+        target: TVM target as a JSON-like dict (as `CpuTarget.tvm_target`).
+        device: where the kernels run.
+        settings: repeats and timeouts.
+        compile_workers: parallel compiler processes (default: this machine's cores).
+    """
+
+    def __init__(
+        self,
+        target: dict[str, Any],
+        device: Device = Device(),
+        settings: MeasureSettings = MeasureSettings(),
+        compile_workers: int | None = None,
+    ) -> None:
+        self.target = target
+        self.device = device
+        self.settings = settings
+        n = compile_workers or os.cpu_count() or 1
+        self._compilers = [_Worker(f"compiler-{i}") for i in range(n)]
+        self._runner = _Worker("runner")
+        self._pool = ThreadPoolExecutor(n)
+        self._dir = tempfile.TemporaryDirectory(prefix="deploygym-kernels-")
+        self._ids = itertools.count()
+
+    def measure(self, module: Any, args: Sequence[ArgSpec], threads: int) -> Measurement:
+        """Compile and time one scheduled IRModule (`main` takes `args`) on `threads` threads."""
+        (result,) = self.measure_many([(module, args, threads)])
+        if isinstance(result, MeasurementError):
+            raise result
+        return result
+
+    def measure_many(
+        self, kernels: Sequence[tuple[Any, Sequence[ArgSpec], int]]
+    ) -> list[Measurement | MeasurementError]:
+        """Compile all kernels in parallel, then time them one at a time; a failure is returned in its place."""
+        import tvm
+
+        paths = list(self._pool.map(lambda item: self._compile(*item), enumerate(tvm.ir.save_json(k[0]) for k in kernels)))
+        results: list[Measurement | MeasurementError] = []
+        for path, (_, args, threads) in zip(paths, kernels):
+            if isinstance(path, MeasurementError):
+                results.append(path)
+                continue
+            results.append(self._run(path, [(tuple(s), d) for s, d in args], threads))
+        return results
+
+    def in_compiler(self, fn: Callable[..., Any], args: tuple) -> Any:
+        """Run `fn(*args)` in a compiler worker (e.g. a numerical check), within the compile timeout."""
+        return self._compilers[0].call(fn, args, self.settings.compile_timeout_s)
+
+    def _compile(self, index: int, module_json: str) -> str | MeasurementError:
+        suffix = ".so" if self.device.kind == "local" else ".tar"
+        path = str(Path(self._dir.name) / f"kernel{next(self._ids)}{suffix}")
+        worker = self._compilers[index % len(self._compilers)]
+        return self._attempt(lambda: worker.call(_compile, (module_json, self.target, path), self.settings.compile_timeout_s), "compile")
+
+    def _run(self, path: str, args: list[ArgSpec], threads: int) -> Measurement | MeasurementError:
+        if self.device.kind == "local":
+            call = (_run_local, (path, args, threads, self.settings))
+        else:
+            call = (_run_remote, (self.device, path, args, threads, self.settings))
+        results = self._attempt(lambda: self._runner.call(*call, self.settings.run_timeout_s), f"run on {self.device.name}")
+        return results if isinstance(results, MeasurementError) else Measurement(results, threads)
+
+    def _attempt(self, fn: Callable[[], Any], what: str) -> Any:
+        """`fn()`, tried 1 + `retries` times; the last error is returned (not raised)."""
+        error: MeasurementError | None = None
+        for _ in range(1 + self.settings.retries):
+            try:
+                return fn()
+            except MeasurementError as err:
+                error = MeasurementError(f"{what} failed: {err}")
+        return error
+
+    def close(self) -> None:
+        """Stop the workers and delete the compiled kernels."""
+        for worker in (*self._compilers, self._runner):
+            worker.stop()
+        self._pool.shutdown()
+        self._dir.cleanup()
+
+    def __enter__(self) -> "Measurer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,89 @@
+"""Compiling and timing TVM kernels locally and through a real RPC tracker and server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import te, topi  # noqa: E402
+
+from deploy.tvm_measure import Device, MeasurementError, MeasureSettings, Measurer  # noqa: E402
+from tests.tvm_rpc import RpcCluster, free_port  # noqa: E402
+
+HOST = {"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu())}
+FAST = MeasureSettings(repeats=3, min_repeat_ms=5, retries=0, run_timeout_s=30, compile_timeout_s=60)
+
+
+def conv_kernel(cout: int = 16):
+    data = te.placeholder((1, 8, 14, 14), name="data")
+    weight = te.placeholder((cout, 8, 3, 3), name="weight")
+    out = topi.nn.conv2d_nchw(data, weight, 1, 1, 1)
+    module = tvm.IRModule({"main": te.create_prim_func([data, weight, out])})
+    return module, [((1, 8, 14, 14), "float32"), ((cout, 8, 3, 3), "float32"), ((1, cout, 14, 14), "float32")]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    rpc = RpcCluster().start()
+    yield rpc
+    rpc.stop()
+
+
+def test_local_measurement_has_repeats_median_and_spread():
+    module, args = conv_kernel()
+    with Measurer(HOST, settings=FAST) as measurer:
+        result = measurer.measure(module, args, threads=1)
+        assert len(result.results_ms) == 3 and result.threads == 1
+        assert 0 < min(result.results_ms) <= result.median_ms <= max(result.results_ms)
+        assert 0 <= result.spread_ms <= max(result.results_ms) - min(result.results_ms)
+        bigger, smaller = measurer.measure_many([(*conv_kernel(64), 1), (*conv_kernel(4), 1)])
+        assert bigger.median_ms > smaller.median_ms  # results come back in order, and mean something
+
+
+def test_a_kernel_that_does_not_compile_is_an_error_and_the_next_one_still_measures():
+    module, args = conv_kernel()
+    with Measurer({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}, settings=FAST) as measurer:
+        with pytest.raises(MeasurementError, match="(?s)compile failed: .*wrong format"):
+            measurer.measure(module, args, threads=1)  # an aarch64 object cannot be linked for this machine
+    with Measurer(HOST, settings=FAST) as measurer:
+        failed, ok = measurer.measure_many([(module, [((1, 8), "float32")], 1), (module, args, 1)])
+        assert isinstance(failed, MeasurementError) and ok.median_ms > 0
+
+
+def test_through_the_tracker_and_directly_to_the_server(cluster):
+    module, args = conv_kernel()
+    with Measurer(HOST, Device.parse(tracker=f"127.0.0.1:{cluster.tracker_port}", key=cluster.key), FAST) as m:
+        assert m.device.name == f"tracker:127.0.0.1:{cluster.tracker_port}/{cluster.key}"
+        assert m.measure(module, args, threads=1).median_ms > 0
+
+
+def test_wrong_key_names_the_keys_the_tracker_has(cluster):
+    module, args = conv_kernel()
+    device = Device.parse(tracker=f"127.0.0.1:{cluster.tracker_port}", key="no-such-board")
+    with Measurer(HOST, device, FAST) as measurer, pytest.raises(MeasurementError) as err:
+        measurer.measure(module, args, threads=1)
+    assert "no server with key 'no-such-board'" in str(err.value) and cluster.key in str(err.value)
+
+
+def test_unreachable_address_fails_clearly_within_the_timeout():
+    module, args = conv_kernel()
+    start = time.monotonic()
+    with Measurer(HOST, Device.parse(rpc=f"127.0.0.1:{free_port()}"), FAST) as measurer:
+        with pytest.raises(MeasurementError, match=r"run on rpc:127\.0\.0\.1:\d+ failed: .*[Cc]onnect"):
+            measurer.measure(module, args, threads=1)
+    assert time.monotonic() - start < FAST.run_timeout_s + 15
+
+
+@pytest.mark.parametrize(
+    "rpc, tracker, key, message",
+    [
+        ("board", None, None, "is not HOST:PORT"),
+        ("a:1", "b:2", "k", "not both"),
+        (None, "127.0.0.1:9190", None, "needs a key"),
+    ],
+)
+def test_bad_device_arguments(rpc, tracker, key, message):
+    with pytest.raises(ValueError, match=message):
+        Device.parse(rpc, tracker, key)
