@@ -2,10 +2,11 @@
 
 Scalars (averaged over the episodes a rollout completed, written at each rollout end):
 `deploy/episode_reward`, `deploy/latency_ms`, `deploy/accuracy`, `deploy/speedup`,
-`deploy/feasible_fraction`, `deploy/memory_mb`, `deploy/energy_mj`; best so far (by reward):
-`best/reward`, `best/latency_ms`, `best/accuracy`, `best/speedup`. Histograms of the chosen options:
-`choices/quant`, `choices/algo`, `choices/threads`, `choices/tile` (option indices). The run's
-hyperparameters are written once as TensorBoard hparams.
+`deploy/feasible_fraction`, `deploy/memory_mb`, `deploy/energy_mj`; episodes that ended on an
+invalid action or a failed measurement: `deploy/invalid_episodes`, `deploy/measurement_failures`;
+best so far (by reward): `best/reward`, `best/latency_ms`, `best/accuracy`, `best/speedup`.
+Histograms of the chosen options: `choices/quant`, `choices/algo`, `choices/threads`, `choices/tile`
+(option indices). The run's hyperparameters are written once as TensorBoard hparams.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class DeploymentTensorBoard(BaseCallback):
                 continue
             episode_reward = float(self._returns[i])
             self._returns[i] = 0.0
+            if "measurement_error" in info:
+                self.logger.record_mean("deploy/measurement_failures", 1.0)
+                continue
             if "accuracy" not in info:  # ended on an invalid action
                 self.logger.record_mean("deploy/invalid_episodes", 1.0)
                 continue

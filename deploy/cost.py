@@ -9,6 +9,10 @@ from envs.network import Layer
 from envs.space import Choice
 
 
+class CostUnavailable(RuntimeError):
+    """A backend could not price a choice (a failed compile, an unreachable board); the message says why."""
+
+
 @dataclass(frozen=True)
 class Cost:
     """The price of one layer (or conversion) under one choice, with where the number came from.

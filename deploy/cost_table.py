@@ -20,17 +20,33 @@ class CostTable:
     Every cost the backend produces lands in the database (when one is given) before it is used; a
     layer already in the database is read back in one query and never recomputed.
 
+    A backend that measures (not `batch_friendly`) prices only the choices asked for; where every
+    choice of a layer is needed at once (lower bounds, the fastest deployment for a budget check),
+    the `estimator`'s numbers stand in for the unmeasured ones.
+
     Args:
         backend: prices layers for the target.
         space: the search space (decides which choices are valid).
         db: optional measurement database shared across runs and processes.
+        estimator: a batch-friendly backend (the target's model) for whole-layer arrays when `backend`
+            measures.
     """
 
-    def __init__(self, backend: CostBackend, space: SearchSpace, db: "MeasurementDB | None" = None) -> None:
+    def __init__(
+        self,
+        backend: CostBackend,
+        space: SearchSpace,
+        db: "MeasurementDB | None" = None,
+        estimator: CostBackend | None = None,
+    ) -> None:
+        if not backend.batch_friendly and (estimator is None or not estimator.batch_friendly):
+            raise ValueError(f"a cost table over {backend.provenance} needs a batch-friendly estimator")
         self.backend = backend
         self.space = space
         self.db = db
         self.fingerprint = backend.fingerprint()
+        self._estimates = None if backend.batch_friendly else CostTable(estimator, space)  # type: ignore[arg-type]
+        self._position = {c.key: i for i, c in enumerate(space.all_choices())}
         self._layers: dict[str, dict[str, Cost]] = {}
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._fixed: dict[tuple, Cost] = {}
@@ -56,13 +72,21 @@ class CostTable:
         return hit
 
     def latency_array(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-        """(latency_ms, memory_bytes) over `space.all_choices()` order; NaN where invalid."""
+        """(latency_ms, memory_bytes) over `space.all_choices()` order; NaN where invalid.
+
+        With a measuring backend: the estimator's numbers, overwritten by every measurement known."""
         arrays = self._arrays.get(layer.signature)
         if arrays is None:
-            costs = self.layer_costs(layer)
-            all_choices = self.space.all_choices()
-            latency = np.array([costs[c.key].latency_ms if c.key in costs else np.nan for c in all_choices])
-            memory = np.array([costs[c.key].memory_bytes if c.key in costs else np.nan for c in all_choices])
+            if self._estimates is None:
+                costs = self.layer_costs(layer)
+            else:
+                costs = self._load(layer)
+            n = len(self._position)
+            latency, memory = np.full(n, np.nan), np.full(n, np.nan)
+            if self._estimates is not None:
+                latency[:], memory[:] = self._estimates.latency_array(layer)
+            for key, cost in costs.items():
+                latency[self._position[key]], memory[self._position[key]] = cost.latency_ms, cost.memory_bytes
             arrays = self._arrays[layer.signature] = (latency, memory)
         return arrays
 
@@ -101,5 +125,8 @@ class CostTable:
         if self.db is not None:
             self.db.put_many(self.fingerprint, ((layer.signature, c.key, cost) for c, cost in zip(choices, costs)))
         known = self._layers[layer.signature]
+        arrays = self._arrays.get(layer.signature)
         for c, cost in zip(choices, costs):
             known[c.key] = cost
+            if arrays is not None:
+                arrays[0][self._position[c.key]], arrays[1][self._position[c.key]] = cost.latency_ms, cost.memory_bytes

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from deploy.cost import CostBackend
 from deploy.cpu_model import CORTEX_A72, CpuLatencyModel, CpuModelParams, CpuSpec, load_calibration
+from deploy.tvm_measure import Device, MeasureSettings
 from envs.space import QUANTS, SearchSpace, cpu_schedules
 
 
@@ -23,6 +25,8 @@ class CpuTarget:
     calibration: str | None = None
     """Name of the shipped calibration (`deploy/data/<name>.json`); None = uncalibrated defaults."""
     quants: tuple[str, ...] = field(default=QUANTS)
+    runs_here: bool = False
+    """Kernels for this target run on this machine, so it is measured locally unless told otherwise."""
 
     def search_space(self) -> SearchSpace:
         """The per-layer choices this target offers (threads up to its core count)."""
@@ -34,9 +38,30 @@ class CpuTarget:
             return CpuLatencyModel(self.spec, CpuModelParams(), "uncalibrated")
         return CpuLatencyModel(self.spec, load_calibration(self.calibration), self.calibration)
 
-    def backend(self) -> CpuLatencyModel:
-        """The cost backend used when no board is attached."""
-        return self.model()
+    def backend(self, device: Device | None = None, settings: MeasureSettings | None = None) -> CostBackend:
+        """TVM measurement on `device` (this machine for a target that runs here), else the model."""
+        if device is None and not self.runs_here:
+            return self.model()
+        device = device or Device()
+        if device.kind == "local" and not self.runs_here:
+            raise ValueError(
+                f"kernels for {self.name} cannot run on this machine: give a board with --rpc HOST:PORT "
+                f"or --rpc-tracker HOST:PORT --rpc-key KEY, or use --target host"
+            )
+        from deploy.tvm_backend import TvmBackend
+
+        return TvmBackend(checked_tvm_target(self.tvm_target), device, self.model(), settings or MeasureSettings())
+
+
+def checked_tvm_target(target: dict[str, Any]) -> dict[str, Any]:
+    """`target` if TVM accepts it; ValueError naming the target and TVM's objection otherwise."""
+    import tvm
+
+    try:
+        tvm.target.Target(target)
+    except Exception as err:  # TVM raises its own error types for unknown kinds and keys
+        raise ValueError(f"TVM rejects the target {target}: {str(err).strip().splitlines()[-1]}") from None
+    return target
 
 
 def _read(path: str) -> str:
@@ -71,10 +96,18 @@ def _host() -> CpuTarget:
     )
     return CpuTarget(
         name="host",
-        description=f"this machine ({spec.cores} cores); latency model uncalibrated until measured",
+        description=f"this machine ({spec.cores} cores), measured with TVM; its latency model is uncalibrated",
         spec=spec,
-        tvm_target={"kind": "llvm", "num-cores": spec.cores},
+        tvm_target={"kind": "llvm", "mcpu": _llvm_cpu(), "num-cores": spec.cores},
+        runs_here=True,
     )
+
+
+def _llvm_cpu() -> str:
+    """LLVM's name for this machine's CPU (LLVM 22 refuses "native")."""
+    import tvm
+
+    return str(tvm.target.codegen.llvm_get_system_cpu())
 
 
 def _cortex_a72() -> CpuTarget:

@@ -49,7 +49,7 @@ DEFAULT_EPOCHS = 6
 """Training epochs; MobileNetV2 at 32x32 reaches 96% held-out accuracy on digits."""
 TRAIN_BATCH_SIZE = 64
 LEARNING_RATE = 1e-2
-TRAIN_RECIPE = "adam-onecycle-lr1e-2-bs64-bnrecal-v2"
+TRAIN_RECIPE = "adam-onecycle-lr1e-2-bs64-bnrecal-gemm-v3"
 """Names everything about training not in the cache key's other parts; change it when the recipe changes."""
 FAKE_QUANT_SCHEME = "w8perchannel-a8pertensor-f16round-v1"
 """Names how a precision is simulated (module docstring); change it when that changes."""

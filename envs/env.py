@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from deploy.cost import CostUnavailable
 from deploy.cost_table import CostTable
 from deploy.deployment import Assembler, NetworkCost, evaluate, uniform_choices
 from envs.network import Layer, Network, Op
@@ -17,6 +18,7 @@ from envs.space import ALGORITHMS, QUANTS, Choice, SearchSpace
 
 _OPS = (Op.CONV, Op.POINTWISE, Op.DEPTHWISE, Op.DENSE)
 INVALID_ACTION_REWARD = -100.0
+MEASUREMENT_FAILURE_REWARD = -100.0
 OBS_HIGH = 100.0
 
 
@@ -44,6 +46,8 @@ class DeploymentEnv(gym.Env):
     schedule: register tile, loop order, vectorised axis, parallel axis, threads) of the current layer.
     `action_masks()` returns exact per-component masks for MaskablePPO. An invalid action ends the
     episode with reward -100 and `info["invalid_action"]` naming the reason; nothing is priced.
+    A choice the cost backend cannot price (a failed compile or measurement, after its retries) also
+    ends the episode with reward -100, and `info["measurement_error"]` says what failed.
 
     ## Observation space
     `Box(0, 100, (27,), float32)` describing the current layer and the deployment so far:
@@ -64,7 +68,7 @@ class DeploymentEnv(gym.Env):
     `np_random` (the environment itself draws nothing at random).
 
     ## Episode end
-    Terminates after the last searchable layer (or on an invalid action); never truncates.
+    Terminates after the last searchable layer (or on an invalid action or a failed measurement); never truncates.
     At the end `info` holds `latency_ms`, `latency_provenance`, `accuracy`, `accuracy_provenance`,
     `memory_bytes`, `energy_mj`, `conversion_ms`, `feasible`, `speedup` (baseline / latency),
     `baseline_latency_ms`, `baseline_accuracy` and `choices` (layer name -> choice dict).
@@ -120,7 +124,12 @@ class DeploymentEnv(gym.Env):
             self._t = len(self.layers)
             return self._observation(), INVALID_ACTION_REWARD, True, False, {"invalid_action": reason, "layer": layer.name}
         choice = self.space.decode(action)
-        added = self._assembler.add(choice)
+        try:
+            added = self._assembler.add(choice)
+        except CostUnavailable as err:
+            self._t = len(self.layers)
+            info = {"measurement_error": str(err), "layer": layer.name, "choice": choice.key}
+            return self._observation(), MEASUREMENT_FAILURE_REWARD, True, False, info
         self._choices.append(choice)
         self._quant_counts[choice.quant] += 1
         self._t += 1

@@ -11,6 +11,7 @@ from deploy.cost_table import CostTable
 from deploy.db import MeasurementDB
 from deploy.deployment import best_choices, evaluate
 from deploy.targets import get_target
+from deploy.tvm_measure import Device
 from envs import zoo
 from envs.env import Accuracy, DeploymentEnv
 from envs.network import Network
@@ -29,6 +30,14 @@ def resolve_network(network: str | Network) -> Network:
     return network if isinstance(network, Network) else zoo.get_network(network)
 
 
+def make_cost_table(target: str, db_path: str | Path | None = None, device: Device | None = None) -> CostTable:
+    """The cost table of a registered target: its model, or TVM measurement on `device` (a board over
+    RPC, or this machine for `host`), over the measurement database at `db_path` (None: in memory)."""
+    tgt = get_target(target)
+    db = MeasurementDB(db_path) if db_path is not None else None
+    return CostTable(tgt.backend(device), tgt.search_space(), db, estimator=tgt.model())
+
+
 def make_deployment_env(
     network: str | Network = "mobilenet_v2",
     target: str = "cortex-a72",
@@ -37,6 +46,8 @@ def make_deployment_env(
     target_ms: float | None = None,
     db_path: str | Path | None = None,
     accuracy: Accuracy | None = None,
+    costs: CostTable | None = None,
+    device: Device | None = None,
 ) -> DeploymentEnv:
     """Build the environment.
 
@@ -48,17 +59,18 @@ def make_deployment_env(
         target_ms: trade-off target latency; default the same as the default budget.
         db_path: measurement database file shared across runs (None: costs stay in memory).
         accuracy: accuracy oracle; default trains (once, cached) the network's 32x32 variant on digits.
+        costs: a cost table to share between environments (from `make_cost_table`); built otherwise.
+        device: where to measure (see `make_cost_table`).
     """
     net = resolve_network(network)
-    tgt = get_target(target)
-    space = tgt.search_space()
-    db = MeasurementDB(db_path) if db_path is not None else None
-    costs = CostTable(tgt.backend(), space, db)
+    costs = costs or make_cost_table(target, db_path, device)
+    space = costs.space
     baseline = evaluate(net, {l.name: space.baseline_choice() for l in net.searchable_layers}, costs)
     default = DEFAULT_BUDGET_FRACTION * baseline.latency_ms
     if mode == "budget":
         budget = default if budget_ms is None else float(budget_ms)
-        fastest = evaluate(net, best_choices(net, costs), costs).latency_ms
+        # only a model knows the fastest deployment up front; a measuring backend would time it all
+        fastest = evaluate(net, best_choices(net, costs), costs).latency_ms if costs.backend.batch_friendly else 0.0
         if budget < fastest:
             raise BudgetError(
                 f"latency budget {budget:.3f} ms is below the fastest deployment of {net.name} on {target} "

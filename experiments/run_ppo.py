@@ -25,13 +25,13 @@ import yaml
 from agents.callbacks import BestDeployment, DeploymentTensorBoard
 from agents.ppo import DEFAULT_HYPERPARAMS, load_hyperparams, make_agent, make_vec_env
 from deploy.cli import run_main
-from deploy.db import MeasurementDB
+from deploy.tvm_measure import Device
 from deploy.deployment import evaluate
 from deploy.export import deployment_dict, load_deployment, write_json
 from deploy.targets import TARGETS
 from envs.accuracy import AccuracyOracle, oracle_for
 from envs.env import DeploymentEnv
-from envs.make import make_deployment_env, resolve_network
+from envs.make import make_cost_table, make_deployment_env, resolve_network
 from envs.space import Choice
 
 
@@ -61,6 +61,12 @@ class Config:
     """save the agent every this many steps"""
     image_folder: str | None = None
     """train the accuracy proxy on this folder (<folder>/<class>/<image>) instead of scikit-learn's digits"""
+    rpc: str | None = None
+    """measure on the board whose `python -m tvm.exec.rpc_server` listens at HOST:PORT"""
+    rpc_tracker: str | None = None
+    """measure on a board reached through the TVM RPC tracker at HOST:PORT (with --rpc-key)"""
+    rpc_key: str | None = None
+    """the board's key at the tracker"""
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -144,13 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     oracle = oracle_for(network, image_folder=config.image_folder)
     db_path = Path(config.logdir) / "measurements.sqlite"
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    reused = oracle.use_database(MeasurementDB(db_path))
+    measured_on = Device.parse(config.rpc, config.rpc_tracker, config.rpc_key) if config.rpc or config.rpc_tracker else None
+    costs = make_cost_table(config.target, db_path, measured_on)  # shared by every environment copy
+    reused = oracle.use_database(costs.db)
     if reused:
         print(f"reusing {reused} accuracies measured before in {db_path}")
     mode = "tradeoff" if config.tradeoff is not None else "budget"
 
     def make_env():
-        return make_deployment_env(network, config.target, mode, config.budget_ms, config.tradeoff, db_path, oracle)
+        return make_deployment_env(
+            network, config.target, mode, config.budget_ms, config.tradeoff, accuracy=oracle, costs=costs
+        )
 
     probe = make_env()  # fails fast on an impossible budget, before any folder is written
     folder = run_folder(config)

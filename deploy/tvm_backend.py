@@ -1,0 +1,117 @@
+"""Cost backend that measures: every choice is a TVM kernel, checked once against torch, then timed.
+
+Layers between the searched ones (pooling, adds) and layout/precision conversions are still priced
+by the target's latency model, and their costs say so. Kernels are compiled in worker processes and
+timed one at a time (`deploy.tvm_measure`); a kernel whose numbers disagree with torch is never
+timed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Sequence
+
+from deploy.cost import Cost, TensorFormat
+from deploy.cpu_model import CpuLatencyModel
+from deploy.tvm_measure import Device, MeasurementError, MeasureSettings, Measurer
+from envs.network import Layer
+from envs.space import Choice
+
+KERNELS_VERSION = 1
+"""Bump when the kernels' computes or schedules change: earlier measurements then no longer apply."""
+
+
+def _check(layer: dict, choice: dict) -> None:
+    """Worker-side numerical check of one kernel against torch (compiled for the host)."""
+    from deploy.tvm_kernels import check_kernel
+
+    check_kernel(Layer.from_dict(layer), Choice.from_dict(choice))
+
+
+class TvmBackend:
+    """Measured costs of TVM kernels on a device.
+
+    Args:
+        target: TVM target (JSON-like dict) the kernels are compiled for.
+        device: where they run (this machine, an RPC server or a tracker key).
+        model: the target's latency model, for the non-searched layers and conversions.
+        settings: repeats and timeouts.
+    """
+
+    batch_friendly = False
+
+    def __init__(
+        self, target: dict, device: Device, model: CpuLatencyModel, settings: MeasureSettings = MeasureSettings()
+    ) -> None:
+        self.target = target
+        self.device = device
+        self.model = model
+        self.settings = settings
+        self.provenance = f"measured:{device.name}"
+        self._measurer: Measurer | None = None
+        self._checked: set[tuple[str, str]] = set()
+
+    @property
+    def measurer(self) -> Measurer:
+        """The compile and timing workers, started on first use."""
+        if self._measurer is None:
+            self._measurer = Measurer(self.target, self.device, self.settings)
+        return self._measurer
+
+    def fingerprint(self) -> str:
+        """Device, target, TVM and kernel versions: anything that changes a measured number."""
+        import tvm
+
+        blob = json.dumps({"target": self.target, "tvm": tvm.__version__, "kernels": KERNELS_VERSION}, sort_keys=True)
+        return f"{self.provenance}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+    def layer_costs(self, layer: Layer, choices: Sequence[Choice]) -> list[Cost]:
+        """Check each choice's kernel once, then compile them in parallel and time them one at a time."""
+        from deploy.tvm_kernels import build_module, kernel_spec
+
+        for choice in choices:
+            self._check(layer, choice)
+        kernels = []
+        for choice in choices:
+            spec = kernel_spec(layer, choice)
+            args = [(t.shape, t.dtype) for t in (*spec.inputs, spec.output)]
+            kernels.append((build_module(layer, choice), args, choice.dataflow.threads))
+        costs = []
+        for choice, result in zip(choices, self.measurer.measure_many(kernels)):
+            if isinstance(result, MeasurementError):
+                raise MeasurementError(f"layer {layer.name!r}, choice {choice.key}: {result}")
+            memory = self.model.layer_costs(layer, [choice])[0].memory_bytes
+            costs.append(
+                Cost(result.median_ms, memory, self.provenance, None, result.spread_ms, len(result.results_ms))
+            )
+        return costs
+
+    def _check(self, layer: Layer, choice: Choice) -> None:
+        key = (layer.signature, f"{choice.quant}/{choice.algo}/{choice.dataflow.tile}/{choice.dataflow.order}/"
+               f"{choice.dataflow.vec}/{choice.dataflow.par}")
+        if key in self._checked:
+            return
+        try:
+            self.measurer.in_compiler(_check, (layer.to_dict(), choice.to_dict()))
+        except MeasurementError as err:
+            raise MeasurementError(f"layer {layer.name!r}, choice {choice.key}: kernel check failed: {err}") from None
+        self._checked.add(key)
+
+    def io_format(self, choice: Choice) -> TensorFormat:
+        """Every kernel reads and writes plain NCHW in its own precision."""
+        return TensorFormat(choice.quant, "NCHW")
+
+    def fixed_layer_cost(self, layer: Layer, fmt: TensorFormat, threads: int) -> Cost:
+        """Non-searched layers are priced by the model (and say so)."""
+        return self.model.fixed_layer_cost(layer, fmt, threads)
+
+    def conversion_cost(self, elements: int, src: TensorFormat, dst: TensorFormat, threads: int) -> Cost:
+        """Conversions are priced by the model (and say so)."""
+        return self.model.conversion_cost(elements, src, dst, threads)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._measurer is not None:
+            self._measurer.close()
+            self._measurer = None
