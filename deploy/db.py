@@ -151,8 +151,8 @@ class MeasurementDB:
         rows = self._conn.execute("SELECT assignment, accuracy FROM accuracies WHERE oracle = ?", (oracle,))
         return {tuple(assignment.split(",")): accuracy for assignment, accuracy in rows}
 
-    def export_json(self, path: str | Path, fingerprint: str | None = None) -> int:
-        """Write the costs (of one target, or all) and their target descriptions as JSON; returns rows written."""
+    def export_json(self, path: str | Path, fingerprint: str | Sequence[str] | None = None) -> int:
+        """Write the costs (of one or several fingerprints, or all) and their target descriptions as JSON; returns rows written."""
         where, args = _where(fingerprint)
         rows = self._conn.execute(
             f"SELECT {_COLUMNS} FROM costs {where} ORDER BY fingerprint, signature, choice", args
@@ -176,10 +176,16 @@ class MeasurementDB:
         Path(path).write_text(json.dumps(doc, indent=1) + "\n")
         return len(rows)
 
-    def merge_from(self, other_path: str | Path) -> int:
+    def fingerprints_of(self, target: str) -> list[str]:
+        """Sorted fingerprints registered as belonging to the target named `target`."""
+        rows = self._conn.execute("SELECT fingerprint, description FROM targets ORDER BY 1")
+        return [fp for fp, desc in rows if json.loads(desc).get("target") == target]
+
+    def merge_from(self, other_path: str | Path, target: str | None = None) -> int:
         """Copy another database's costs, targets and accuracies in, in one transaction; returns cost rows added or upgraded.
 
         A key already present is kept (first writer wins) unless the other row has more repeats.
+        With `target`, a file holding costs of any other (or an unregistered) target is refused whole.
         The other file is only read.
         """
         other = Path(other_path)
@@ -188,6 +194,16 @@ class MeasurementDB:
         source = _open_checked(other)
         if source is None:
             return 0
+        if target is not None:
+            owners = {fp: json.loads(d).get("target") for fp, d in source.execute("SELECT fingerprint, description FROM targets")}
+            foreign = sorted(
+                {str(owners.get(fp)) for (fp,) in source.execute("SELECT DISTINCT fingerprint FROM costs")} - {target}
+            )
+            if foreign:
+                source.close()
+                raise DatabaseError(
+                    f"{other}: holds measurements of target(s) {foreign}, not {target!r}; refused, nothing merged"
+                )
         try:
             with self._write():
                 before = self._conn.total_changes
@@ -283,6 +299,9 @@ def _cost(values: tuple[Any, ...]) -> Cost:
     return Cost(**dict(zip(_VALUES, values)))
 
 
-def _where(fingerprint: str | None) -> tuple[str, tuple[str, ...]]:
-    """A WHERE clause restricting to one fingerprint, or none."""
-    return ("WHERE fingerprint = ?", (fingerprint,)) if fingerprint is not None else ("", ())
+def _where(fingerprint: str | Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+    """A WHERE clause restricting to one or several fingerprints, or none."""
+    if fingerprint is None:
+        return "", ()
+    chosen = (fingerprint,) if isinstance(fingerprint, str) else tuple(fingerprint)
+    return f"WHERE fingerprint IN ({', '.join('?' * len(chosen))})", chosen

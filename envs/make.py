@@ -35,7 +35,10 @@ def make_cost_table(target: str, db_path: str | Path | None = None, device: Devi
     RPC, or this machine for `host`), over the measurement database at `db_path` (None: in memory)."""
     tgt = get_target(target)
     db = MeasurementDB(db_path) if db_path is not None else None
-    return CostTable(tgt.backend(device), tgt.search_space(), db, estimator=tgt.model())
+    table = CostTable(tgt.backend(device), tgt.search_space(), db, estimator=tgt.model())
+    if db is not None:
+        db.register_target(table.fingerprint, {"target": tgt.name, "provenance": table.backend.provenance, "tvm_target": tgt.tvm_target})
+    return table
 
 
 def make_deployment_env(

@@ -351,3 +351,23 @@ def test_put_many_10k_rows_under_a_second_and_get_layer_fast(tmp_path: Path) -> 
     print(f"put_many 10k: {put_s * 1e3:.1f} ms; get_layer 1k: {get_s * 1e3:.2f} ms")
     assert put_s < 1.0
     assert get_s < 0.1
+
+
+def test_merge_for_a_target_refuses_a_file_with_another_targets_costs(tmp_path: Path) -> None:
+    with MeasurementDB(tmp_path / "pi.db") as pi:
+        pi.register_target("fp-a72", {"target": "cortex-a72"})
+        pi.put("fp-a72", SIG, "a", measured(3.0))
+    with MeasurementDB(tmp_path / "mixed.db") as mixed:
+        mixed.register_target("fp-a72", {"target": "cortex-a72"})
+        mixed.register_target("fp-host", {"target": "host"})
+        mixed.put("fp-a72", SIG, "b", measured(4.0))
+        mixed.put("fp-host", SIG, "b", measured(1.0))
+    before = sha256(tmp_path / "mixed.db")
+    with MeasurementDB(tmp_path / "main.db") as db:
+        with pytest.raises(DatabaseError, match=r"holds measurements of target\(s\) \['host'\], not 'cortex-a72'; refused"):
+            db.merge_from(tmp_path / "mixed.db", target="cortex-a72")
+        assert db.count() == 0  # nothing merged
+        assert db.merge_from(tmp_path / "pi.db", target="cortex-a72") == 1
+        assert db.fingerprints_of("cortex-a72") == ["fp-a72"] and db.fingerprints_of("host") == []
+        assert db.export_json(tmp_path / "a72.json", db.fingerprints_of("cortex-a72")) == 1
+    assert sha256(tmp_path / "mixed.db") == before
