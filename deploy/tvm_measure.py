@@ -4,7 +4,9 @@ Compiling runs in worker processes, as many as there are cores; timing runs in o
 process, one kernel at a time, and never while this process compiles, so two timings never share a
 core with each other or with a compiler. Every call has a timeout: a hung compile, a dead board or a
 crashed kernel kills that worker, which is started again; the caller gets a `MeasurementError`
-saying what failed, and earlier results are untouched.
+saying what failed, and earlier results are untouched. A device that was lost (unreachable, no
+answer after retries) is not tried again for a cool-off period, so a dead board costs one timeout,
+not one per step.
 
 A board is reached with `python -m tvm.exec.rpc_server` on it, directly (`Device.rpc`) or through
 `python -m tvm.exec.rpc_tracker` and a key (`Device.tracker`). Kernels for a board are exported as a
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -34,7 +37,14 @@ ArgSpec = tuple[tuple[int, ...], str]  # (shape, dtype) of one kernel argument
 
 
 class MeasurementError(CostUnavailable):
-    """A kernel could not be compiled, reached or timed; the message says which and why."""
+    """A kernel could not be compiled, reached or timed; the message says which and why.
+
+    `device_lost` is True when the device itself failed (unreachable, no answer, worker died), not
+    the kernel."""
+
+    def __init__(self, message: str, device_lost: bool = False) -> None:
+        super().__init__(message)
+        self.device_lost = device_lost
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,8 @@ class MeasureSettings:
     """longest connecting, uploading and timing one kernel may take"""
     retries: int = 1
     """further attempts after a failed compile or run (with a fresh worker)"""
+    device_cooloff_s: float = 60.0
+    """after the device is lost (no answer, unreachable), later runs fail at once for this long, then it is tried again"""
 
 
 @dataclass(frozen=True)
@@ -167,7 +179,10 @@ def _session(device: Device, timeout_s: float) -> Any:
 def _run_remote(
     device: Device, path: str, args: list[ArgSpec], threads: int, settings: MeasureSettings
 ) -> tuple[float, ...]:
-    remote = _session(device, settings.run_timeout_s)
+    try:
+        remote = _session(device, settings.run_timeout_s)
+    except Exception as err:  # any failure to get a session means the board is not there
+        raise ConnectionError(f"cannot reach {device.name}: {err}") from None
     remote.upload(path)
     module = remote.load_module(os.path.basename(path))
     remote.get_function("runtime.config_threadpool")(1, threads)
@@ -204,14 +219,15 @@ class _Worker:
         self._conn.send((fn, args))
         if not self._conn.poll(timeout_s):
             self.stop()
-            raise MeasurementError(f"{self.name}: no answer within {timeout_s:.0f} s (worker killed)")
+            raise MeasurementError(f"{self.name}: no answer within {timeout_s:.0f} s (worker killed)", True)
         try:
             status, value = self._conn.recv()
         except (EOFError, OSError):
             self.stop()
-            raise MeasurementError(f"{self.name}: the worker process died") from None
+            raise MeasurementError(f"{self.name}: the worker process died", True) from None
         if status == "error":  # compilers repeat a line per relocation: keep each line once
-            raise MeasurementError(f"{self.name}: " + "\n".join(dict.fromkeys(value.splitlines())))
+            message = "\n".join(dict.fromkeys(value.splitlines()))
+            raise MeasurementError(f"{self.name}: {message}", message.startswith("ConnectionError"))
         return value
 
     def _start(self) -> None:
@@ -260,6 +276,8 @@ class Measurer:
         self._pool = ThreadPoolExecutor(n)
         self._dir = tempfile.TemporaryDirectory(prefix="deploygym-kernels-")
         self._ids = itertools.count()
+        self._down_until = 0.0
+        self._down_error = ""
 
     def measure(self, module: Any, args: Sequence[ArgSpec], threads: int) -> Measurement:
         """Compile and time one scheduled IRModule (`main` takes `args`) on `threads` threads."""
@@ -294,12 +312,22 @@ class Measurer:
         return self._attempt(lambda: worker.call(_compile, (module_json, self.target, path), self.settings.compile_timeout_s), "compile")
 
     def _run(self, path: str, args: list[ArgSpec], threads: int) -> Measurement | MeasurementError:
+        if time.monotonic() < self._down_until:
+            return MeasurementError(
+                f"run on {self.device.name} skipped: it failed {self._down_error}; tried again "
+                f"{self._down_until - time.monotonic():.0f} s from now"
+            )
         if self.device.kind == "local":
             call = (_run_local, (path, args, threads, self.settings))
         else:
             call = (_run_remote, (self.device, path, args, threads, self.settings))
         results = self._attempt(lambda: self._runner.call(*call, self.settings.run_timeout_s), f"run on {self.device.name}")
-        return results if isinstance(results, MeasurementError) else Measurement(results, threads)
+        if isinstance(results, MeasurementError):
+            if results.device_lost:
+                self._down_until = time.monotonic() + self.settings.device_cooloff_s
+                self._down_error = str(results)
+            return results
+        return Measurement(results, threads)
 
     def _attempt(self, fn: Callable[[], Any], what: str) -> Any:
         """`fn()`, tried 1 + `retries` times; the last error is returned (not raised)."""
@@ -308,7 +336,7 @@ class Measurer:
             try:
                 return fn()
             except MeasurementError as err:
-                error = MeasurementError(f"{what} failed: {err}")
+                error = MeasurementError(f"{what} failed: {err}", err.device_lost)
         return error
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from deploy.cost_table import CostTable
 from deploy.db import MeasurementDB
 from deploy.deployment import best_choices, evaluate
 from deploy.targets import get_target
-from deploy.tvm_measure import Device
+from deploy.tvm_measure import Device, MeasureSettings
 from envs import zoo
 from envs.env import Accuracy, DeploymentEnv
 from envs.network import Network
@@ -30,12 +30,18 @@ def resolve_network(network: str | Network) -> Network:
     return network if isinstance(network, Network) else zoo.get_network(network)
 
 
-def make_cost_table(target: str, db_path: str | Path | None = None, device: Device | None = None) -> CostTable:
+def make_cost_table(
+    target: str,
+    db_path: str | Path | None = None,
+    device: Device | None = None,
+    settings: MeasureSettings | None = None,
+) -> CostTable:
     """The cost table of a registered target: its model, or TVM measurement on `device` (a board over
-    RPC, or this machine for `host`), over the measurement database at `db_path` (None: in memory)."""
+    RPC, or this machine for `host`) with `settings`, over the measurement database at `db_path`
+    (None: in memory)."""
     tgt = get_target(target)
     db = MeasurementDB(db_path) if db_path is not None else None
-    table = CostTable(tgt.backend(device), tgt.search_space(), db, estimator=tgt.model())
+    table = CostTable(tgt.backend(device, settings), tgt.search_space(), db, estimator=tgt.model())
     if db is not None:
         db.register_target(table.fingerprint, {"target": tgt.name, "provenance": table.backend.provenance, "tvm_target": tgt.tvm_target})
     return table

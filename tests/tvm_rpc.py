@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,14 +31,14 @@ class RpcCluster:
         self._procs["tracker"] = subprocess.Popen(
             [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(self.tracker_port),
              "--port-end", str(self.tracker_port + 1), "--silent"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         self._wait(lambda: self.summary() is not None, timeout_s, "tracker")
         self._procs["server"] = subprocess.Popen(
             [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(self.server_port),
              "--port-end", str(self.server_port + 1), "--tracker", f"127.0.0.1:{self.tracker_port}",
              "--key", self.key],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         self._wait(lambda: self.key in (self.summary() or {}).get("queue_info", {}), timeout_s, "server")
         return self
@@ -59,14 +61,21 @@ class RpcCluster:
             time.sleep(0.3)
 
     def kill_server(self) -> None:
-        """Kill the board's server, as a crash or a pulled cable would."""
+        """Kill the board's server and the session processes it forked, as a crash would."""
         proc = self._procs.pop("server", None)
         if proc is not None:
-            proc.kill()
-            proc.wait(10)
+            _kill_group(proc)
 
     def stop(self) -> None:
         for proc in self._procs.values():
-            proc.kill()
-            proc.wait(10)
+            _kill_group(proc)
         self._procs.clear()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill a process started with `start_new_session=True` and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
