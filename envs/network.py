@@ -152,6 +152,19 @@ class Layer:
             parts.append(f"n{len(self.inputs)}")
         return ":".join(parts)
 
+    @classmethod
+    def from_signature(cls, signature: str) -> "Layer":
+        """A layer with the shapes a searchable layer's `signature` names (named after it; no bias,
+        batch norm or activation, which the signature leaves out)."""
+        try:
+            op, cin, cout, kernel, stride, padding, groups = signature.split(":")
+            return cls(
+                signature, Op(op), (NETWORK_INPUT,), _dims(cin), _dims(cout), _dims(kernel, "k"),
+                _dims(stride, "s"), _dims(padding, "p"), int(groups.removeprefix("g")),
+            )
+        except ValueError as err:
+            raise ValueError(f"{signature!r} is not a searchable layer's signature ({err})") from None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         d = asdict(self)
@@ -240,6 +253,11 @@ class Network:
         """Stable hash of the structure (names included), used to key caches of trained weights."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _dims(text: str, tag: str = "") -> tuple[int, ...]:
+    """`"k3x3"` with tag "k" -> (3, 3)."""
+    return tuple(int(v) for v in text.removeprefix(tag).split("x"))
 
 
 def conv_output_hw(h: int, w: int, kernel: int, stride: int, padding: int) -> tuple[int, int]:

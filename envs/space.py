@@ -109,6 +109,16 @@ class Choice:
         """Inverse of `to_dict`."""
         return cls(d["quant"], d["algo"], CpuSchedule(**d["dataflow"]), d.get("arch", BASE_ARCH))
 
+    @classmethod
+    def from_key(cls, key: str) -> "Choice":
+        """Inverse of `key` (as stored in the measurement database)."""
+        try:
+            arch, quant, algo, tile, order, vec, par, threads = key.split("/")
+            schedule = CpuSchedule(tile, order, vec.removeprefix("vec="), par.removeprefix("par="), int(threads.removeprefix("t")))
+        except ValueError as err:
+            raise InvalidChoice(f"{key!r} is not a choice key ({err})") from None
+        return cls(quant, algo, schedule, arch)
+
 
 def why_invalid(layer: Layer, quant: str, algo: str) -> str | None:
     """The reason `(quant, algo)` cannot deploy `layer`, or None when it can."""

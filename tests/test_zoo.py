@@ -118,3 +118,21 @@ def test_networks_round_trip_through_json() -> None:
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="mobilenet_v1, mobilenet_v2, mobilenet_v2_32, resnet18"):
         zoo.get_network("vgg16")
+
+
+def test_signatures_and_choice_keys_parse_back():
+    from envs.network import Layer
+    from envs.space import Choice, InvalidChoice
+
+    from deploy.targets import get_target
+
+    space = get_target("cortex-a72").search_space()
+    for layer in zoo.get_network("resnet18").searchable_layers + zoo.get_network("mobilenet_v2").searchable_layers:
+        again = Layer.from_signature(layer.signature)
+        assert again.signature == layer.signature and again.macs == layer.macs
+    for choice in space.all_choices()[::37]:
+        assert Choice.from_key(choice.key) == choice
+    with pytest.raises(ValueError, match="is not a searchable layer's signature"):
+        Layer.from_signature("conv:3x3")
+    with pytest.raises(InvalidChoice, match="is not a choice key"):
+        Choice.from_key("base/fp32/direct")
