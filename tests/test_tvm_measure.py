@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-tvm = pytest.importorskip("tvm")
-from tvm import te, topi  # noqa: E402
+import tvm
+from tvm import te, topi
 
-from deploy.tvm_measure import Device, MeasurementError, MeasureSettings, Measurer  # noqa: E402
-from tests.tvm_rpc import RpcCluster, free_port  # noqa: E402
+from deploy.tvm_measure import Device, MeasurementError, MeasureSettings, Measurer
+from tests.tvm_rpc import RpcCluster, free_port
 
 HOST = {"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu())}
 FAST = MeasureSettings(repeats=3, min_repeat_ms=5, retries=0, run_timeout_s=30, compile_timeout_s=60)
