@@ -15,11 +15,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.stats import spearmanr
 
 from deploy.cost_table import CostTable
+from deploy.db import MeasurementDB
 from deploy.cpu_model import CpuLatencyModel, CpuModelParams
 from deploy.deployment import best_choices, evaluate
-from envs.network import Network
+from envs.network import Layer, Network
 from envs.space import Choice, SearchSpace
 
 
@@ -59,7 +61,7 @@ FITTED: dict[str, tuple[float, float]] = {
     "eta": (0.15, 1.0),
     "dram_core_gbps": (1.0, 5.0),
     "l2_bytes_per_cycle": (2.0, 32.0),
-    "l2_contention": (0.0, 1.5),
+    "l2_contention": (1e-3, 1.5),
     "sync_us": (2.0, 80.0),
     "allcore_clock": (0.4, 1.0),
     "dram_fraction": (0.3, 1.0),
@@ -87,6 +89,35 @@ def _log_errors(
     return np.log(np.array(predicted)) - np.log(np.array([r.latency_ms for r in refs]))
 
 
+def _fit_bounded(
+    model: CpuLatencyModel,
+    start: CpuModelParams,
+    error: Callable[[CpuLatencyModel], float],
+    max_evals: int,
+    progress: Callable[[int, float], None] | None = None,
+) -> CpuModelParams:
+    """The `FITTED` parameters (from `start`, in log space, within their ranges) minimising `error`."""
+    names = list(FITTED)
+    lo = np.log([FITTED[n][0] for n in names])
+    hi = np.log([FITTED[n][1] for n in names])
+    x0 = np.clip(np.log([max(getattr(start, n), 1e-3) for n in names]), lo, hi)
+    evals = 0
+
+    def params_of(x: np.ndarray) -> CpuModelParams:
+        return replace(start, **{n: float(math.exp(v)) for n, v in zip(names, np.clip(x, lo, hi))})
+
+    def loss(x: np.ndarray) -> float:
+        nonlocal evals
+        evals += 1
+        value = error(model.with_params(params_of(x), "fitting"))
+        if progress:
+            progress(evals, value)
+        return value
+
+    result = minimize(loss, x0, method="Powell", bounds=list(zip(lo, hi)), options={"maxfev": max_evals, "xtol": 1e-2, "ftol": 1e-4})
+    return params_of(result.x)
+
+
 def fit(
     model: CpuLatencyModel,
     space: SearchSpace,
@@ -101,27 +132,59 @@ def fit(
     The 4-norm sits between least squares and minimax: it keeps the worst figure close without
     letting one outlier decide everything.
     """
-    start = start or model.params
-    names = list(FITTED)
-    lo = np.log([FITTED[n][0] for n in names])
-    hi = np.log([FITTED[n][1] for n in names])
-    x0 = np.clip(np.log([max(getattr(start, n), 1e-3) for n in names]), lo, hi)
-    evals = 0
 
-    def params_of(x: np.ndarray) -> CpuModelParams:
-        return replace(start, **{n: float(math.exp(v)) for n, v in zip(names, np.clip(x, lo, hi))})
+    def error(candidate: CpuLatencyModel) -> float:
+        return float(np.mean(_log_errors(candidate, space, networks, refs) ** 4) ** 0.25)
 
-    def loss(x: np.ndarray) -> float:
-        nonlocal evals
-        evals += 1
-        err = _log_errors(model.with_params(params_of(x), "fitting"), space, networks, refs)
-        value = float(np.mean(err**4) ** 0.25)
-        if progress:
-            progress(evals, value)
-        return value
+    return _fit_bounded(model, start or model.params, error, max_evals, progress)
 
-    result = minimize(loss, x0, method="Powell", bounds=list(zip(lo, hi)), options={"maxfev": max_evals, "xtol": 1e-2, "ftol": 1e-4})
-    return params_of(result.x)
+
+@dataclass(frozen=True)
+class LayerSample:
+    """One measured layer: what ran, and its median latency on the device."""
+
+    layer: Layer
+    choice: Choice
+    latency_ms: float
+
+
+def measured_samples(db: MeasurementDB, fingerprint: str) -> list[LayerSample]:
+    """Every measured (not modelled) searchable-layer cost stored under `fingerprint`."""
+    rows = db.export_rows(fingerprint)
+    return [
+        LayerSample(Layer.from_signature(sig), Choice.from_key(key), cost.latency_ms)
+        for sig, key, cost in rows
+        if cost.provenance.startswith("measured:")
+    ]
+
+
+def _layer_log_errors(model: CpuLatencyModel, samples: Sequence[LayerSample]) -> np.ndarray:
+    predicted = [model.layer_costs(s.layer, [s.choice])[0].latency_ms for s in samples]
+    return np.log(predicted) - np.log([s.latency_ms for s in samples])
+
+
+def fit_to_layers(model: CpuLatencyModel, samples: Sequence[LayerSample], max_evals: int = 300) -> CpuModelParams:
+    """Parameters minimising the RMS log error of the model's per-layer predictions (bounded, as `fit`)."""
+    if not samples:
+        raise ValueError("no measured layers to fit to")
+
+    def error(candidate: CpuLatencyModel) -> float:
+        return float(np.sqrt(np.mean(_layer_log_errors(candidate, samples) ** 2)))
+
+    return _fit_bounded(model, model.params, error, max_evals)
+
+
+def layer_error_summary(model: CpuLatencyModel, samples: Sequence[LayerSample]) -> dict[str, float]:
+    """How well the model predicts measured layers: median and 90th-percentile |relative error|, and
+    the Spearman rank correlation (what a search needs most: the right order of choices)."""
+    errors = np.abs(np.exp(_layer_log_errors(model, samples)) - 1)
+    predicted = [model.layer_costs(s.layer, [s.choice])[0].latency_ms for s in samples]
+    return {
+        "samples": len(samples),
+        "median_abs_error": round(float(np.median(errors)), 4),
+        "p90_abs_error": round(float(np.percentile(errors, 90)), 4),
+        "spearman": round(float(spearmanr(predicted, [s.latency_ms for s in samples]).statistic), 4),
+    }
 
 
 def report(

@@ -151,6 +151,14 @@ class MeasurementDB:
         rows = self._conn.execute("SELECT assignment, accuracy FROM accuracies WHERE oracle = ?", (oracle,))
         return {tuple(assignment.split(",")): accuracy for assignment, accuracy in rows}
 
+    def export_rows(self, fingerprint: str) -> list[tuple[str, str, Cost]]:
+        """Every (layer signature, choice key, cost) stored under one fingerprint."""
+        rows = self._conn.execute(
+            f"SELECT signature, choice, {', '.join(_VALUES)} FROM costs WHERE fingerprint = ? ORDER BY 1, 2",
+            (fingerprint,),
+        )
+        return [(sig, choice, _cost(values)) for sig, choice, *values in rows]
+
     def export_json(self, path: str | Path, fingerprint: str | Sequence[str] | None = None) -> int:
         """Write the costs (of one or several fingerprints, or all) and their target descriptions as JSON; returns rows written."""
         where, args = _where(fingerprint)
