@@ -1,8 +1,8 @@
 """Latency of any network on a target under a given deployment, or its best per-layer one.
 
-The public entry point to the cost backends for users who do not search: a built-in network name, a
-`Network`, or any CNN `torch.nn.Module` (imported with `envs.torch_import`), priced layer by layer
-with conversions. With no board attached the numbers are modelled, and the result says so.
+The public entry point to the target's latency model for users who do not search: a built-in network
+name, a `Network`, or any CNN `torch.nn.Module` (imported with `envs.torch_import`), priced layer by
+layer with conversions. The numbers are modelled (nothing is compiled or timed), and the result says so.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def estimate_latency(
     net = _as_network(network, input_shape)
     tgt = get_target(target)
     space = tgt.search_space()
-    table = CostTable(tgt.backend(), space)
+    table = CostTable(tgt.model(), space)
     if choices is None:
         if quant is not None and quant not in QUANTS:
             raise ValueError(f"quant {quant!r} is not one of {QUANTS}")

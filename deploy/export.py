@@ -115,8 +115,9 @@ def load_deployment(path: str | Path) -> DeploymentRecord:
 
 
 def reevaluate(path: str | Path) -> NetworkCost:
-    """Price a deployment file again with its target's current cost backend."""
+    """Price a deployment file again with its target's current cost backend (the model, or for a
+    target that runs here, fresh measurements)."""
     record = load_deployment(path)
     target = get_target(record.target)
-    table = CostTable(target.backend(), target.search_space())
+    table = CostTable(target.backend(), target.search_space(), estimator=target.model())
     return evaluate(record.network, record.choices, table)

@@ -108,6 +108,21 @@ def test_same_seed_and_warm_database_give_the_same_deployment_without_measuring(
     assert a.choices == b.choices and a.totals == b.totals
 
 
+def test_host_target_searches_with_measured_rewards(tmp_path):
+    hyperparams = tmp_path / "ppo.yml"
+    hyperparams.write_text("default:\n  n_envs: 1\n  n_steps: 64\n  batch_size: 64\n  n_epochs: 1\n")
+    result = run("--target", "host", "--net", "mobilenet_v2_32", "--timesteps", "64", "--hyperparams",
+                 str(hyperparams), "--logdir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    doc = json.loads((folder / "deployment.json").read_text())
+    provenances = doc["totals"]["latency_provenance"]
+    assert any(p.startswith("measured:local:") for p in provenances)  # the searched layers
+    assert all(p.startswith(("measured:local:", "modelled:host-model@")) for p in provenances)  # pools, conversions
+    measured = [l for l in doc["layers"] if l["choice"] is not None]
+    assert measured and all(l["provenance"].startswith("measured:local:") for l in measured)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
