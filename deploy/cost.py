@@ -13,6 +13,10 @@ class CostUnavailable(RuntimeError):
     """A backend could not price a choice (a failed compile, an unreachable board); the message says why."""
 
 
+class ChoiceRejected(CostUnavailable):
+    """A choice the backend will never price for this layer (its kernel disagrees with the reference)."""
+
+
 @dataclass(frozen=True)
 class Cost:
     """The price of one layer (or conversion) under one choice, with where the number came from.

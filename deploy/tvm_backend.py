@@ -3,7 +3,7 @@
 Layers between the searched ones (pooling, adds) and layout/precision conversions are still priced
 by the target's latency model, and their costs say so. Kernels are compiled in worker processes and
 timed one at a time (`deploy.tvm_measure`); a kernel whose numbers disagree with torch is never
-timed.
+timed (`ChoiceRejected`, and the environment masks it).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Sequence
 
-from deploy.cost import Cost, TensorFormat
+from deploy.cost import ChoiceRejected, Cost, TensorFormat
 from deploy.cpu_model import CpuLatencyModel
 from deploy.tvm_measure import Device, MeasurementError, MeasureSettings, Measurer
 from envs.network import Layer
@@ -95,7 +95,10 @@ class TvmBackend:
         try:
             self.measurer.in_compiler(_check, (layer.to_dict(), choice.to_dict()))
         except MeasurementError as err:
-            raise MeasurementError(f"layer {layer.name!r}, choice {choice.key}: kernel check failed: {err}") from None
+            message = f"layer {layer.name!r}, choice {choice.key}: kernel check failed: {err}"
+            if "KernelCheckError" in str(err):  # wrong numbers, not a crash or a timeout: never time it
+                raise ChoiceRejected(message) from None
+            raise MeasurementError(message, err.device_lost) from None
         self._checked.add(key)
 
     def io_format(self, choice: Choice) -> TensorFormat:

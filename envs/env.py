@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from deploy.cost import CostUnavailable
+from deploy.cost import ChoiceRejected, CostUnavailable
 from deploy.cost_table import CostTable
 from deploy.deployment import Assembler, NetworkCost, evaluate, uniform_choices
 from envs.network import Layer, Network, Op
@@ -47,7 +47,9 @@ class DeploymentEnv(gym.Env):
     `action_masks()` returns exact per-component masks for MaskablePPO. An invalid action ends the
     episode with reward -100 and `info["invalid_action"]` naming the reason; nothing is priced.
     A choice the cost backend cannot price (a failed compile or measurement, after its retries) also
-    ends the episode with reward -100, and `info["measurement_error"]` says what failed.
+    ends the episode with reward -100, and `info["measurement_error"]` says what failed; a choice it
+    rejects for good (a kernel whose numbers disagree with torch) has its (quantization, algorithm)
+    masked for layers of that shape from then on.
 
     ## Observation space
     `Box(0, 100, (27,), float32)` describing the current layer and the deployment so far:
@@ -127,6 +129,8 @@ class DeploymentEnv(gym.Env):
         try:
             added = self._assembler.add(choice)
         except CostUnavailable as err:
+            if isinstance(err, ChoiceRejected):
+                self._forbid(layer, action)
             self._t = len(self.layers)
             info = {"measurement_error": str(err), "layer": layer.name, "choice": choice.key}
             return self._observation(), MEASUREMENT_FAILURE_REWARD, True, False, info
@@ -183,6 +187,14 @@ class DeploymentEnv(gym.Env):
             choices={layer.name: c.to_dict() for layer, c in zip(self.layers, self._choices)},
         )
         return self.reward_config.final_reward(accuracy, latency)
+
+    def _forbid(self, layer: Layer, action: np.ndarray) -> None:
+        """Mask the action's (quantization, algorithm) for every layer of this shape from now on."""
+        entry = self._offsets[1] + action[1]
+        for i, other in enumerate(self.layers):
+            if other.signature == layer.signature:
+                self._masks[i] = self._masks[i].copy()
+                self._masks[i][entry] = False
 
     def _invalid_reason(self, layer: Layer, action: np.ndarray) -> str:
         if action.shape != (3,) or (action < 0).any() or (action >= self._nvec).any():

@@ -116,3 +116,31 @@ def test_replay_reproduces_an_episode(env):
     assert total == pytest.approx(sum(rewards)) and replayed["latency_ms"] == info["latency_ms"]
     with pytest.raises(ValueError, match=r"no choice for layer\(s\) \['fc'\]"):
         env.replay({k: v for k, v in choices.items() if k != "fc"})
+
+
+def test_a_choice_the_backend_rejects_ends_the_episode_and_is_masked_from_then_on(tiny, oracle, a72):
+    """A backend that rejects Winograd F(4x4) (as TVM's would for a kernel that disagreed with torch)."""
+    from deploy.cost import ChoiceRejected
+    from deploy.cost_table import CostTable
+    from deploy.cpu_model import CpuLatencyModel
+
+    class RejectsF4(CpuLatencyModel):
+        def layer_costs(self, layer, choices):
+            if any(c.algo == "winograd_f4" for c in choices):
+                raise ChoiceRejected(f"layer {layer.name!r}: winograd_f4 kernel disagrees with torch")
+            return super().layer_costs(layer, choices)
+
+    model = a72.model()
+    backend = RejectsF4(model.spec, model.params, "test")
+    backend.batch_friendly = False
+    costs = CostTable(backend, a72.search_space(), estimator=model)
+    env = make_deployment_env(tiny, "cortex-a72", accuracy=oracle, costs=costs)
+    f4 = env.space.quant_algos.index(("fp32", "winograd_f4"))
+    entry = env.space.nvec[0] + f4
+    env.reset()
+    assert env.action_masks()[entry]  # stem is a 3x3 stride-1 conv: F4 is valid
+    _, reward, terminated, _, info = env.step(np.array([0, f4, 0]))
+    assert terminated and reward == -100.0 and "disagrees with torch" in info["measurement_error"]
+    env.reset()
+    assert not env.action_masks()[entry]  # never offered again for this layer shape
+    assert env.action_masks().sum() == env._masks[0].size - (~env.space.mask(tiny.searchable_layers[0])).sum() - 1
