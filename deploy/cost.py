@@ -55,7 +55,12 @@ NETWORK_IO_FORMAT = TensorFormat("fp32", "NCHW")
 
 
 class CostBackend(Protocol):
-    """Prices layers for one target. Implementations: modelled, measured (TVM), simulated (NPU)."""
+    """Prices layers for one target. Implementations: modelled, measured (TVM), simulated (NPU).
+
+    A backend for which many separate choices cost much (measuring, simulating) may also offer
+    `price_many(pairs: Sequence[tuple[Layer, Choice]]) -> list[Cost | CostUnavailable]`, which prices
+    (layer, choice) pairs of different layers together; `CostTable.prefetch` uses it.
+    """
 
     provenance: str
     """Provenance string stamped on every Cost this backend returns."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -71,6 +71,18 @@ class CostTable:
             hit = known[choice.key]
         return hit
 
+    def prefetch(self, pairs: Sequence[tuple[Layer, Choice]]) -> None:
+        """Price many (layer, choice) pairs in one go where the backend offers `price_many` (a measuring
+        backend compiles them in parallel); failures are left for `cost` to report when asked."""
+        price_many = getattr(self.backend, "price_many", None)
+        unique = {(layer.signature, choice.key): (layer, choice) for layer, choice in pairs}
+        todo = [(layer, choice) for layer, choice in unique.values() if choice.key not in self._load(layer)]
+        if price_many is None or not todo:
+            return
+        for (layer, choice), result in zip(todo, price_many(todo)):
+            if isinstance(result, Cost):
+                self._store(layer, [choice], [result])
+
     def latency_array(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
         """(latency_ms, memory_bytes) over `space.all_choices()` order; NaN where invalid.
 
@@ -121,7 +133,10 @@ class CostTable:
         if not choices:
             return
         self.backend_calls += 1
-        costs = self.backend.layer_costs(layer, choices)
+        self._store(layer, choices, self.backend.layer_costs(layer, choices))
+
+    def _store(self, layer: Layer, choices: Sequence[Choice], costs: Sequence[Cost]) -> None:
+        """Database first, then memory (and the layer's arrays, if built)."""
         if self.db is not None:
             self.db.put_many(self.fingerprint, ((layer.signature, c.key, cost) for c, cost in zip(choices, costs)))
         known = self._layers[layer.signature]

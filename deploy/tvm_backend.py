@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Sequence
 
-from deploy.cost import ChoiceRejected, Cost, TensorFormat
+from deploy.cost import ChoiceRejected, Cost, CostUnavailable, TensorFormat
 from deploy.cpu_model import CpuLatencyModel
 from deploy.tvm_measure import Device, MeasurementError, MeasureSettings, Measurer
 from envs.network import Layer
@@ -20,6 +20,12 @@ from envs.space import Choice
 
 KERNELS_VERSION = 1
 """Bump when the kernels' computes or schedules change: earlier measurements then no longer apply."""
+
+
+def _check_key(layer: Layer, choice: Choice) -> tuple[str, str]:
+    """What a numerical check covers: the layer's shape and the choice but for its thread count."""
+    d = choice.dataflow
+    return layer.signature, f"{choice.quant}/{choice.algo}/{d.tile}/{d.order}/{d.vec}/{d.par}"
 
 
 def _check(layer: dict, choice: dict) -> None:
@@ -67,39 +73,45 @@ class TvmBackend:
         return f"{self.provenance}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
     def layer_costs(self, layer: Layer, choices: Sequence[Choice]) -> list[Cost]:
-        """Check each choice's kernel once, then compile them in parallel and time them one at a time."""
+        """Measured cost of each choice (see `price_many`); the first failure is raised."""
+        results = self.price_many([(layer, choice) for choice in choices])
+        for result in results:
+            if isinstance(result, CostUnavailable):
+                raise result
+        return results  # type: ignore[return-value]
+
+    def price_many(self, pairs: Sequence[tuple[Layer, Choice]]) -> list[Cost | CostUnavailable]:
+        """Check each kernel against torch once and compile them, both in parallel; then time them one
+        at a time. A choice that fails has its error in its place."""
         from deploy.tvm_kernels import build_module, kernel_spec
 
-        for choice in choices:
-            self._check(layer, choice)
+        results: list[Cost | CostUnavailable | None] = [None] * len(pairs)
+        todo = [i for i, (layer, choice) in enumerate(pairs) if _check_key(layer, choice) not in self._checked]
+        checks = self.measurer.in_compilers(_check, [(pairs[i][0].to_dict(), pairs[i][1].to_dict()) for i in todo], "check")
+        for i, outcome in zip(todo, checks):
+            layer, choice = pairs[i]
+            if isinstance(outcome, MeasurementError):
+                message = f"layer {layer.name!r}, choice {choice.key}: kernel check failed: {outcome}"
+                # wrong numbers, not a crash or a timeout: never time it
+                wrong = "KernelCheckError" in str(outcome)
+                results[i] = ChoiceRejected(message) if wrong else MeasurementError(message, outcome.device_lost)
+            else:
+                self._checked.add(_check_key(layer, choice))
+        timed = [i for i in range(len(pairs)) if results[i] is None]
         kernels = []
-        for choice in choices:
+        for i in timed:
+            layer, choice = pairs[i]
             spec = kernel_spec(layer, choice)
             args = [(t.shape, t.dtype) for t in (*spec.inputs, spec.output)]
             kernels.append((build_module(layer, choice), args, choice.dataflow.threads))
-        costs = []
-        for choice, result in zip(choices, self.measurer.measure_many(kernels)):
+        for i, result in zip(timed, self.measurer.measure_many(kernels)):
+            layer, choice = pairs[i]
             if isinstance(result, MeasurementError):
-                raise MeasurementError(f"layer {layer.name!r}, choice {choice.key}: {result}")
+                results[i] = MeasurementError(f"layer {layer.name!r}, choice {choice.key}: {result}", result.device_lost)
+                continue
             memory = self.model.layer_costs(layer, [choice])[0].memory_bytes
-            costs.append(
-                Cost(result.median_ms, memory, self.provenance, None, result.spread_ms, len(result.results_ms))
-            )
-        return costs
-
-    def _check(self, layer: Layer, choice: Choice) -> None:
-        key = (layer.signature, f"{choice.quant}/{choice.algo}/{choice.dataflow.tile}/{choice.dataflow.order}/"
-               f"{choice.dataflow.vec}/{choice.dataflow.par}")
-        if key in self._checked:
-            return
-        try:
-            self.measurer.in_compiler(_check, (layer.to_dict(), choice.to_dict()))
-        except MeasurementError as err:
-            message = f"layer {layer.name!r}, choice {choice.key}: kernel check failed: {err}"
-            if "KernelCheckError" in str(err):  # wrong numbers, not a crash or a timeout: never time it
-                raise ChoiceRejected(message) from None
-            raise MeasurementError(message, err.device_lost) from None
-        self._checked.add(key)
+            results[i] = Cost(result.median_ms, memory, self.provenance, None, result.spread_ms, len(result.results_ms))
+        return results  # type: ignore[return-value]
 
     def io_format(self, choice: Choice) -> TensorFormat:
         """Every kernel reads and writes plain NCHW in its own precision."""

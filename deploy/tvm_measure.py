@@ -292,7 +292,9 @@ class Measurer:
         """Compile all kernels in parallel, then time them one at a time; a failure is returned in its place."""
         import tvm
 
-        paths = list(self._pool.map(lambda item: self._compile(*item), enumerate(tvm.ir.save_json(k[0]) for k in kernels)))
+        paths = self.in_compilers(
+            _compile, [(tvm.ir.save_json(k[0]), self.target, self._kernel_path()) for k in kernels], "compile"
+        )
         results: list[Measurement | MeasurementError] = []
         for path, (_, args, threads) in zip(paths, kernels):
             if isinstance(path, MeasurementError):
@@ -301,15 +303,20 @@ class Measurer:
             results.append(self._run(path, [(tuple(s), d) for s, d in args], threads))
         return results
 
-    def in_compiler(self, fn: Callable[..., Any], args: tuple) -> Any:
-        """Run `fn(*args)` in a compiler worker (e.g. a numerical check), within the compile timeout."""
-        return self._compilers[0].call(fn, args, self.settings.compile_timeout_s)
+    def in_compilers(self, fn: Callable[..., Any], calls: Sequence[tuple], what: str) -> list[Any]:
+        """`fn(*args)` for each args, spread over the compiler workers (within the compile timeout, with
+        retries); a call that fails has its `MeasurementError` in its place."""
+        workers = self._compilers
 
-    def _compile(self, index: int, module_json: str) -> str | MeasurementError:
+        def one(item: tuple[int, tuple]) -> Any:
+            worker = workers[item[0] % len(workers)]
+            return self._attempt(lambda: worker.call(fn, item[1], self.settings.compile_timeout_s), what)
+
+        return list(self._pool.map(one, enumerate(calls)))
+
+    def _kernel_path(self) -> str:
         suffix = ".so" if self.device.kind == "local" else ".tar"
-        path = str(Path(self._dir.name) / f"kernel{next(self._ids)}{suffix}")
-        worker = self._compilers[index % len(self._compilers)]
-        return self._attempt(lambda: worker.call(_compile, (module_json, self.target, path), self.settings.compile_timeout_s), "compile")
+        return str(Path(self._dir.name) / f"kernel{next(self._ids)}{suffix}")
 
     def _run(self, path: str, args: list[ArgSpec], threads: int) -> Measurement | MeasurementError:
         if time.monotonic() < self._down_until:

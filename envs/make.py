@@ -74,6 +74,7 @@ def make_deployment_env(
     net = resolve_network(network)
     costs = costs or make_cost_table(target, db_path, device)
     space = costs.space
+    costs.prefetch([(layer, space.baseline_choice()) for layer in net.searchable_layers])
     baseline = evaluate(net, {l.name: space.baseline_choice() for l in net.searchable_layers}, costs)
     default = DEFAULT_BUDGET_FRACTION * baseline.latency_ms
     if mode == "budget":

@@ -51,3 +51,15 @@ def test_search_through_the_tracker_survives_the_board_dying(tiny, tiny_oracle, 
         assert costs.db.count(costs.fingerprint) == measured  # nothing measured before was lost
     finally:
         cluster.stop()
+
+
+def test_prefetch_measures_many_layers_in_one_go_and_cost_then_only_reads(tiny, tmp_path):
+    costs = make_cost_table("host", tmp_path / "m.sqlite", settings=QUICK)
+    pairs = [(layer, costs.space.baseline_choice()) for layer in tiny.searchable_layers]
+    costs.prefetch(pairs + pairs[:2])  # duplicates are priced once
+    assert costs.db.count(costs.fingerprint) == len(pairs)
+    calls = costs.backend_calls
+    for layer, choice in pairs:
+        assert costs.cost(layer, choice).provenance.startswith("measured:local:")
+    assert costs.backend_calls == calls  # every cost came from what prefetch stored
+    costs.backend.close()
