@@ -43,6 +43,7 @@ from tqdm import tqdm
 from tvm import te, topi
 
 from deploy.cost_table import CostTable
+from deploy.cpu_model import CpuLatencyModel
 from deploy.metaschedule import tune
 from deploy.targets import get_target
 from deploy.tvm_kernels import TOLERANCE, kernel_spec, random_arrays
@@ -150,9 +151,11 @@ def run_untuned(costs: CostTable, layer: Layer) -> dict[str, Any]:
     return timed_module(costs.backend.measurer, layer, default_module(layer), costs.backend.provenance)
 
 
-def candidates(costs: CostTable, layer: Layer) -> list[Choice]:
-    """The layer's valid fp32 one-thread choices."""
-    return [c for c in costs.space.valid_choices(layer) if c.quant == QUANT and c.dataflow.threads == THREADS]
+def ranked_candidates(costs: CostTable, model: CpuLatencyModel, layer: Layer) -> tuple[list[Choice], dict[str, float]]:
+    """The layer's valid fp32 one-thread choices, fastest first by the latency model, and its estimates (ms)."""
+    choices = [c for c in costs.space.valid_choices(layer) if c.quant == QUANT and c.dataflow.threads == THREADS]
+    latency = [c.latency_ms for c in model.layer_costs(layer, choices)]
+    return [choices[i] for i in np.argsort(latency, kind="stable")], {c.key: ms for c, ms in zip(choices, latency)}
 
 
 def measure_choices(costs: CostTable, layer: Layer, choices: list[Choice], estimates: dict[str, float]) -> dict[str, Any]:
@@ -170,27 +173,24 @@ def measure_choices(costs: CostTable, layer: Layer, choices: list[Choice], estim
     return {
         "latency_ms": measured[best].latency_ms, "spread_ms": measured[best].spread_ms,
         "provenance": measured[best].provenance, "choice": best, "model_estimate_ms": estimates[best],
-        "measured": len(measured), "failures": failures, "seconds_per_call": seconds,
-        "wall_s": time.perf_counter() - start,
+        "candidates": len(estimates), "failures": failures, "seconds_per_call": seconds,
+        "measured_ms": {key: cost.latency_ms for key, cost in measured.items()}, "wall_s": time.perf_counter() - start,
     }
 
 
-def run_search(costs: CostTable, layer: Layer, budget: int) -> dict[str, Any]:
+def run_search(costs: CostTable, model: CpuLatencyModel, layer: Layer, budget: int) -> dict[str, Any]:
     """DeployGym's model-guided search: the `budget` choices the model ranks fastest, measured."""
     start = time.perf_counter()
-    choices = candidates(costs, layer)
-    latency = [c.latency_ms for c in get_target("host").model().layer_costs(layer, choices)]
-    ranked = [choices[i] for i in np.argsort(latency, kind="stable")[:budget]]
-    result = measure_choices(costs, layer, ranked, {c.key: ms for c, ms in zip(choices, latency)})
-    return {**result, "candidates": len(choices), "wall_s": time.perf_counter() - start}
+    ranked, estimates = ranked_candidates(costs, model, layer)
+    return {**measure_choices(costs, layer, ranked[:budget], estimates), "wall_s": time.perf_counter() - start}
 
 
-def run_random(costs: CostTable, layer: Layer, budget: int, rng: np.random.Generator) -> dict[str, Any]:
+def run_random(costs: CostTable, model: CpuLatencyModel, layer: Layer, budget: int, rng: np.random.Generator) -> dict[str, Any]:
     """`budget` seeded random choices, measured (choices the search measured already are cache hits)."""
-    choices = candidates(costs, layer)
-    latency = [c.latency_ms for c in get_target("host").model().layer_costs(layer, choices)]
+    start = time.perf_counter()
+    choices, estimates = ranked_candidates(costs, model, layer)
     picks = rng.choice(len(choices), size=min(budget, len(choices)), replace=False)
-    return measure_choices(costs, layer, [choices[i] for i in picks], {c.key: ms for c, ms in zip(choices, latency)})
+    return {**measure_choices(costs, layer, [choices[i] for i in picks], estimates), "wall_s": time.perf_counter() - start}
 
 
 def run_metaschedule(costs: CostTable, layer: Layer, budget: int, seed: int) -> dict[str, Any]:
@@ -220,9 +220,10 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-method sums weighted by multiplicity (None where a layer has no number), and wall times."""
     out: dict[str, Any] = {"scope": SCOPE, "layers": sum(r["count"] for r in rows), "macs": sum(r["macs"] * r["count"] for r in rows)}
     for method in METHODS:
-        values = [r[method].get("latency_ms") for r in rows if method in r]
-        out[f"{method}_ms"] = sum(v * r["count"] for v, r in zip(values, rows)) if values and None not in values else None
-        out[f"{method}_wall_s"] = sum(r[method]["wall_s"] for r in rows if method in r)
+        done = [r for r in rows if method in r]
+        known = bool(done) and all(r[method]["latency_ms"] is not None for r in done)
+        out[f"{method}_ms"] = sum(r[method]["latency_ms"] * r["count"] for r in done) if known else None
+        out[f"{method}_wall_s"] = sum(r[method]["wall_s"] for r in done)
     return out
 
 
@@ -299,22 +300,25 @@ def summary(result: dict[str, Any]) -> str:
 
 
 def benchmark_layer(
-    costs: CostTable, layer: Layer, count: int, args: argparse.Namespace, rng: np.random.Generator, step: Callable[[str], None]
+    costs: CostTable, model: CpuLatencyModel, layer: Layer, count: int, args: argparse.Namespace,
+    rng: np.random.Generator, bar: tqdm,
 ) -> dict[str, Any]:
-    """All methods on one layer."""
+    """Every method on one layer, one progress step each."""
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        "untuned": lambda: run_untuned(costs, layer),
+        "search": lambda: run_search(costs, model, layer, args.budget),
+        "random": lambda: run_random(costs, model, layer, args.budget, rng),
+    }
+    if not args.skip_metaschedule:
+        runs["metaschedule"] = lambda: run_metaschedule(costs, layer, args.budget, args.seed)
     row: dict[str, Any] = {
         "name": layer.name, "signature": layer.signature, "kind": layer_kind(layer), "resolution": layer.in_shape[1],
         "count": count, "macs": layer.macs, "activation": layer.activation,
     }
-    step("untuned")
-    row["untuned"] = run_untuned(costs, layer)
-    step("search")
-    row["search"] = run_search(costs, layer, args.budget)
-    step("random")
-    row["random"] = run_random(costs, layer, args.budget, rng)
-    if not args.skip_metaschedule:
-        step("metaschedule")
-        row["metaschedule"] = run_metaschedule(costs, layer, args.budget, args.seed)
+    for method, run in runs.items():
+        bar.set_description(f"{layer.name}: {method}")
+        row[method] = run()
+        bar.update()
     return row
 
 
@@ -332,28 +336,21 @@ def main() -> None:
     everything = unique_layers(network)
     layers = everything if args.layers is None else representative(everything, args.layers)
     rng = np.random.default_rng(args.seed)
-    methods = len(METHODS) - args.skip_metaschedule
+    target = get_target("host")
+    model = target.model()
     with tempfile.TemporaryDirectory() as tmp:
         db_path = Path(tmp) / "measurements.sqlite"
         costs = make_cost_table("host", db_path)
-        bar = tqdm(total=len(layers) * methods, unit="step")
-        rows = []
-        for layer, count in layers:
-            def step(method: str) -> None:
-                bar.set_description(f"{layer.name} {method}")
-                bar.update(0 if method == "untuned" and not rows and bar.n == 0 else 1)
-            rows.append(benchmark_layer(costs, layer, count, args, rng, step))
-        bar.update(bar.total - bar.n)
-        bar.close()
+        with tqdm(total=len(layers) * (len(METHODS) - args.skip_metaschedule), unit="step") as bar:
+            rows = [benchmark_layer(costs, model, layer, count, args, rng, bar) for layer, count in layers]
         costs.backend.close()
-        measured = [(layer, key) for (layer, _), row in zip(layers, rows) for key in costs._layers[layer.signature]]
+        measured = [(layer, key) for (layer, _), row in zip(layers, rows) for key in {**row["search"]["measured_ms"], **row["random"]["measured_ms"]}]
         warm = warm_hits(db_path, measured)
     cold_s = [s for r in rows for s in r["search"]["seconds_per_call"]]
     cold = {"median_s": float(np.median(cold_s)), "p90_s": float(np.percentile(cold_s, 90)), "max_s": max(cold_s), "n": len(cold_s),
             "what": "one CostTable.cost() on a cold database: numerical check against torch, compile, time "
                     "(the first call also starts the worker processes)"}
     total = totals(rows)
-    target = get_target("host")
     result = {
         "network": NETWORK, "input": list(network.input_shape), "batch": 1, "precision": QUANT, "threads": THREADS,
         "machine": {"hostname": socket.gethostname(), "platform": platform.platform(), "cores": os.cpu_count()},
@@ -362,7 +359,7 @@ def main() -> None:
             "budget": args.budget, "layers": "all unique signatures" if args.layers is None else f"{args.layers} representative",
             "unique_signatures_in_network": len(everything), "seed": args.seed, "metaschedule": not args.skip_metaschedule,
             "measure": asdict(costs.backend.settings),
-            "search_model": target.model().provenance,
+            "search_model": model.provenance,
             "metaschedule_setup": "tune_tir defaults (evolutionary, XGBoost, LocalBuilder with a worker per core, "
                                   "LocalRunner number=3 repeat=1 min_repeat_ms=100), 1 tuning core, GPU intrinsics stubbed",
         },

@@ -30,6 +30,8 @@ class CostTable:
         db: optional measurement database shared across runs and processes.
         estimator: a batch-friendly backend (the target's model) for whole-layer arrays when `backend`
             measures.
+        measured: fingerprints in `db` of earlier measurements on this target: their costs are used
+            before the backend's (a model then fills in only what was never measured).
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class CostTable:
         space: SearchSpace,
         db: "MeasurementDB | None" = None,
         estimator: CostBackend | None = None,
+        measured: Sequence[str] = (),
     ) -> None:
         if not backend.batch_friendly and (estimator is None or not estimator.batch_friendly):
             raise ValueError(f"a cost table over {backend.provenance} needs a batch-friendly estimator")
@@ -45,6 +48,7 @@ class CostTable:
         self.space = space
         self.db = db
         self.fingerprint = backend.fingerprint()
+        self.measured = tuple(fp for fp in measured if fp != self.fingerprint)
         self._estimates = None if backend.batch_friendly else CostTable(estimator, space)  # type: ignore[arg-type]
         self._position = {c.key: i for i, c in enumerate(space.all_choices())}
         self._layers: dict[str, dict[str, Cost]] = {}
@@ -126,6 +130,8 @@ class CostTable:
         known = self._layers.get(layer.signature)
         if known is None:
             known = self.db.get_layer(self.fingerprint, layer.signature) if self.db is not None else {}
+            for fingerprint in self.measured:  # measurements win over what the backend priced
+                known.update(self.db.get_layer(fingerprint, layer.signature))  # type: ignore[union-attr]
             self._layers[layer.signature] = known
         return known
 

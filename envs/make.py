@@ -38,12 +38,21 @@ def make_cost_table(
 ) -> CostTable:
     """The cost table of a registered target: its model, or TVM measurement on `device` (a board over
     RPC, or this machine for `host`) with `settings`, over the measurement database at `db_path`
-    (None: in memory)."""
+    (None: in memory). Whatever was measured on this target before, on any device, is used first."""
     tgt = get_target(target)
     db = MeasurementDB(db_path) if db_path is not None else None
-    table = CostTable(tgt.backend(device, settings), tgt.search_space(), db, estimator=tgt.model())
+    backend = tgt.backend(device, settings)
+    # without a board, earlier measurements of this target stand in for the model; a board uses only its own
+    earlier = db.fingerprints_of(tgt.name) if db is not None and backend.batch_friendly else []
+    measured = [fp for fp in earlier if fp.startswith("measured:")]
+    table = CostTable(backend, tgt.search_space(), db, estimator=tgt.model(), measured=measured)
     if db is not None:
-        db.register_target(table.fingerprint, {"target": tgt.name, "provenance": table.backend.provenance, "tvm_target": tgt.tvm_target})
+        description = {"target": tgt.name, "provenance": backend.provenance, "tvm_target": tgt.tvm_target}
+        if not backend.batch_friendly:
+            import tvm
+
+            description["tvm"] = tvm.__version__
+        db.register_target(table.fingerprint, description)
     return table
 
 

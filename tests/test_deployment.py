@@ -68,3 +68,26 @@ def test_costs_land_in_the_database_and_a_warm_table_never_recomputes(tiny, a72,
     warm = CostTable(a72.backend(), a72_space, MeasurementDB(db_path))
     assert evaluate(tiny, best_choices(tiny, warm), warm).latency_ms == first
     assert warm.backend_calls == 0
+
+
+def test_without_a_board_earlier_measurements_of_the_target_are_used_before_the_model(tmp_path, mobilenet_v2):
+    from deploy.cost import Cost
+    from envs.make import make_cost_table
+
+    layer = mobilenet_v2.searchable_layers[0]
+    db_path = tmp_path / "m.sqlite"
+    with MeasurementDB(db_path) as db:  # what a run on a board left behind
+        db.register_target("measured:rpc:pi4:9090:abc", {"target": "cortex-a72"})
+        db.register_target("measured:local:x86:def", {"target": "host"})
+        board = Cost(3.25, 1000, "measured:rpc:pi4:9090", None, 0.02, 10)
+        chosen = make_cost_table("cortex-a72").space.baseline_choice()
+        db.put("measured:rpc:pi4:9090:abc", layer.signature, chosen.key, board)
+        db.put("measured:local:x86:def", mobilenet_v2.searchable_layers[1].signature, chosen.key, board)
+    table = make_cost_table("cortex-a72", db_path)
+    assert table.measured == ("measured:rpc:pi4:9090:abc",)  # this target's measurements only
+    assert table.cost(layer, chosen) == board
+    other = table.space.valid_choices(layer)[0]
+    assert other != chosen and table.cost(layer, other).provenance == "modelled:cortex-a72-model@1"
+    baseline = evaluate(mobilenet_v2, uniform_choices(mobilenet_v2, lambda l: chosen), table)
+    assert baseline.provenance == ("measured:rpc:pi4:9090", "modelled:cortex-a72-model@1")
+    assert baseline.layers[0].latency_ms == 3.25
