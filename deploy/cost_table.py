@@ -95,12 +95,10 @@ class CostTable:
         if arrays is None:
             if self._estimates is None:
                 costs = self.layer_costs(layer)
+                latency, memory = np.full(len(self._position), np.nan), np.full(len(self._position), np.nan)
             else:
                 costs = self._load(layer)
-            n = len(self._position)
-            latency, memory = np.full(n, np.nan), np.full(n, np.nan)
-            if self._estimates is not None:
-                latency[:], memory[:] = self._estimates.latency_array(layer)
+                latency, memory = (a.copy() for a in self._estimates.latency_array(layer))
             for key, cost in costs.items():
                 latency[self._position[key]], memory[self._position[key]] = cost.latency_ms, cost.memory_bytes
             arrays = self._arrays[layer.signature] = (latency, memory)

@@ -39,7 +39,8 @@ class LayerCost:
 
 @dataclass(frozen=True)
 class NetworkCost:
-    """Totals of a deployment. `memory_bytes` = per-layer weights and workspaces + peak activations."""
+    """Totals of a deployment. `memory_bytes` = per-layer weights and workspaces + peak activations;
+    `energy_mj` is None unless every part of the deployment has an energy."""
 
     latency_ms: float
     conversion_ms: float
@@ -82,7 +83,7 @@ class Assembler:
         self.step = 0
         self.latency_ms = 0.0
         self.conversion_ms = 0.0
-        self.energy_mj = 0.0
+        self.energy_mj: float | None = 0.0  # None once a part has no energy (e.g. a measured kernel)
         self.layers: list[LayerCost] = []
         self._formats: dict[str, tuple[TensorFormat, int]] = {NETWORK_INPUT: (NETWORK_IO_FORMAT, 1)}
         self._peak_activation = 0.0
@@ -121,7 +122,9 @@ class Assembler:
         self._formats[layer.name] = (fmt, threads)
         self.latency_ms += cost.latency_ms + conversion
         self.conversion_ms += conversion
-        if cost.energy_mj is not None:
+        if cost.energy_mj is None or self.energy_mj is None:
+            self.energy_mj = None
+        else:
             self.energy_mj += cost.energy_mj
         bytes_per = QUANT_BYTES[fmt.quant]
         self._peak_activation = max(self._peak_activation, (layer.in_elements + layer.out_elements) * bytes_per)

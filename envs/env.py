@@ -70,10 +70,11 @@ class DeploymentEnv(gym.Env):
     `np_random` (the environment itself draws nothing at random).
 
     ## Episode end
-    Terminates after the last searchable layer (or on an invalid action or a failed measurement); never truncates.
-    At the end `info` holds `latency_ms`, `latency_provenance`, `accuracy`, `accuracy_provenance`,
-    `memory_bytes`, `energy_mj`, `conversion_ms`, `feasible`, `speedup` (baseline / latency),
-    `baseline_latency_ms`, `baseline_accuracy` and `choices` (layer name -> choice dict).
+    Terminates after the last searchable layer (or on an invalid action or a failed measurement);
+    never truncates. At the end `info` holds `latency_ms`, `latency_provenance`, `accuracy`,
+    `accuracy_provenance`, `memory_bytes`, `energy_mj` (None when a measured part has none),
+    `conversion_ms`, `feasible`, `speedup` (baseline / latency), `baseline_latency_ms`,
+    `baseline_accuracy` and `choices` (layer name -> choice dict).
     Every step's `info` has `layer`, `choice`, `step_latency_ms` and `latency_ms` so far.
 
     ## Arguments

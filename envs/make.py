@@ -38,7 +38,8 @@ def make_cost_table(
 ) -> CostTable:
     """The cost table of a registered target: its model, or TVM measurement on `device` (a board over
     RPC, or this machine for `host`) with `settings`, over the measurement database at `db_path`
-    (None: in memory). Whatever was measured on this target before, on any device, is used first."""
+    (None: in memory). Without a board, what was measured on this target before (on any board) is used
+    before the model."""
     tgt = get_target(target)
     db = MeasurementDB(db_path) if db_path is not None else None
     backend = tgt.backend(device, settings)

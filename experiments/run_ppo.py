@@ -5,6 +5,9 @@
     python experiments/run_ppo.py --net mobilenet_v1 --tradeoff 40     # MnasNet-style trade-off
     python experiments/run_ppo.py --resume runs/mobilenet_v2-cortex-a72-s0-...   # continue a run
 
+    python experiments/run_ppo.py --target host                        # measured with TVM on this machine
+    python experiments/run_ppo.py --target cortex-a72 --rpc-tracker 127.0.0.1:9190 --rpc-key pi4   # on a board
+
 Without a board the latencies come from the calibrated Cortex-A72 model (every number says so).
 Each run writes one folder: config.yml, command.txt, tb/ (TensorBoard), checkpoints/,
 best_deployment.json (kept up to date), deployment.json and summary.txt at the end.
@@ -118,7 +121,8 @@ def summary(info: dict[str, Any], oracle: AccuracyOracle, folder: Path) -> str:
         f"accuracy             {100 * info['accuracy']:.2f}%  (fp32 {100 * oracle.baseline_accuracy:.2f}%, "
         f"loss {100 * (oracle.baseline_accuracy - info['accuracy']):.2f} points; {info['accuracy_provenance']})",
         f"accuracy queries     {oracle.cache_info().misses} measured, {oracle.cache_info().hits} from cache",
-        f"memory               {info['memory_bytes'] / 1e6:.2f} MB   energy {info['energy_mj']:.1f} mJ ({info['latency_provenance']})",
+        f"memory               {info['memory_bytes'] / 1e6:.2f} MB   energy "
+        + (f"{info['energy_mj']:.1f} mJ ({info['latency_provenance']})" if info["energy_mj"] is not None else "n/a (measured latency only)"),
         f"feasible             {info['feasible']}",
     ]
     counts: dict[str, int] = {}

@@ -121,6 +121,8 @@ def test_host_target_searches_with_measured_rewards(tmp_path):
     assert all(p.startswith(("measured:local:", "modelled:host-model@")) for p in provenances)  # pools, conversions
     measured = [l for l in doc["layers"] if l["choice"] is not None]
     assert measured and all(l["provenance"].startswith("measured:local:") for l in measured)
+    assert doc["totals"]["energy_mj"] is None  # kernels were timed, not metered: no made-up total
+    assert "energy n/a" in result.stdout
 
 
 @pytest.mark.parametrize(
