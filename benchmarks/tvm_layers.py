@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import platform
@@ -42,12 +41,13 @@ import tvm
 from tqdm import tqdm
 from tvm import te, topi
 
+from deploy.cost import CostUnavailable
 from deploy.cost_table import CostTable
 from deploy.cpu_model import CpuLatencyModel
 from deploy.metaschedule import tune
 from deploy.targets import get_target
 from deploy.tvm_kernels import TOLERANCE, kernel_spec, random_arrays
-from deploy.tvm_measure import MeasurementError, Measurer
+from deploy.tvm_measure import Measurer
 from deploy.tvm_schedules import Operands
 from envs.make import make_cost_table
 from envs.network import Layer, Network, Op
@@ -107,19 +107,16 @@ def default_module(layer: Layer) -> tvm.IRModule:
     """The layer's default TE compute (topi) with its bias and activation, unscheduled: "main"(data, weight, bias, output)."""
     spec = kernel_spec(layer, REFERENCE)
     data, weight, bias = (te.placeholder(t.shape, t.dtype, name=t.name) for t in spec.inputs)
-    ops = Operands(data, weight, bias, None)
     if layer.op is Op.DENSE:
-        flat = topi.nn.dense(topi.reshape(data, (1, layer.in_elements)), weight)
-        out = te.compute(spec.output.shape, lambda n, o, y, x: ops.epilogue(QUANT, layer.activation, flat[n, o], o), name="out")
+        acc = topi.reshape(topi.nn.dense(topi.reshape(data, (1, layer.in_elements)), weight), spec.output.shape)
+    elif layer.op is Op.DEPTHWISE:
+        acc = topi.nn.depthwise_conv2d_nchw(data, weight, layer.stride, layer.padding, 1)
+    elif layer.groups > 1:
+        acc = topi.nn.group_conv2d_nchw(data, weight, layer.stride, layer.padding, 1, layer.groups)
     else:
-        args = (data, weight, layer.stride, layer.padding, 1)
-        if layer.op is Op.DEPTHWISE:
-            conv = topi.nn.depthwise_conv2d_nchw(*args)
-        elif layer.groups > 1:
-            conv = topi.nn.group_conv2d_nchw(*args, layer.groups)
-        else:
-            conv = topi.nn.conv2d_nchw(*args)
-        out = te.compute(spec.output.shape, lambda n, o, y, x: ops.epilogue(QUANT, layer.activation, conv[n, o, y, x], o), name="out")
+        acc = topi.nn.conv2d_nchw(data, weight, layer.stride, layer.padding, 1)
+    ops = Operands(data, weight, bias, None)
+    out = te.compute(spec.output.shape, lambda n, o, y, x: ops.epilogue(QUANT, layer.activation, acc[n, o, y, x], o), name="out")
     return tvm.IRModule({"main": te.create_prim_func([data, weight, bias, out])})
 
 
@@ -166,7 +163,7 @@ def measure_choices(costs: CostTable, layer: Layer, choices: list[Choice], estim
         t = time.perf_counter()
         try:
             measured[choice.key] = costs.cost(layer, choice)
-        except MeasurementError as err:
+        except CostUnavailable as err:  # a failed compile or run, or a kernel that disagrees with torch
             failures.append(str(err))
         seconds.append(time.perf_counter() - t)
     best = min(measured, key=lambda key: measured[key].latency_ms)
@@ -194,13 +191,15 @@ def run_random(costs: CostTable, model: CpuLatencyModel, layer: Layer, budget: i
 
 
 def run_metaschedule(costs: CostTable, layer: Layer, budget: int, seed: int) -> dict[str, Any]:
-    """`tune_tir` on the default PrimFunc with `budget` trials, its best record timed like the others."""
+    """`tune_tir` on the default PrimFunc with `budget` trials, its best record checked and timed like the others."""
     start = time.perf_counter()
-    tuned = tune(default_module(layer)["main"], costs.backend.target, budget, seed=seed)
-    if tuned.module is None:
-        return {"latency_ms": None, "error": "no valid tuning record", "records": tuned.records, "tune_s": tuned.seconds,
-                "wall_s": time.perf_counter() - start}
-    timed = timed_module(costs.backend.measurer, layer, tuned.module, costs.backend.provenance)
+    try:
+        tuned = tune(default_module(layer)["main"], costs.backend.target, budget, seed=seed)
+        if tuned.module is None:
+            raise RuntimeError(f"no valid tuning record among {tuned.records}")
+        timed = timed_module(costs.backend.measurer, layer, tuned.module, costs.backend.provenance)
+    except Exception as err:  # MetaSchedule raises assorted TVM errors; the benchmark goes on without this number
+        return {"latency_ms": None, "error": f"{type(err).__name__}: {err}", "wall_s": time.perf_counter() - start}
     return {**timed, "records": tuned.records, "tune_s": tuned.seconds, "wall_s": time.perf_counter() - start}
 
 
@@ -223,7 +222,7 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         done = [r for r in rows if method in r]
         known = bool(done) and all(r[method]["latency_ms"] is not None for r in done)
         out[f"{method}_ms"] = sum(r[method]["latency_ms"] * r["count"] for r in done) if known else None
-        out[f"{method}_wall_s"] = sum(r[method]["wall_s"] for r in done)
+        out[f"{method}_wall_s"] = sum(r[method]["wall_s"] for r in done) if done else None
     return out
 
 
@@ -243,35 +242,40 @@ def goals(total: dict[str, Any], cold: dict[str, Any]) -> dict[str, Any]:
 
 def label(row: dict[str, Any]) -> str:
     """Short plot label: name, kind, input resolution, multiplicity."""
-    times = f" x{row['count']}" if row["count"] > 1 else ""
-    return f"{row['name']}\n{row['kind']} {row['resolution']}{times}"
+    times = f", x{row['count']}" if row["count"] > 1 else ""
+    return f"{row['name']} ({row['kind']} {row['resolution']}{times})"
 
 
 def plot(rows: list[dict[str, Any]], total: dict[str, Any], budget: int, path: Path) -> None:
-    """Per-layer grouped bars (log scale) and the weighted totals."""
+    """Per-layer grouped bars (log scale) above, the weighted totals (horizontal bars) below."""
     shown = [m for m in METHODS if total[f"{m}_ms"] is not None]
     colours = {"untuned": "#999999", "search": "#1f77b4", "random": "#aec7e8", "metaschedule": "#ff7f0e"}
-    names = {"untuned": "untuned TVM", "search": f"DeployGym search ({budget} measured)",
-             "random": f"random ({budget} measured)", "metaschedule": f"MetaSchedule ({budget} trials)"}
-    fig, (ax, axt) = plt.subplots(1, 2, figsize=(max(10, 1.1 * len(rows) + 4), 5.5), gridspec_kw={"width_ratios": [max(4, len(rows)), 2]})
+    names = {"untuned": "untuned TVM", "search": f"DeployGym model-guided search ({budget} measured)",
+             "random": f"random choices ({budget} measured)", "metaschedule": f"MetaSchedule ({budget} trials)"}
+    fig, (ax, axt) = plt.subplots(
+        2, 1, figsize=(max(8.0, 0.45 * len(rows) + 3), 9), gridspec_kw={"height_ratios": [3, 1]}
+    )
     width = 0.8 / len(shown)
     x = np.arange(len(rows))
     for j, method in enumerate(shown):
         ax.bar(x + (j - (len(shown) - 1) / 2) * width, [r[method]["latency_ms"] for r in rows], width, color=colours[method], label=names[method])
     ax.set_yscale("log")
-    ax.set_xticks(x, [label(r) for r in rows], fontsize=7)
-    ax.set_ylabel("latency per layer (ms, 1 thread, log)")
-    ax.set_title(f"{NETWORK} layers on this machine (fp32, 1 thread)")
-    ax.legend(fontsize=8)
+    ax.set_xticks(x, [label(r) for r in rows], rotation=55, ha="right", fontsize=7)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylabel("latency per layer (ms, log scale)")
+    ax.set_title(f"{NETWORK} (224x224, batch 1) layer kernels on this machine: fp32, 1 thread")
+    ax.legend(fontsize=8, ncols=2)
     ax.grid(axis="y", which="both", alpha=0.3)
     sums = [total[f"{m}_ms"] for m in shown]
-    axt.bar(range(len(shown)), sums, color=[colours[m] for m in shown])
-    for i, value in enumerate(sums):
-        axt.text(i, value, f"{value:.1f} ms\n{total['untuned_ms'] / value:.1f}x", ha="center", va="bottom", fontsize=8)
-    axt.set_xticks(range(len(shown)), shown, rotation=20, fontsize=8)
-    axt.set_ylim(0, max(sums) * 1.2)
-    axt.set_ylabel("sum over the layers benchmarked (ms)")
-    axt.set_title(f"totals ({total['layers']} layers, by multiplicity)", fontsize=10)
+    axt.barh(range(len(shown)), sums, color=[colours[m] for m in shown])
+    for i, (method, value) in enumerate(zip(shown, sums)):
+        speedup = "" if method == "untuned" else f"  ({total['untuned_ms'] / value:.1f}x faster than untuned)"
+        axt.text(value, i, f"  {value:.2f} ms{speedup}", va="center", fontsize=8)
+    axt.set_yticks(range(len(shown)), [names[m] for m in shown], fontsize=8)
+    axt.invert_yaxis()
+    axt.set_xlim(0, max(sums) * 1.35)
+    axt.set_xlabel("sum over the layers benchmarked, by multiplicity (ms)")
+    axt.set_title(f"totals: {total['layers']} searchable layers (pooling, adds and conversions excluded)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -289,7 +293,8 @@ def summary(result: dict[str, Any]) -> str:
     t = result["totals"]
     lines.append(f"totals (ms, {t['layers']} layers): " + ", ".join(
         f"{m} {t[f'{m}_ms']:.2f}" for m in METHODS if t[f"{m}_ms"] is not None))
-    lines.append("wall (s): " + ", ".join(f"{m} {t[f'{m}_wall_s']:.0f}" for m in METHODS) + f", run {result['wall_s']:.0f}")
+    lines.append("wall (s): " + ", ".join(f"{m} {t[f'{m}_wall_s']:.0f}" for m in METHODS if t[f"{m}_wall_s"] is not None)
+                 + f", run {result['wall_s']:.0f}")
     cold, warm = result["cold_measurement"], result["warm_database"]
     lines.append(f"cold compile+check+measure: median {cold['median_s']:.2f} s over {cold['n']}; "
                  f"warm database: {warm['hits_per_second']:,.0f} hits/s ({warm['hits']} hits, {warm['backend_calls']} backend calls)")
@@ -330,7 +335,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline and of MetaSchedule")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(THREADS)  # before any kernel runs here or a worker starts
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.ERROR)
     start = time.perf_counter()
     network = get_network(NETWORK)
     everything = unique_layers(network)
@@ -348,8 +352,8 @@ def main() -> None:
         warm = warm_hits(db_path, measured)
     cold_s = [s for r in rows for s in r["search"]["seconds_per_call"]]
     cold = {"median_s": float(np.median(cold_s)), "p90_s": float(np.percentile(cold_s, 90)), "max_s": max(cold_s), "n": len(cold_s),
-            "what": "one CostTable.cost() on a cold database: numerical check against torch, compile, time "
-                    "(the first call also starts the worker processes)"}
+            "what": "one CostTable.cost() of the search on a cold database: numerical check against torch, "
+                    "compile and time, in DeployGym's (already started) worker processes"}
     total = totals(rows)
     result = {
         "network": NETWORK, "input": list(network.input_shape), "batch": 1, "precision": QUANT, "threads": THREADS,

@@ -8,6 +8,7 @@ puts empty modules in their place, in this process and (as the builder's initial
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 import time
@@ -41,12 +42,19 @@ class Tuned:
 
 
 def tune(
-    func: tvm.tirx.PrimFunc, target: dict[str, Any], trials: int, seed: int = 0, build_workers: int | None = None
+    func: tvm.tirx.PrimFunc,
+    target: dict[str, Any],
+    trials: int,
+    seed: int = 0,
+    build_workers: int | None = None,
+    console_level: int = logging.ERROR,
 ) -> Tuned:
     """Tune `func` for `target` with `trials` candidates (`tune_tir`'s defaults otherwise: evolutionary
     search, XGBoost cost model, local builder and runner); one tuning core, `build_workers` compilers
-    (default: every core)."""
+    (default: every core). MetaSchedule prints to the console from `console_level` up (it reads its
+    logger's level at each call, and leaves it at DEBUG)."""
     stub_gpu_intrinsics()
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(console_level)
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.tir_integration import compile_tir
 
