@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 from typing import Callable, NoReturn
 
+from deploy.cost import CostUnavailable
 from deploy.db import DatabaseError
 
-USER_ERRORS = (ValueError, DatabaseError, OSError)
-"""Errors caused by the input (arguments, files, budgets): reported without a traceback."""
+USER_ERRORS = (ValueError, DatabaseError, OSError, CostUnavailable)
+"""Errors caused by the input (arguments, files, budgets, a board that cannot be reached): reported
+without a traceback."""
 
 
 def run_main(main: Callable[[], int]) -> NoReturn:

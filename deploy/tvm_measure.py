@@ -176,17 +176,27 @@ def _session(device: Device, timeout_s: float) -> Any:
     return tracker.request(device.key, priority=1, session_timeout=timeout_s, max_retry=1)
 
 
+_SESSIONS: dict[Device, Any] = {}
+"""The runner worker's open RPC session per device, reused across kernels, dropped on any failure."""
+
+
 def _run_remote(
     device: Device, path: str, args: list[ArgSpec], threads: int, settings: MeasureSettings
 ) -> tuple[float, ...]:
+    remote = _SESSIONS.get(device)
+    if remote is None:
+        try:
+            remote = _SESSIONS[device] = _session(device, settings.run_timeout_s)
+        except Exception as err:  # any failure to get a session means the board is not there
+            raise ConnectionError(f"cannot reach {device.name}: {err}") from None
     try:
-        remote = _session(device, settings.run_timeout_s)
-    except Exception as err:  # any failure to get a session means the board is not there
-        raise ConnectionError(f"cannot reach {device.name}: {err}") from None
-    remote.upload(path)
-    module = remote.load_module(os.path.basename(path))
-    remote.get_function("runtime.config_threadpool")(1, threads)
-    return _time(module, remote.cpu(), args, settings)
+        remote.upload(path)
+        module = remote.load_module(os.path.basename(path))
+        remote.get_function("runtime.config_threadpool")(1, threads)
+        return _time(module, remote.cpu(), args, settings)
+    except BaseException:
+        _SESSIONS.pop(device, None)
+        raise
 
 
 def serve(fd: int) -> None:
@@ -195,12 +205,19 @@ def serve(fd: int) -> None:
     while True:
         try:
             fn, args = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):  # the parent closed the socket or exited
             return
         try:
             conn.send(("ok", fn(*args)))
         except BaseException as err:  # reported to the caller, who decides
-            conn.send(("error", f"{type(err).__name__}: {err}"))
+            conn.send(("error", f"{type(err).__name__}: {_gist(str(err))}"))
+
+
+def _gist(message: str) -> str:
+    """TVM's errors carry the Python traceback of the worker: keep only their last line, the reason."""
+    if "Traceback (most recent call last)" not in message:
+        return message
+    return [line for line in message.splitlines() if line.strip()][-1].strip()
 
 
 class _Worker:

@@ -125,6 +125,26 @@ def test_host_target_searches_with_measured_rewards(tmp_path):
     assert "energy n/a" in result.stdout
 
 
+def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board(tmp_path):
+    from tests.tvm_rpc import RpcCluster, free_port
+
+    hyperparams = tmp_path / "ppo.yml"
+    hyperparams.write_text("default:\n  n_envs: 1\n  n_steps: 64\n  batch_size: 64\n  n_epochs: 1\n")
+    common = ("--target", "host", "--net", "mobilenet_v2_32", "--timesteps", "64", "--hyperparams", str(hyperparams))
+    cluster = RpcCluster().start()
+    try:
+        result = run(*common, "--rpc-tracker", f"127.0.0.1:{cluster.tracker_port}", "--rpc-key", cluster.key,
+                     "--logdir", str(tmp_path / "ok"), cwd=tmp_path)
+    finally:
+        cluster.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"measured:tracker:127.0.0.1:{cluster.tracker_port}/{cluster.key}" in result.stdout
+    dead = run(*common, "--rpc", f"127.0.0.1:{free_port()}", "--logdir", str(tmp_path / "dead"), cwd=tmp_path)
+    assert dead.returncode == 2 and "Traceback" not in dead.stderr
+    assert "rpc:127.0.0.1:" in dead.stderr and "cannot reach" in dead.stderr
+    assert not [p for p in (tmp_path / "dead").iterdir() if p.is_dir()]  # no run folder was started
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
