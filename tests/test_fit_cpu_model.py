@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from deploy.tvm_measure import MeasureSettings
 from envs.make import make_cost_table

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from stable_baselines3.common.callbacks import BaseCallback
 

@@ -108,11 +108,15 @@ def test_same_seed_and_warm_database_give_the_same_deployment_without_measuring(
     assert a.choices == b.choices and a.totals == b.totals
 
 
-def test_host_target_searches_with_measured_rewards(tmp_path):
+def one_measured_episode(tmp_path: Path) -> tuple[str, ...]:
+    """Arguments of a host search just long enough for one complete MobileNetV2-32 episode (53 layers)."""
     hyperparams = tmp_path / "ppo.yml"
     hyperparams.write_text("default:\n  n_envs: 1\n  n_steps: 64\n  batch_size: 64\n  n_epochs: 1\n")
-    result = run("--target", "host", "--net", "mobilenet_v2_32", "--timesteps", "64", "--hyperparams",
-                 str(hyperparams), "--logdir", str(tmp_path), cwd=tmp_path)
+    return ("--target", "host", "--net", "mobilenet_v2_32", "--timesteps", "64", "--hyperparams", str(hyperparams))
+
+
+def test_host_target_searches_with_measured_rewards(tmp_path):
+    result = run(*one_measured_episode(tmp_path), "--logdir", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     doc = json.loads((folder / "deployment.json").read_text())
@@ -128,9 +132,7 @@ def test_host_target_searches_with_measured_rewards(tmp_path):
 def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board(tmp_path):
     from tests.tvm_rpc import RpcCluster, free_port
 
-    hyperparams = tmp_path / "ppo.yml"
-    hyperparams.write_text("default:\n  n_envs: 1\n  n_steps: 64\n  batch_size: 64\n  n_epochs: 1\n")
-    common = ("--target", "host", "--net", "mobilenet_v2_32", "--timesteps", "64", "--hyperparams", str(hyperparams))
+    common = one_measured_episode(tmp_path)
     cluster = RpcCluster().start()
     try:
         result = run(*common, "--rpc-tracker", f"127.0.0.1:{cluster.tracker_port}", "--rpc-key", cluster.key,
