@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from deploy.cost import Cost, CostBackend, TensorFormat
+from deploy.cost import Cost, CostBackend, CostUnavailable, TensorFormat
 from envs.network import Layer
 from envs.space import Choice, SearchSpace
 
@@ -75,17 +75,21 @@ class CostTable:
             hit = known[choice.key]
         return hit
 
-    def prefetch(self, pairs: Sequence[tuple[Layer, Choice]]) -> None:
+    def prefetch(self, pairs: Sequence[tuple[Layer, Choice]]) -> list[CostUnavailable]:
         """Price many (layer, choice) pairs in one go where the backend offers `price_many` (a measuring
-        backend compiles them in parallel); failures are left for `cost` to report when asked."""
+        backend compiles them in parallel). Returns the failures; `cost` tries those again when asked."""
         price_many = getattr(self.backend, "price_many", None)
         unique = {(layer.signature, choice.key): (layer, choice) for layer, choice in pairs}
         todo = [(layer, choice) for layer, choice in unique.values() if choice.key not in self._load(layer)]
         if price_many is None or not todo:
-            return
+            return []
+        failures = []
         for (layer, choice), result in zip(todo, price_many(todo)):
             if isinstance(result, Cost):
                 self._store(layer, [choice], [result])
+            else:
+                failures.append(result)
+        return failures
 
     def latency_array(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
         """(latency_ms, memory_bytes) over `space.all_choices()` order; NaN where invalid.

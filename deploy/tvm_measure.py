@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -289,6 +290,9 @@ class Measurer:
         self.settings = settings
         n = compile_workers or os.cpu_count() or 1
         self._compilers = [_Worker(f"compiler-{i}") for i in range(n)]
+        self._idle_compilers: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for worker in self._compilers:
+            self._idle_compilers.put(worker)
         self._runner = _Worker("runner")
         self._pool = ThreadPoolExecutor(n)
         self._dir = tempfile.TemporaryDirectory(prefix="deploygym-kernels-")
@@ -323,13 +327,14 @@ class Measurer:
     def in_compilers(self, fn: Callable[..., Any], calls: Sequence[tuple], what: str) -> list[Any]:
         """`fn(*args)` for each args, spread over the compiler workers (within the compile timeout, with
         retries); a call that fails has its `MeasurementError` in its place."""
-        workers = self._compilers
+        def one(args: tuple) -> Any:
+            worker = self._idle_compilers.get()  # a worker serves one call at a time
+            try:
+                return self._attempt(lambda: worker.call(fn, args, self.settings.compile_timeout_s), what)
+            finally:
+                self._idle_compilers.put(worker)
 
-        def one(item: tuple[int, tuple]) -> Any:
-            worker = workers[item[0] % len(workers)]
-            return self._attempt(lambda: worker.call(fn, item[1], self.settings.compile_timeout_s), what)
-
-        return list(self._pool.map(one, enumerate(calls)))
+        return list(self._pool.map(one, calls))
 
     def _kernel_path(self) -> str:
         suffix = ".so" if self.device.kind == "local" else ".tar"

@@ -55,7 +55,7 @@ def test_search_through_the_tracker_survives_the_board_dying(tiny, tiny_oracle, 
 def test_prefetch_measures_many_layers_in_one_go_and_cost_then_only_reads(tiny, tmp_path):
     costs = make_cost_table("host", tmp_path / "m.sqlite", settings=QUICK)
     pairs = [(layer, costs.space.baseline_choice()) for layer in tiny.searchable_layers]
-    costs.prefetch(pairs + pairs[:2])  # duplicates are priced once
+    assert costs.prefetch(pairs + pairs[:2]) == []  # duplicates are priced once
     assert costs.db.count(costs.fingerprint) == len(pairs)
     calls = costs.backend_calls
     for layer, choice in pairs:

@@ -52,6 +52,20 @@ def test_a_kernel_that_does_not_compile_is_an_error_and_the_next_one_still_measu
         assert isinstance(failed, MeasurementError) and ok.median_ms > 0
 
 
+def echo_after(seconds: float, value: int) -> int:
+    """Runs in a compiler worker: answers `value` after `seconds`."""
+    time.sleep(seconds)
+    return value
+
+
+def test_compiler_workers_serve_one_call_at_a_time_so_every_answer_is_its_own():
+    # uneven durations make a free pool thread pick up a call while other calls are still running
+    delays = [0.3, 0.0, 0.0, 0.2, 0.0, 0.1, 0.0, 0.0]
+    with Measurer(HOST, settings=FAST, compile_workers=2) as measurer:
+        answers = measurer.in_compilers(echo_after, [(d, i) for i, d in enumerate(delays)], "echo")
+    assert answers == list(range(len(delays)))
+
+
 def test_through_the_tracker_and_directly_to_the_server(cluster):
     module, args = conv_kernel()
     with Measurer(HOST, Device.parse(tracker=f"127.0.0.1:{cluster.tracker_port}", key=cluster.key), FAST) as m:
