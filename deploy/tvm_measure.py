@@ -17,35 +17,20 @@ from __future__ import annotations
 
 import itertools
 import os
-import queue
 import socket
-import subprocess
-import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from deploy.cost import CostUnavailable
+from deploy.workers import MeasurementError, Worker, WorkerPool, attempt
 
-_ROOT = str(Path(__file__).resolve().parents[1])
+__all__ = ["Device", "Measurement", "MeasurementError", "MeasureSettings", "Measurer"]
+
 ArgSpec = tuple[tuple[int, ...], str]  # (shape, dtype) of one kernel argument
-
-
-class MeasurementError(CostUnavailable):
-    """A kernel could not be compiled, reached or timed; the message says which and why.
-
-    `device_lost` is True when the device itself failed (unreachable, no answer, worker died), not
-    the kernel."""
-
-    def __init__(self, message: str, device_lost: bool = False) -> None:
-        super().__init__(message)
-        self.device_lost = device_lost
 
 
 @dataclass(frozen=True)
@@ -200,74 +185,6 @@ def _run_remote(
         raise
 
 
-def serve(fd: int) -> None:
-    """Worker loop on a socket: run (function, args) requests until it closes."""
-    conn = Connection(fd)
-    while True:
-        try:
-            fn, args = conn.recv()
-        except (EOFError, OSError):  # the parent closed the socket or exited
-            return
-        try:
-            conn.send(("ok", fn(*args)))
-        except BaseException as err:  # reported to the caller, who decides
-            conn.send(("error", f"{type(err).__name__}: {_gist(str(err))}"))
-
-
-def _gist(message: str) -> str:
-    """TVM's errors carry the Python traceback of the worker: keep only their last line, the reason."""
-    if "Traceback (most recent call last)" not in message:
-        return message
-    return [line for line in message.splitlines() if line.strip()][-1].strip()
-
-
-class _Worker:
-    """One worker process (a fresh interpreter that imports only this module); a call that times out
-    or crashes it kills it, and the next call starts a new one."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._proc: subprocess.Popen | None = None
-        self._conn: Connection | None = None
-
-    def call(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> Any:
-        if self._proc is None or self._proc.poll() is not None:
-            self._start()
-        assert self._conn is not None
-        self._conn.send((fn, args))
-        if not self._conn.poll(timeout_s):
-            self.stop()
-            raise MeasurementError(f"{self.name}: no answer within {timeout_s:.0f} s (worker killed)", True)
-        try:
-            status, value = self._conn.recv()
-        except (EOFError, OSError):
-            self.stop()
-            raise MeasurementError(f"{self.name}: the worker process died", True) from None
-        if status == "error":  # compilers repeat a line per relocation: keep each line once
-            message = "\n".join(dict.fromkeys(value.splitlines()))
-            raise MeasurementError(f"{self.name}: {message}", message.startswith("ConnectionError"))
-        return value
-
-    def _start(self) -> None:
-        ours, theirs = socket.socketpair()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")])))
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", f"from deploy.tvm_measure import serve; serve({theirs.fileno()})"],
-            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
-        self._conn = Connection(ours.detach())
-
-    def stop(self) -> None:
-        """Kill the process (idempotent)."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait(5)
-        if self._conn is not None:
-            self._conn.close()
-        self._proc = self._conn = None
-
-
 class Measurer:
     """Compiles scheduled kernels for a target and times them on a device.
 
@@ -288,13 +205,8 @@ class Measurer:
         self.target = target
         self.device = device
         self.settings = settings
-        n = compile_workers or os.cpu_count() or 1
-        self._compilers = [_Worker(f"compiler-{i}") for i in range(n)]
-        self._idle_compilers: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
-        for worker in self._compilers:
-            self._idle_compilers.put(worker)
-        self._runner = _Worker("runner")
-        self._pool = ThreadPoolExecutor(n)
+        self._compilers = WorkerPool("compiler", compile_workers)
+        self._runner = Worker("runner")
         self._dir = tempfile.TemporaryDirectory(prefix="deploygym-kernels-")
         self._ids = itertools.count()
         self._down_until = 0.0
@@ -327,14 +239,7 @@ class Measurer:
     def in_compilers(self, fn: Callable[..., Any], calls: Sequence[tuple], what: str) -> list[Any]:
         """`fn(*args)` for each args, spread over the compiler workers (within the compile timeout, with
         retries); a call that fails has its `MeasurementError` in its place."""
-        def one(args: tuple) -> Any:
-            worker = self._idle_compilers.get()  # a worker serves one call at a time
-            try:
-                return self._attempt(lambda: worker.call(fn, args, self.settings.compile_timeout_s), what)
-            finally:
-                self._idle_compilers.put(worker)
-
-        return list(self._pool.map(one, calls))
+        return self._compilers.map(fn, calls, self.settings.compile_timeout_s, self.settings.retries, what)
 
     def _kernel_path(self) -> str:
         suffix = ".so" if self.device.kind == "local" else ".tar"
@@ -350,7 +255,9 @@ class Measurer:
             call = (_run_local, (path, args, threads, self.settings))
         else:
             call = (_run_remote, (self.device, path, args, threads, self.settings))
-        results = self._attempt(lambda: self._runner.call(*call, self.settings.run_timeout_s), f"run on {self.device.name}")
+        results = attempt(
+            lambda: self._runner.call(*call, self.settings.run_timeout_s), self.settings.retries, f"run on {self.device.name}"
+        )
         if isinstance(results, MeasurementError):
             if results.device_lost:
                 self._down_until = time.monotonic() + self.settings.device_cooloff_s
@@ -358,21 +265,10 @@ class Measurer:
             return results
         return Measurement(results, threads)
 
-    def _attempt(self, fn: Callable[[], Any], what: str) -> Any:
-        """`fn()`, tried 1 + `retries` times; the last error is returned (not raised)."""
-        error: MeasurementError | None = None
-        for _ in range(1 + self.settings.retries):
-            try:
-                return fn()
-            except MeasurementError as err:
-                error = MeasurementError(f"{what} failed: {err}", err.device_lost)
-        return error
-
     def close(self) -> None:
         """Stop the workers and delete the compiled kernels."""
-        for worker in (*self._compilers, self._runner):
-            worker.stop()
-        self._pool.shutdown()
+        self._compilers.close()
+        self._runner.stop()
         self._dir.cleanup()
 
     def __enter__(self) -> "Measurer":

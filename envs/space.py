@@ -9,6 +9,10 @@ chosen so that it is: everything that could constrain validity jointly sits insi
 tile, order, axes and threads in its own way). int8 Winograd works in an int16 transform domain, as
 ncnn's winograd23/43 int8 kernels do (the F(4x4,3x3) input transform grows values at most 100x). `SearchSpace.mask`
 returns exact masks; `SearchSpace.check` explains an invalid choice.
+
+On an NPU the dataflow is an `NpuDataflow`: which loops are unrolled across the PE array (a named
+family, sized to the array by the backend) and whether the temporal mapping follows the family's
+stationarity or is searched (`auto`).
 """
 
 from __future__ import annotations
@@ -77,6 +81,58 @@ class CpuSchedule:
         return {"tile": self.tile, "order": self.order, "vec": self.vec, "par": self.par, "threads": self.threads}
 
 
+NPU_SPATIAL = ("ws", "os", "os_ch", "rs")
+"""Spatial unrollings over the PE array's (rows, cols): ws = output x input channels (NVDLA-like weight
+stationary), os = output columns x rows (ShiDianNao-like output stationary), os_ch = output channels x
+output columns (TPU-like output stationary), rs = filter rows (packed with input channels) x output rows
+(Eyeriss row stationary). A depthwise layer's channels take the place of the output channels."""
+NPU_TEMPORAL = ("stationary", "auto")
+"""stationary: the family's stationary operand stays innermost (its irrelevant loops run first);
+auto: ZigZag's mapping search picks the best temporal mapping for the spatial unrolling."""
+
+
+@dataclass(frozen=True)
+class NpuDataflow:
+    """An NPU dataflow: spatial unrolling family and temporal mapping mode (see `NPU_SPATIAL`)."""
+
+    spatial: str = "ws"
+    temporal: str = "stationary"
+
+    def __post_init__(self) -> None:
+        if self.spatial not in NPU_SPATIAL:
+            raise InvalidChoice(f"NPU spatial unrolling {self.spatial!r} is not one of {NPU_SPATIAL}")
+        if self.temporal not in NPU_TEMPORAL:
+            raise InvalidChoice(f"NPU temporal mapping {self.temporal!r} is not one of {NPU_TEMPORAL}")
+
+    threads = 1
+    """An NPU runs one layer at a time on its whole array."""
+
+    @property
+    def key(self) -> str:
+        """Compact stable string, used in database keys."""
+        return f"npu:{self.spatial}:{self.temporal}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"spatial": self.spatial, "temporal": self.temporal}
+
+    @classmethod
+    def parse(cls, text: str) -> "NpuDataflow":
+        """`ws:auto`, `rs:stationary` or a `key` -> NpuDataflow."""
+        parts = text.removeprefix("npu:").split(":")
+        if len(parts) != 2:
+            raise InvalidChoice(f"NPU dataflow {text!r} is not SPATIAL:TEMPORAL (e.g. 'rs:stationary')")
+        return cls(*parts)
+
+
+def npu_dataflows() -> tuple[NpuDataflow, ...]:
+    """Every NPU dataflow option: each spatial family with each temporal mode."""
+    return tuple(NpuDataflow(s, t) for s, t in itertools.product(NPU_SPATIAL, NPU_TEMPORAL))
+
+
+Dataflow = CpuSchedule | NpuDataflow
+
+
 def cpu_schedules(max_threads: int) -> tuple[CpuSchedule, ...]:
     """Every schedule of the family for a CPU with `max_threads` cores (threads 1, 2, 4, ... <= cores)."""
     threads = [t for t in (1, 2, 4, 8) if t <= max_threads]
@@ -92,7 +148,7 @@ class Choice:
 
     quant: str
     algo: str
-    dataflow: CpuSchedule
+    dataflow: Dataflow
     arch: str = BASE_ARCH
 
     @property
@@ -107,13 +163,19 @@ class Choice:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Choice":
         """Inverse of `to_dict`."""
-        return cls(d["quant"], d["algo"], CpuSchedule(**d["dataflow"]), d.get("arch", BASE_ARCH))
+        flow = d["dataflow"]
+        dataflow = NpuDataflow(**flow) if "spatial" in flow else CpuSchedule(**flow)
+        return cls(d["quant"], d["algo"], dataflow, d.get("arch", BASE_ARCH))
 
     @classmethod
     def from_key(cls, key: str) -> "Choice":
         """Inverse of `key` (as stored in the measurement database)."""
         try:
-            arch, quant, algo, tile, order, vec, par, threads = key.split("/")
+            parts = key.split("/")
+            if len(parts) == 4:
+                arch, quant, algo, flow = parts
+                return cls(quant, algo, NpuDataflow.parse(flow), arch)
+            arch, quant, algo, tile, order, vec, par, threads = parts
             schedule = CpuSchedule(tile, order, vec.removeprefix("vec="), par.removeprefix("par="), int(threads.removeprefix("t")))
         except ValueError as err:
             raise InvalidChoice(f"{key!r} is not a choice key ({err})") from None
@@ -142,23 +204,32 @@ class SearchSpace:
     """The action encoding for one target: MultiDiscrete `(arch, quant x algorithm, dataflow)`.
 
     Args:
-        dataflows: the target's dataflow options (CPU schedules).
+        dataflows: the target's dataflow options (CPU schedules or NPU dataflows).
         quants: precisions the target supports.
         arch_options: architecture variants; `("base",)` until an architecture space fills the slot.
+        algorithms: the algorithms the target implements.
+        baseline: the reference deployment of every layer; default "BLAS fp32" (fp32 im2col+GEMM, the
+            default schedule on all threads).
     """
 
     def __init__(
         self,
-        dataflows: Sequence[CpuSchedule],
+        dataflows: Sequence[Dataflow],
         quants: Sequence[str] = QUANTS,
         arch_options: Sequence[str] = (BASE_ARCH,),
+        algorithms: Sequence[str] = ALGORITHMS,
+        baseline: Choice | None = None,
     ) -> None:
         unknown = set(quants) - set(QUANTS)
         if unknown:
             raise InvalidChoice(f"unknown quantization(s) {sorted(unknown)}; valid: {QUANTS}")
+        unknown = set(algorithms) - set(ALGORITHMS)
+        if unknown:
+            raise InvalidChoice(f"unknown algorithm(s) {sorted(unknown)}; valid: {ALGORITHMS}")
         self.dataflows = tuple(dataflows)
         self.arch_options = tuple(arch_options)
-        self.quant_algos = tuple(itertools.product(quants, ALGORITHMS))
+        self.quant_algos = tuple(itertools.product(quants, algorithms))
+        self._baseline = baseline or Choice("fp32", "im2col", CpuSchedule(threads=max(d.threads for d in self.dataflows)))
         self.nvec = (len(self.arch_options), len(self.quant_algos), len(self.dataflows))
         self._dataflow_index = {d: i for i, d in enumerate(self.dataflows)}
         self._qa_index = {qa: i for i, qa in enumerate(self.quant_algos)}
@@ -217,6 +288,8 @@ class SearchSpace:
     def check(self, layer: Layer, choice: Choice) -> None:
         """Raise InvalidChoice naming the reason if `choice` cannot deploy `layer`."""
         reason = why_invalid(layer, choice.quant, choice.algo)
+        if reason is None and (choice.quant, choice.algo) not in self._qa_index:
+            reason = f"{choice.quant} {choice.algo} is not offered by this target (it offers {self.quant_algos})"
         if reason is None and choice.dataflow not in self._dataflow_index:
             reason = f"dataflow {choice.dataflow.key} is not offered by this target"
         if reason is None and choice.arch not in self.arch_options:
@@ -235,8 +308,8 @@ class SearchSpace:
         ]
 
     def baseline_choice(self) -> Choice:
-        """The "BLAS fp32" deployment of any layer: fp32 im2col+GEMM, default schedule, all threads."""
-        return Choice("fp32", "im2col", CpuSchedule(threads=max(d.threads for d in self.dataflows)))
+        """The reference deployment of any layer (speed-ups are measured against it)."""
+        return self._baseline
 
     def all_choices(self) -> list[Choice]:
         """Every action decoded, in `flat_index` order (valid or not)."""
