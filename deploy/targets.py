@@ -1,4 +1,9 @@
-"""The target registry: a name -> the hardware, its search space, and the backend that prices it."""
+"""The target registry: a name -> the hardware, its search space, and the backend that prices it.
+
+CPU boards are priced by their latency model, or measured with TVM when given a device; NPUs
+(`npu-eyeriss`, `npu-nvdla`, `npu-tpu`, or any NPU described by a YAML file given as the target) are
+simulated with ZigZag.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,11 @@ from typing import Any, Callable
 
 from deploy.cost import CostBackend
 from deploy.cpu_model import CORTEX_A72, CpuLatencyModel, CpuModelParams, CpuSpec, load_calibration
+from deploy.npu_hardware import NpuSpec, load_npu_spec, load_preset, preset_names
+from deploy.npu_model import NpuRooflineModel
 from deploy.tvm_measure import Device, MeasureSettings
-from envs.space import QUANTS, SearchSpace, cpu_schedules
+from deploy.zigzag_sim import ZIGZAG_VERSION, SimulationSettings
+from envs.space import QUANTS, Choice, SearchSpace, cpu_schedules, npu_dataflows
 
 
 @dataclass(frozen=True)
@@ -38,8 +46,14 @@ class CpuTarget:
             return CpuLatencyModel(self.spec, CpuModelParams(), "uncalibrated")
         return CpuLatencyModel(self.spec, load_calibration(self.calibration), self.calibration)
 
+    def describe(self) -> dict[str, Any]:
+        """What the measurement database records about the target."""
+        return {"target": self.name, "tvm_target": self.tvm_target}
+
     def backend(self, device: Device | None = None, settings: MeasureSettings | None = None) -> CostBackend:
         """TVM measurement on `device` (this machine for a target that runs here), else the model."""
+        if settings is not None and not isinstance(settings, MeasureSettings):
+            raise TypeError(f"{self.name} is measured: settings must be MeasureSettings, got {type(settings).__name__}")
         if device is None and not self.runs_here:
             return self.model()
         device = device or Device()
@@ -126,12 +140,69 @@ def _cortex_a72() -> CpuTarget:
     )
 
 
-TARGETS: dict[str, Callable[[], CpuTarget]] = {"cortex-a72": _cortex_a72, "host": _host}
+@dataclass(frozen=True)
+class NpuTarget:
+    """An NPU: its hardware, priced by ZigZag simulation (the roofline model bounds what is not simulated)."""
+
+    spec: NpuSpec
+
+    @property
+    def name(self) -> str:
+        """The NPU's name."""
+        return self.spec.name
+
+    @property
+    def description(self) -> str:
+        """One line about the NPU."""
+        return self.spec.description
+
+    @property
+    def quants(self) -> tuple[str, ...]:
+        """Precisions the NPU computes in."""
+        return self.spec.precisions
+
+    def search_space(self) -> SearchSpace:
+        """Each precision, computed directly, under every dataflow; the baseline is the NPU's own
+        fixed dataflow in int8 (or its first precision)."""
+        baseline = Choice(self.quants[0], "direct", self.spec.fixed_dataflow)
+        return SearchSpace(npu_dataflows(), self.quants, algorithms=("direct",), baseline=baseline)
+
+    def model(self) -> NpuRooflineModel:
+        """The roofline bound of the NPU (the estimator for unsimulated choices)."""
+        return NpuRooflineModel(self.spec)
+
+    def describe(self) -> dict[str, Any]:
+        """What the measurement database records about the target."""
+        return {"target": self.name, "zigzag": ZIGZAG_VERSION, "hardware": self.spec.hardware}
+
+    def backend(self, device: Device | None = None, settings: SimulationSettings | None = None) -> CostBackend:
+        """ZigZag simulation with `settings` (an NPU has no device to measure on)."""
+        if device is not None:
+            raise ValueError(f"{self.name} is simulated with ZigZag: --rpc / --rpc-tracker do not apply to it")
+        if settings is not None and not isinstance(settings, SimulationSettings):
+            raise TypeError(f"{self.name} is simulated: settings must be SimulationSettings, got {type(settings).__name__}")
+        from deploy.npu_backend import ZigZagBackend
+
+        return ZigZagBackend(self.spec, settings or SimulationSettings())
 
 
-def get_target(name: str) -> CpuTarget:
-    """The registered target `name`; ValueError listing the valid names otherwise."""
+Target = CpuTarget | NpuTarget
+
+TARGETS: dict[str, Callable[[], Target]] = {
+    "cortex-a72": _cortex_a72,
+    "host": _host,
+    **{name: (lambda name=name: NpuTarget(load_preset(name))) for name in preset_names()},
+}
+
+
+def get_target(name: str) -> Target:
+    """The registered target `name`, or the NPU described by a YAML file at the path `name`; ValueError
+    listing the valid names otherwise."""
+    if name.endswith((".yaml", ".yml")):
+        return NpuTarget(load_npu_spec(name))
     try:
         return TARGETS[name]()
     except KeyError:
-        raise ValueError(f"unknown target {name!r}; valid targets: {', '.join(sorted(TARGETS))}") from None
+        raise ValueError(
+            f"unknown target {name!r}; valid targets: {', '.join(sorted(TARGETS))}, or an NPU's YAML file"
+        ) from None

@@ -12,6 +12,7 @@ from deploy.db import MeasurementDB
 from deploy.deployment import best_choices, evaluate
 from deploy.targets import get_target
 from deploy.tvm_measure import Device, MeasureSettings
+from deploy.zigzag_sim import SimulationSettings
 from envs import zoo
 from envs.env import Accuracy, DeploymentEnv
 from envs.network import Network
@@ -34,12 +35,12 @@ def make_cost_table(
     target: str,
     db_path: str | Path | None = None,
     device: Device | None = None,
-    settings: MeasureSettings | None = None,
+    settings: MeasureSettings | SimulationSettings | None = None,
 ) -> CostTable:
-    """The cost table of a registered target: its model, or TVM measurement on `device` (a board over
-    RPC, or this machine for `host`) with `settings`, over the measurement database at `db_path`
-    (None: in memory). Without a board, what was measured on this target before (on any board) is used
-    before the model."""
+    """The cost table of a registered target: its model, TVM measurement on `device` (a board over
+    RPC, or this machine for `host`), or ZigZag simulation for an NPU, with `settings`, over the
+    measurement database at `db_path` (None: in memory). Without a board, what was measured on this
+    target before (on any board) is used before the model."""
     tgt = get_target(target)
     db = MeasurementDB(db_path) if db_path is not None else None
     backend = tgt.backend(device, settings)
@@ -48,8 +49,8 @@ def make_cost_table(
     measured = [fp for fp in earlier if fp.startswith("measured:")]
     table = CostTable(backend, tgt.search_space(), db, estimator=tgt.model(), measured=measured)
     if db is not None:
-        description = {"target": tgt.name, "provenance": backend.provenance, "tvm_target": tgt.tvm_target}
-        if not backend.batch_friendly:
+        description = {**tgt.describe(), "provenance": backend.provenance}
+        if backend.provenance.startswith("measured:"):
             import tvm
 
             description["tvm"] = tvm.__version__
