@@ -43,12 +43,13 @@ def deployment_dict(
     fingerprint: str,
     choices: dict[str, Choice],
     cost: NetworkCost,
-    accuracy: float,
+    accuracy: float | None,
     accuracy_provenance: str,
     baseline: NetworkCost,
-    baseline_accuracy: float,
+    baseline_accuracy: float | None,
+    baseline_choice: Choice,
 ) -> dict[str, Any]:
-    """The JSON document of a deployment."""
+    """The JSON document of a deployment (`baseline` deploys every layer as `baseline_choice`)."""
     return {
         "schema": SCHEMA,
         "network": network.to_dict(),
@@ -66,7 +67,8 @@ def deployment_dict(
             "accuracy_provenance": accuracy_provenance,
         },
         "baseline": {
-            "description": "every layer fp32 im2col+GEMM, default schedule, all cores (BLAS fp32)",
+            "description": f"every layer {baseline_choice.key}",
+            "choice": baseline_choice.to_dict(),
             "latency_ms": baseline.latency_ms,
             "memory_bytes": baseline.memory_bytes,
             "energy_mj": baseline.energy_mj,

@@ -12,6 +12,7 @@ from gymnasium import spaces
 from deploy.cost import ChoiceRejected, CostUnavailable
 from deploy.cost_table import CostTable
 from deploy.deployment import Assembler, NetworkCost, evaluate, uniform_choices
+from deploy.flow_optimizer import CRITERIA, best_dataflow
 from envs.network import Layer, Network, Op
 from envs.reward import RewardConfig
 from envs.space import ALGORITHMS, QUANTS, Choice, SearchSpace
@@ -44,6 +45,10 @@ class DeploymentEnv(gym.Env):
     `MultiDiscrete([n_arch, n_quant_algo, n_dataflow])` (see `envs.space.SearchSpace`): the
     architecture variant, the (quantization, algorithm) pair, and the dataflow (on a CPU the loop
     schedule: register tile, loop order, vectorised axis, parallel axis, threads) of the current layer.
+    On an NPU the dataflow is the spatial unrolling and temporal mapping (`envs.space.NpuDataflow`).
+    With `dataflow="latency"`, `"energy"` or `"edp"` (FlowOptimizer mode) the environment picks each
+    layer's best dataflow by that criterion itself: only the first dataflow entry is unmasked, and
+    the agent chooses the other levels.
     `action_masks()` returns exact per-component masks for MaskablePPO. An invalid action ends the
     episode with reward -100 and `info["invalid_action"]` naming the reason; nothing is priced.
     A choice the cost backend cannot price (a failed compile or measurement, after its retries) also
@@ -79,14 +84,24 @@ class DeploymentEnv(gym.Env):
 
     ## Arguments
     network: the network to deploy. space: the target's search space. costs: the target's cost table.
-    accuracy: the accuracy oracle. reward: scoring configuration.
+    accuracy: the accuracy oracle. reward: scoring configuration. dataflow: "agent" (the action
+    chooses it) or a FlowOptimizer criterion ("latency", "energy", "edp").
     """
 
     metadata = {"render_modes": []}
 
     def __init__(
-        self, network: Network, space: SearchSpace, costs: CostTable, accuracy: Accuracy, reward: RewardConfig
+        self,
+        network: Network,
+        space: SearchSpace,
+        costs: CostTable,
+        accuracy: Accuracy,
+        reward: RewardConfig,
+        dataflow: str = "agent",
     ) -> None:
+        if dataflow != "agent" and dataflow not in CRITERIA:
+            raise ValueError(f"dataflow={dataflow!r}: use 'agent' or a FlowOptimizer criterion {CRITERIA}")
+        self.dataflow_mode = dataflow
         self.network = network
         self.space = space
         self.costs = costs
@@ -99,7 +114,7 @@ class DeploymentEnv(gym.Env):
         self._nvec = np.array(space.nvec)
         self._offsets = np.cumsum((0,) + space.nvec[:-1])
         self._static = np.stack([self._layer_features(i) for i in range(len(self.layers))])
-        self._masks = [space.mask(layer) for layer in self.layers]
+        self._masks = [self._mask(space.mask(layer)) for layer in self.layers]
         fastest = np.array([np.nanmin(costs.latency_array(layer)[0]) for layer in self.layers])
         self._remaining_lower_bound = np.concatenate([np.cumsum(fastest[::-1])[::-1], [0.0]])
         self.baseline_choices = uniform_choices(network, lambda layer: space.baseline_choice())
@@ -128,6 +143,8 @@ class DeploymentEnv(gym.Env):
             return self._observation(), INVALID_ACTION_REWARD, True, False, {"invalid_action": reason, "layer": layer.name}
         choice = self.space.decode(action)
         try:
+            if self.dataflow_mode != "agent":
+                choice = best_dataflow(self.costs, layer, choice, self.dataflow_mode)
             added = self._assembler.add(choice)
         except CostUnavailable as err:
             if isinstance(err, ChoiceRejected):
@@ -158,7 +175,10 @@ class DeploymentEnv(gym.Env):
         self.reset()
         total, info = 0.0, {}
         for layer in self.layers:
-            _, reward, _, _, info = self.step(self.space.encode(choices[layer.name]))
+            action = self.space.encode(choices[layer.name])
+            if self.dataflow_mode != "agent":
+                action[2] = 0  # the environment picks the dataflow again
+            _, reward, _, _, info = self.step(action)
             total += reward
         return total, info
 
@@ -188,6 +208,14 @@ class DeploymentEnv(gym.Env):
             choices={layer.name: c.to_dict() for layer, c in zip(self.layers, self._choices)},
         )
         return self.reward_config.final_reward(accuracy, latency)
+
+    def _mask(self, mask: np.ndarray) -> np.ndarray:
+        """In FlowOptimizer mode the dataflow is not the agent's: only its first entry stays valid."""
+        if self.dataflow_mode == "agent":
+            return mask
+        mask = mask.copy()
+        mask[self._offsets[2] + 1 :] = False
+        return mask
 
     def _forbid(self, layer: Layer, action: np.ndarray) -> None:
         """Mask the action's (quantization, algorithm) for every layer of this shape from now on."""

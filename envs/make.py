@@ -68,6 +68,7 @@ def make_deployment_env(
     accuracy: Accuracy | None = None,
     costs: CostTable | None = None,
     device: Device | None = None,
+    dataflow: str = "agent",
 ) -> DeploymentEnv:
     """Build the environment.
 
@@ -81,6 +82,8 @@ def make_deployment_env(
         accuracy: accuracy oracle; default trains (once, cached) the network's 32x32 variant on digits.
         costs: a cost table to share between environments (from `make_cost_table`); built otherwise.
         device: where to measure (see `make_cost_table`).
+        dataflow: "agent" (the agent chooses each layer's dataflow) or a FlowOptimizer criterion
+            ("latency", "energy", "edp": the environment picks the best dataflow of each layer).
     """
     net = resolve_network(network)
     costs = costs or make_cost_table(target, db_path, device)
@@ -105,4 +108,4 @@ def make_deployment_env(
         from envs.accuracy import oracle_for
 
         accuracy = oracle_for(net)
-    return DeploymentEnv(net, space, costs, accuracy, reward)
+    return DeploymentEnv(net, space, costs, accuracy, reward, dataflow)

@@ -5,10 +5,13 @@
     python experiments/run_ppo.py --net mobilenet_v1 --tradeoff 40     # MnasNet-style trade-off
     python experiments/run_ppo.py --resume runs/mobilenet_v2-cortex-a72-s0-...   # continue a run
 
+    python experiments/run_ppo.py --target npu-eyeriss                 # NPU, simulated with ZigZag
+    python experiments/run_ppo.py --target npu-eyeriss --dataflow latency   # FlowOptimizer picks dataflows
     python experiments/run_ppo.py --target host                        # measured with TVM on this machine
     python experiments/run_ppo.py --target cortex-a72 --rpc-tracker 127.0.0.1:9190 --rpc-key pi4   # on a board
 
-Without a board the latencies come from the calibrated Cortex-A72 model (every number says so).
+Without a board the latencies come from the calibrated Cortex-A72 model (every number says so); NPU
+targets (npu-eyeriss, npu-nvdla, npu-tpu, or an NPU's YAML file) are simulated with ZigZag.
 Each run writes one folder: config.yml, command.txt, tb/ (TensorBoard), checkpoints/,
 best_deployment.json (kept up to date), deployment.json and summary.txt at the end.
 """
@@ -31,7 +34,8 @@ from deploy.cli import run_main
 from deploy.tvm_measure import Device
 from deploy.deployment import evaluate
 from deploy.export import deployment_dict, load_deployment, write_json
-from deploy.targets import TARGETS
+from deploy.targets import NpuTarget, get_target
+from deploy.zigzag_sim import SimulationSettings
 from envs.accuracy import AccuracyOracle, oracle_for
 from envs.env import DeploymentEnv
 from envs.make import make_cost_table, make_deployment_env, resolve_network
@@ -43,7 +47,7 @@ class Config:
     """Everything a run depends on (written to config.yml)."""
 
     target: str = "cortex-a72"
-    """registered target (cortex-a72, host)"""
+    """registered target (cortex-a72, host, npu-eyeriss, npu-nvdla, npu-tpu) or an NPU's YAML file"""
     net: str = "mobilenet_v2"
     """built-in network (mobilenet_v1, mobilenet_v2, mobilenet_v2_32, resnet18)"""
     timesteps: int = 60_000
@@ -70,6 +74,10 @@ class Config:
     """measure on a board reached through the TVM RPC tracker at HOST:PORT (with --rpc-key)"""
     rpc_key: str | None = None
     """the board's key at the tracker"""
+    dataflow: str = "agent"
+    """agent, or a FlowOptimizer criterion (latency, energy, edp): the environment picks each layer's best dataflow"""
+    zigzag_lpf: int = 4
+    """NPU targets: loop prime factors ZigZag's temporal-mapping search permutes (higher = more thorough, slower)"""
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -83,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(Config):
         default = getattr(Config(), f.name)
-        kind = {"timesteps": int, "seed": int, "checkpoint_every": int, "budget_ms": float, "tradeoff": float}.get(f.name, str)
+        kind = {"timesteps": int, "seed": int, "checkpoint_every": int, "budget_ms": float, "tradeoff": float, "zigzag_lpf": int}.get(f.name, str)
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default, help=doc[f.name])
     return Config(**vars(parser.parse_args(argv)))
 
@@ -112,12 +120,12 @@ def load_resumed(config: Config) -> Config:
     return Config(**saved)
 
 
-def summary(info: dict[str, Any], oracle: AccuracyOracle, folder: Path) -> str:
-    """One screen: the best deployment against the baseline."""
+def summary(info: dict[str, Any], oracle: AccuracyOracle, folder: Path, baseline: str) -> str:
+    """One screen: the best deployment against the baseline (every layer deployed as `baseline`)."""
     lines = [
         f"run folder           {folder}",
         f"latency              {info['latency_ms']:.2f} ms  ({info['latency_provenance']})",
-        f"baseline (BLAS fp32) {info['baseline_latency_ms']:.2f} ms  -> speedup {info['speedup']:.2f}x",
+        f"baseline             {info['baseline_latency_ms']:.2f} ms  -> speedup {info['speedup']:.2f}x  (every layer {baseline})",
         f"accuracy             {100 * info['accuracy']:.2f}%  (fp32 {100 * oracle.baseline_accuracy:.2f}%, "
         f"loss {100 * (oracle.baseline_accuracy - info['accuracy']):.2f} points; {info['accuracy_provenance']})",
         f"accuracy queries     {oracle.cache_info().misses} measured, {oracle.cache_info().hits} from cache",
@@ -146,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     if config.resume:
         config = load_resumed(config)
-    if config.target not in TARGETS:
-        raise ValueError(f"unknown target {config.target!r}; valid targets: {', '.join(sorted(TARGETS))}")
+    target = get_target(config.target)  # an unknown name or a bad NPU file fails here
     hp = load_hyperparams(config.net, config.hyperparams)
 
     network = resolve_network(config.net)
@@ -155,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     db_path = Path(config.logdir) / "measurements.sqlite"
     db_path.parent.mkdir(parents=True, exist_ok=True)
     measured_on = Device.parse(config.rpc, config.rpc_tracker, config.rpc_key) if config.rpc or config.rpc_tracker else None
-    costs = make_cost_table(config.target, db_path, measured_on)  # shared by every environment copy
+    settings = SimulationSettings(lpf_limit=config.zigzag_lpf) if isinstance(target, NpuTarget) else None
+    costs = make_cost_table(config.target, db_path, measured_on, settings)  # shared by every environment copy
     reused = oracle.use_database(costs.db)
     if reused:
         print(f"reusing {reused} accuracies measured before in {db_path}")
@@ -163,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def make_env():
         return make_deployment_env(
-            network, config.target, mode, config.budget_ms, config.tradeoff, accuracy=oracle, costs=costs
+            network, config.target, mode, config.budget_ms, config.tradeoff, accuracy=oracle, costs=costs,
+            dataflow=config.dataflow,
         )
 
     probe = make_env()  # fails fast on an impossible budget, before any folder is written
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         cost = evaluate(network, choices, probe.costs)
         doc = deployment_dict(
             network, config.target, probe.costs.fingerprint, choices, cost, info["accuracy"],
-            info["accuracy_provenance"], probe.baseline, oracle.baseline_accuracy,
+            info["accuracy_provenance"], probe.baseline, oracle.baseline_accuracy, probe.space.baseline_choice(),
         )
         write_json(folder / name, doc)
 
@@ -206,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     save_best(tensorboard.best.info, "deployment.json")
     (folder / "best_deployment.json").unlink(missing_ok=True)
-    text = summary(tensorboard.best.info, oracle, folder)
+    text = summary(tensorboard.best.info, oracle, folder, probe.space.baseline_choice().key)
     (folder / "summary.txt").write_text(text + "\n")
     print(text)
     return 0
