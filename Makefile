@@ -21,6 +21,7 @@ test: $(VENV)/.installed  ## the test suite (what CI runs)
 
 bench: $(VENV)/.installed  ## benchmark JSON + PNG into benchmarks/out/
 	$(PY) benchmarks/main_job.py
+	$(PY) benchmarks/npu_dataflows.py
 
 calibrate: $(VENV)/.installed  ## refit the A72 model to the public figures (writes deploy/data/cortex_a72.json)
 	$(PY) experiments/calibrate_cpu_model.py

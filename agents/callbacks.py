@@ -5,12 +5,13 @@ Scalars (averaged over the episodes a rollout completed, written at each rollout
 `deploy/feasible_fraction`, `deploy/memory_mb`, `deploy/energy_mj`; episodes that ended on an
 invalid action or a failed measurement: `deploy/invalid_episodes`, `deploy/measurement_failures`;
 best so far (by reward): `best/reward`, `best/latency_ms`, `best/accuracy`, `best/speedup`.
-Histograms of the chosen options: `choices/quant`, `choices/algo`, `choices/threads`, `choices/tile`
-(option indices). The run's hyperparameters are written once as TensorBoard hparams.
+Histograms of the chosen options: `choices/quant`, `choices/algo`, and on a CPU `choices/threads`,
+`choices/tile`, on an NPU `choices/spatial`, `choices/temporal` (option indices; threads as counts). The run's hyperparameters are written once as TensorBoard hparams.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,7 +20,12 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam
 
-from envs.space import ALGORITHMS, QUANTS, TILES
+from envs.space import ALGORITHMS, NPU_SPATIAL, NPU_TEMPORAL, QUANTS, TILES
+
+_DATAFLOW_OPTIONS: dict[str, tuple[str, ...] | None] = {
+    "threads": None, "tile": TILES, "spatial": NPU_SPATIAL, "temporal": NPU_TEMPORAL,
+}
+"""Dataflow fields with a histogram: their options (None: the value itself is the number)."""
 
 
 @dataclass
@@ -50,7 +56,7 @@ class DeploymentTensorBoard(BaseCallback):
         self.on_best = on_best
         self.best = best or BestDeployment()
         self._returns: np.ndarray | None = None
-        self._choices: dict[str, list[int]] = {"quant": [], "algo": [], "threads": [], "tile": []}
+        self._choices: dict[str, list[int]] = defaultdict(list)
         self.episodes = 0
 
     def _on_training_start(self) -> None:
@@ -94,8 +100,10 @@ class DeploymentTensorBoard(BaseCallback):
         for choice in info["choices"].values():
             self._choices["quant"].append(QUANTS.index(choice["quant"]))
             self._choices["algo"].append(ALGORITHMS.index(choice["algo"]))
-            self._choices["threads"].append(choice["dataflow"]["threads"])
-            self._choices["tile"].append(TILES.index(choice["dataflow"]["tile"]))
+            for name, options in _DATAFLOW_OPTIONS.items():
+                if name in choice["dataflow"]:
+                    value = choice["dataflow"][name]
+                    self._choices[name].append(value if options is None else options.index(value))
         if episode_reward > self.best.reward:
             self.best = BestDeployment(episode_reward, dict(info))
             if self.on_best:

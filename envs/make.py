@@ -74,7 +74,7 @@ def make_deployment_env(
 
     Args:
         network: built-in network name or a `Network` (e.g. from `envs.torch_import.import_module`).
-        target: registered target name.
+        target: registered target name, or an NPU's YAML file.
         mode: "budget" (maximise accuracy under `budget_ms`) or "tradeoff" (MnasNet-style, `target_ms`).
         budget_ms: latency budget; default `DEFAULT_BUDGET_FRACTION` x the baseline latency.
         target_ms: trade-off target latency; default the same as the default budget.
