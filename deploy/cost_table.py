@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from deploy.cost import Cost, CostBackend, CostUnavailable, TensorFormat
+from deploy.cost import ChoiceRejected, Cost, CostBackend, CostUnavailable, TensorFormat
 from envs.network import Layer
 from envs.space import Choice, SearchSpace
 
@@ -54,6 +54,7 @@ class CostTable:
         self._layers: dict[str, dict[str, Cost]] = {}
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._fixed: dict[tuple, Cost] = {}
+        self._rejected: dict[str, set[str]] = {}
         self.backend_calls = 0
 
     def layer_costs(self, layer: Layer) -> dict[str, Cost]:
@@ -71,7 +72,11 @@ class CostTable:
         if hit is None:
             self.space.check(layer, choice)
             todo = self.space.valid_choices(layer) if self.backend.batch_friendly else [choice]
-            self._compute(layer, [c for c in todo if c.key not in known])
+            try:
+                self._compute(layer, [c for c in todo if c.key not in known])
+            except ChoiceRejected:
+                self._reject(layer, choice)
+                raise
             hit = known[choice.key]
         return hit
 
@@ -89,10 +94,12 @@ class CostTable:
                 self._store(layer, [choice], [result])
             else:
                 failures.append(result)
+                if isinstance(result, ChoiceRejected):
+                    self._reject(layer, choice)
         return failures
 
     def latency_array(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-        """(latency_ms, memory_bytes) over `space.all_choices()` order; NaN where invalid.
+        """(latency_ms, memory_bytes) over `space.all_choices()` order; NaN where invalid or rejected by the backend.
 
         With a measuring backend: the estimator's numbers, overwritten by every measurement known."""
         arrays = self._arrays.get(layer.signature)
@@ -105,6 +112,8 @@ class CostTable:
                 latency, memory = (a.copy() for a in self._estimates.latency_array(layer))
             for key, cost in costs.items():
                 latency[self._position[key]], memory[self._position[key]] = cost.latency_ms, cost.memory_bytes
+            for key in self._rejected.get(layer.signature, ()):
+                latency[self._position[key]] = memory[self._position[key]] = np.nan
             arrays = self._arrays[layer.signature] = (latency, memory)
         return arrays
 
@@ -136,6 +145,13 @@ class CostTable:
                 known.update(self.db.get_layer(fingerprint, layer.signature))  # type: ignore[union-attr]
             self._layers[layer.signature] = known
         return known
+
+    def _reject(self, layer: Layer, choice: Choice) -> None:
+        """The backend will never price `choice` for this layer: it is invalid in the layer's arrays."""
+        self._rejected.setdefault(layer.signature, set()).add(choice.key)
+        arrays = self._arrays.get(layer.signature)
+        if arrays is not None:
+            arrays[0][self._position[choice.key]] = arrays[1][self._position[choice.key]] = np.nan
 
     def _compute(self, layer: Layer, choices: list[Choice]) -> None:
         if not choices:

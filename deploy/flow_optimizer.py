@@ -2,7 +2,7 @@
 
 As in FlowOptimizer (Lee et al., TODAES 2022), the dataflow is chosen per operator rather than fixed
 for the whole accelerator. `best_dataflow` picks it for one layer and precision (the environment's
-`dataflow="best"` mode uses it, so the agent chooses only the other levels); `best_dataflows` does it
+`dataflow="latency"|"energy"|"edp"` modes use it, so the agent chooses only the other levels); `best_dataflows` does it
 for a whole network at once, pricing every layer's dataflows together (in parallel on a simulator).
 """
 

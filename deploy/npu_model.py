@@ -57,7 +57,7 @@ class NpuRooflineModel:
     def fixed_layer_cost(self, layer: Layer, fmt: TensorFormat, threads: int = 1) -> Cost:
         """Pooling, add, concat and activations: their tensors stream through DRAM once."""
         inputs = layer.in_elements * (max(1, len(layer.inputs)) if layer.op in (Op.ADD, Op.CONCAT) else 1)
-        nbytes = (inputs + layer.out_elements) * OPERAND_BITS[fmt.quant] // 8
+        nbytes = (inputs + layer.out_elements) * _bytes(fmt.quant)
         return Cost(self._ms(nbytes * 8 / self.spec.dram.bits_per_cycle), 0, self.provenance, self._dram_pj(nbytes) * 1e-9)
 
     def conversion_cost(self, elements: int, src: TensorFormat, dst: TensorFormat, threads: int = 1) -> Cost:

@@ -19,7 +19,10 @@ from envs.network import Network
 from envs.reward import RewardConfig
 
 DEFAULT_BUDGET_FRACTION = 0.4
-"""Without an explicit budget, the budget is this fraction of the baseline ("BLAS fp32") latency."""
+"""Without an explicit budget, the budget is this fraction of the baseline ("BLAS fp32") latency..."""
+DEFAULT_BUDGET_SLACK = 1.1
+"""...but never below this multiple of the fastest deployment, where that is known (an NPU's
+baseline, its own dataflow in int8, is already within 2x of its fastest)."""
 
 
 class BudgetError(ValueError):
@@ -90,11 +93,15 @@ def make_deployment_env(
     space = costs.space
     costs.prefetch([(layer, space.baseline_choice()) for layer in net.searchable_layers])
     baseline = evaluate(net, {l.name: space.baseline_choice() for l in net.searchable_layers}, costs)
-    default = DEFAULT_BUDGET_FRACTION * baseline.latency_ms
+    # the fastest deployment is known up front from a model, or from a simulator that prices a whole
+    # network in seconds; a measuring backend would have to time it all
+    fastest = 0.0
+    if costs.backend.batch_friendly or getattr(costs.backend, "prices_all_quickly", False):
+        costs.prefetch([(layer, c) for layer in net.searchable_layers for c in space.valid_choices(layer)])
+        fastest = evaluate(net, best_choices(net, costs), costs).latency_ms
+    default = max(DEFAULT_BUDGET_FRACTION * baseline.latency_ms, DEFAULT_BUDGET_SLACK * fastest)
     if mode == "budget":
         budget = default if budget_ms is None else float(budget_ms)
-        # only a model knows the fastest deployment up front; a measuring backend would time it all
-        fastest = evaluate(net, best_choices(net, costs), costs).latency_ms if costs.backend.batch_friendly else 0.0
         if budget < fastest:
             raise BudgetError(
                 f"latency budget {budget:.3f} ms is below the fastest deployment of {net.name} on {target} "

@@ -18,10 +18,13 @@ from pathlib import Path
 from deploy.cli import run_main
 from deploy.deployment import evaluate, uniform_choices
 from deploy.export import deployment_dict, write_json
-from deploy.flow_optimizer import CRITERIA, best_dataflows
+from deploy.cost_table import CostTable
+from deploy.flow_optimizer import CRITERIA, LayerDataflow, best_dataflows
+from deploy.npu_backend import ZigZagBackend
 from deploy.targets import NpuTarget, get_target
 from deploy.zigzag_sim import SimulationSettings
 from envs.make import make_cost_table, resolve_network
+from envs.network import Network
 from envs.space import Choice
 
 
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'layer':14s} {'best dataflow':22s} {'ms':>8s} {'uJ':>8s} {'util':>5s} | {'fixed ' + costs.space.baseline_choice().dataflow.key:>26s} {'ms':>8s}  gain")
     for row in rows:
         layer = network[row.layer]
-        util = layer.macs / (target.spec.rows * target.spec.cols * row.cost.latency_ms * target.spec.clock_mhz * 1e3) if isinstance(target, NpuTarget) else float("nan")
+        util = costs.backend.utilization(layer, row.cost) if isinstance(costs.backend, ZigZagBackend) else float("nan")
         energy = f"{row.cost.energy_mj * 1e3:8.1f}" if row.cost.energy_mj is not None else f"{'-':>8s}"
         print(f"{row.layer:14s} {row.choice.dataflow.key:22s} {row.cost.latency_ms:8.3f} {energy} {util:5.2f} | "
               f"{'':26s} {row.fixed_cost.latency_ms:8.3f} {row.fixed_cost.latency_ms / row.cost.latency_ms:5.2f}x")
@@ -62,10 +65,24 @@ def main(argv: list[str] | None = None) -> int:
           f"{fixed_choice.dataflow.key} everywhere ({fixed.latency_ms / best.latency_ms:.2f}x); "
           f"energy {_mj(best.energy_mj)} vs {_mj(fixed.energy_mj)}; {', '.join(best.provenance)}")
     out = Path(args.out or Path(args.logdir) / f"flow-{network.name}-{target.name}-{args.criterion}.json")
-    write_json(out, deployment_dict(network, args.target, costs.fingerprint, choices, best, None,
-                                    "not measured (dataflows do not change accuracy)", fixed, None, fixed_choice))
+    doc = deployment_dict(network, args.target, costs.fingerprint, choices, best, None,
+                          "not measured (dataflows do not change accuracy)", fixed, None, fixed_choice)
+    doc["flow_optimizer"] = {"criterion": args.criterion, "quant": quant, "layers": [_row(row, network, costs) for row in rows]}
+    write_json(out, doc)
     print(f"wrote {out}")
     return 0
+
+
+def _row(row: LayerDataflow, network: Network, costs: CostTable) -> dict:
+    """One layer of the export: its best dataflow's figures (cycles and utilisation on a simulator)."""
+    figures = {"layer": row.layer, "dataflow": row.choice.dataflow.to_dict(), "latency_ms": row.cost.latency_ms,
+               "energy_mj": row.cost.energy_mj, "provenance": row.cost.provenance,
+               "fixed_dataflow_latency_ms": row.fixed_cost.latency_ms}
+    backend = costs.backend
+    if isinstance(backend, ZigZagBackend):
+        figures["cycles"] = backend.cycles(row.cost)
+        figures["utilization"] = backend.utilization(network[row.layer], row.cost)
+    return figures
 
 
 def _mj(value: float | None) -> str:
