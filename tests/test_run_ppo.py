@@ -129,6 +129,28 @@ def test_host_target_searches_with_measured_rewards(tmp_path):
     assert "energy n/a" in result.stdout
 
 
+def test_main_job_on_an_npu_reports_simulated_latency_and_energy(tmp_path):
+    from deploy.zigzag_sim import ZIGZAG_VERSION
+
+    args = ("--target", "npu-nvdla", "--net", "mobilenet_v2_32", "--timesteps", "1024", "--logdir", str(tmp_path))
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    doc = json.loads((folder / "deployment.json").read_text())
+    searched = [l for l in doc["layers"] if l["choice"] is not None]
+    assert searched and all(l["provenance"] == f"simulated:zigzag@{ZIGZAG_VERSION}" for l in searched)
+    assert all("spatial" in l["choice"]["dataflow"] for l in searched)
+    assert doc["totals"]["energy_mj"] > 0 and "energy " in result.stdout and "mJ" in result.stdout
+    assert doc["baseline"]["choice"]["dataflow"] == {"spatial": "ws", "temporal": "stationary"}  # NVDLA's own
+    assert reevaluate(folder / "deployment.json").latency_ms == pytest.approx(doc["totals"]["latency_ms"], rel=1e-12)
+    (events_dir,) = list((folder / "tb").iterdir())
+    acc = EventAccumulator(str(events_dir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    assert "deploy/energy_mj" in acc.Tags()["scalars"]
+    assert {"choices/spatial", "choices/temporal"} <= set(acc.Tags()["histograms"])
+    assert not any(p.name.startswith("outputs") for p in tmp_path.iterdir())  # ZigZag wrote into a temporary folder
+
+
 def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board(tmp_path):
     from tests.tvm_rpc import RpcCluster, free_port
 
