@@ -23,9 +23,9 @@ class HyperparamError(ValueError):
 class PPOHyperparams:
     """The MaskablePPO settings the experiments use (see agents/ppo.yml)."""
 
-    n_envs: int = 8
+    n_envs: int = 16
     """environments stepped together to fill a rollout"""
-    n_steps: int = 128
+    n_steps: int = 64
     """steps per environment per rollout"""
     batch_size: int = 256
     """minibatch size"""

@@ -4,7 +4,7 @@
 loop nest `O[b][g][k][oy][ox] += W[g][k][c][fy][fx] * I[b][g][c][iy][ix]`), the accelerator and the
 mapping (the dataflow's spatial unrolling, sized to the array, and for a `stationary` temporal mapping
 the loops that must run innermost). `simulate` runs ZigZag on them in a temporary folder and returns
-cycles, energy and MAC utilisation; it is what the NPU backend's worker processes call.
+cycles and energy; it is what the NPU backend's worker processes call.
 """
 
 from __future__ import annotations
@@ -154,8 +154,7 @@ def zigzag_inputs(layer: Layer, choice: Choice, spec: NpuSpec) -> tuple[list[dic
 def simulate(layer_dict: dict, choice_dict: dict, spec_dict: dict, settings_dict: dict) -> dict[str, Any]:
     """Run ZigZag for one layer and choice (plain dicts: this runs in a worker process).
 
-    Returns cycles, energy_pj, utilization (MACs / (PEs x cycles)) and the spatial unrolling used;
-    raises `UnmappableLayer` when ZigZag finds no valid mapping."""
+    Returns ZigZag's cycles and energy_pj; raises `UnmappableLayer` when it finds no valid mapping."""
     from zigzag.api import get_hardware_performance_zigzag
     from zigzag.opt.loma.engine import NoValidLoopOrderingFoundException
 
@@ -168,7 +167,7 @@ def simulate(layer_dict: dict, choice_dict: dict, spec_dict: dict, settings_dict
         accelerator_path.write_text(yaml.safe_dump(accelerator, sort_keys=False))  # order = memory levels
         mapping_path.write_text(yaml.safe_dump(mapping_entries, sort_keys=False))
         try:
-            energy_pj, cycles, cmes = get_hardware_performance_zigzag(
+            energy_pj, cycles, _ = get_hardware_performance_zigzag(
                 work, str(accelerator_path), str(mapping_path), opt=settings.optimize,
                 dump_folder=str(Path(tmp) / "out"), lpf_limit=settings.lpf_limit, loma_show_progress_bar=False,
             )
@@ -177,13 +176,4 @@ def simulate(layer_dict: dict, choice_dict: dict, spec_dict: dict, settings_dict
                 f"ZigZag found no valid mapping of layer {layer.name!r} ({layer.signature}) on {spec.name} "
                 f"with {choice.quant} {choice.dataflow.key}: {str(err).splitlines()[0]}"
             ) from None
-    macs = 1
-    for n in loop_sizes(layer).values():
-        macs *= n
-    cme = cmes[0][1][0][0]
-    return {
-        "cycles": float(cycles),
-        "energy_pj": float(energy_pj),
-        "utilization": macs / (spec.rows * spec.cols * float(cycles)),
-        "spatial": str(cme.spatial_mapping_int if hasattr(cme, "spatial_mapping_int") else ""),
-    }
+    return {"cycles": float(cycles), "energy_pj": float(energy_pj)}

@@ -341,9 +341,10 @@ class AccuracyOracle:
         if trained is None:
             trained = self._train_and_save()
         self._model = fold_batch_norm(trained).to(memory_format=_CHANNELS_LAST)
-        self._quantizers = self._calibrate(calibration_batches)
         x_test = dataset.x_test.contiguous(memory_format=_CHANNELS_LAST)
-        self._prefix_cache = PrefixCache(self._model, list(x_test.split(EVAL_BATCH_SIZE)))
+        # the layers reading cached activations round a copy, so the cache need not copy them
+        self._prefix_cache = PrefixCache(self._model, list(x_test.split(EVAL_BATCH_SIZE)), copy_on_resume=False)
+        self._quantizers = self._calibrate(calibration_batches, keep_inputs=self._prefix_cache.checkpoint_readers)
         self._results: dict[tuple[str, ...], float] = {}
         self._hits = self._misses = 0
         self._db: MeasurementDB | None = None
@@ -388,8 +389,9 @@ class AccuracyOracle:
         _save_atomically({"state_dict": module.state_dict(), "train_seconds": self.train_seconds}, self.cache_path)
         return module
 
-    def _calibrate(self, batches: int) -> list[_LayerQuantizer]:
-        """Input ranges of every searchable layer on the first training batches (seeded order), in fp32."""
+    def _calibrate(self, batches: int, keep_inputs: set[str]) -> list[_LayerQuantizer]:
+        """Input ranges of every searchable layer on the first training batches (seeded order), in fp32;
+        the layers in `keep_inputs` never round their input in place."""
         order = torch.randperm(len(self.dataset.x_train), generator=torch.Generator().manual_seed(self.seed))
         x = self.dataset.x_train[order[: batches * TRAIN_BATCH_SIZE]].contiguous(memory_format=_CHANNELS_LAST)
         ranges = {name: [float("inf"), float("-inf")] for name in self.layer_names}
@@ -414,7 +416,7 @@ class AccuracyOracle:
             module = self._model.module_for(name)
             (source,) = self.network[name].inputs
             sole_reader = source != NETWORK_INPUT and readers[source] == [name]
-            quantizer = _LayerQuantizer(module, *ranges[name], inplace=sole_reader)
+            quantizer = _LayerQuantizer(module, *ranges[name], inplace=sole_reader and name not in keep_inputs)
             module.register_forward_pre_hook(quantizer)
             quantizers.append(quantizer)
         return quantizers
