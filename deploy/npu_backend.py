@@ -92,6 +92,10 @@ class ZigZagBackend:
         """Fraction of the PE array's MAC slots used over the layer's cycles."""
         return layer.macs / (self.spec.rows * self.spec.cols * self.cycles(cost))
 
+    def figures(self, layer: Layer, cost: Cost) -> dict[str, float]:
+        """What ZigZag reported beyond latency and energy: cycles and MAC utilisation."""
+        return {"cycles": self.cycles(cost), "utilization": self.utilization(layer, cost)}
+
     def io_format(self, choice: Choice) -> TensorFormat:
         """Activations are stored in the layer's precision, channels last."""
         return self.model.io_format(choice)

@@ -80,8 +80,7 @@ def _row(row: LayerDataflow, network: Network, costs: CostTable) -> dict:
                "fixed_dataflow_latency_ms": row.fixed_cost.latency_ms}
     backend = costs.backend
     if isinstance(backend, ZigZagBackend):
-        figures["cycles"] = backend.cycles(row.cost)
-        figures["utilization"] = backend.utilization(network[row.layer], row.cost)
+        figures.update(backend.figures(network[row.layer], row.cost))
     return figures
 
 

@@ -34,6 +34,7 @@ from deploy.cli import run_main
 from deploy.tvm_measure import Device
 from deploy.deployment import evaluate
 from deploy.export import deployment_dict, load_deployment, write_json
+from deploy.npu_backend import ZigZagBackend
 from deploy.targets import NpuTarget, get_target
 from deploy.zigzag_sim import SimulationSettings
 from envs.accuracy import AccuracyOracle, oracle_for
@@ -188,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             network, config.target, probe.costs.fingerprint, choices, cost, info["accuracy"],
             info["accuracy_provenance"], probe.baseline, oracle.baseline_accuracy, probe.space.baseline_choice(),
         )
+        if isinstance(costs.backend, ZigZagBackend):  # simulated layers: cycles and MAC utilisation too
+            for entry in doc["layers"]:
+                if entry["choice"] is not None:
+                    layer = network[entry["name"]]
+                    entry.update(costs.backend.figures(layer, costs.cost(layer, choices[layer.name])))
         write_json(folder / name, doc)
 
     from sb3_contrib import MaskablePPO

@@ -140,6 +140,7 @@ def test_main_job_on_an_npu_reports_simulated_latency_and_energy(tmp_path):
     searched = [l for l in doc["layers"] if l["choice"] is not None]
     assert searched and all(l["provenance"] == f"simulated:zigzag@{ZIGZAG_VERSION}" for l in searched)
     assert all("spatial" in l["choice"]["dataflow"] for l in searched)
+    assert all(l["cycles"] > 0 and 0 < l["utilization"] <= 1 for l in searched)
     assert doc["totals"]["energy_mj"] > 0 and "energy " in result.stdout and "mJ" in result.stdout
     assert doc["baseline"]["choice"]["dataflow"] == {"spatial": "ws", "temporal": "stationary"}  # NVDLA's own
     assert reevaluate(folder / "deployment.json").latency_ms == pytest.approx(doc["totals"]["latency_ms"], rel=1e-12)
