@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deploy.cost import TensorFormat
-from deploy.cpu_model import CpuLatencyModel, CpuModelParams
+from deploy.cpu_model import CpuModelParams
 from envs.network import Layer, Op
 from envs.space import Choice, CpuSchedule
 
