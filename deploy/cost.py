@@ -87,3 +87,31 @@ class CostBackend(Protocol):
     def conversion_cost(self, elements: int, src: TensorFormat, dst: TensorFormat, threads: int) -> Cost:
         """Cost of converting a tensor of `elements` between two formats (zero when equal)."""
         ...
+
+
+class PerChoiceBackend:
+    """Shared by backends for which each choice is a separate measurement or simulation: `layer_costs`
+    prices through the subclass's `price_many` and raises the first failure; layers that are not
+    searched, and format conversions, are priced by the subclass's `model` (and say so)."""
+
+    model: CostBackend
+
+    def price_many(self, pairs: Sequence[tuple[Layer, Choice]]) -> list[Cost | CostUnavailable]:
+        """Price (layer, choice) pairs together; a failure is returned in its place."""
+        raise NotImplementedError
+
+    def layer_costs(self, layer: Layer, choices: Sequence[Choice]) -> list[Cost]:
+        """Cost of each choice (see `price_many`); the first failure is raised."""
+        results = self.price_many([(layer, choice) for choice in choices])
+        for result in results:
+            if isinstance(result, CostUnavailable):
+                raise result
+        return results  # type: ignore[return-value]
+
+    def fixed_layer_cost(self, layer: Layer, fmt: TensorFormat, threads: int) -> Cost:
+        """Pools, adds and other non-searched layers, from the model."""
+        return self.model.fixed_layer_cost(layer, fmt, threads)
+
+    def conversion_cost(self, elements: int, src: TensorFormat, dst: TensorFormat, threads: int) -> Cost:
+        """Format conversions, from the model."""
+        return self.model.conversion_cost(elements, src, dst, threads)

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict
 from typing import Sequence
 
-from deploy.cost import ChoiceRejected, Cost, CostUnavailable, TensorFormat
+from deploy.cost import ChoiceRejected, Cost, CostUnavailable, PerChoiceBackend, TensorFormat
 from deploy.npu_hardware import NpuSpec
 from deploy.npu_model import NpuRooflineModel, memory_bytes
 from deploy.workers import MeasurementError, WorkerPool
@@ -23,7 +23,7 @@ from envs.network import Layer
 from envs.space import Choice
 
 
-class ZigZagBackend:
+class ZigZagBackend(PerChoiceBackend):
     """NPU costs simulated by ZigZag.
 
     Args:
@@ -53,13 +53,6 @@ class ZigZagBackend:
         blob = json.dumps({"hardware": self.spec.hardware, "settings": asdict(self.settings)}, sort_keys=True)
         return f"{self.provenance}:{self.spec.name}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
-    def layer_costs(self, layer: Layer, choices: Sequence[Choice]) -> list[Cost]:
-        """Simulated cost of each choice (in parallel); the first failure is raised."""
-        results = self.price_many([(layer, choice) for choice in choices])
-        for result in results:
-            if isinstance(result, CostUnavailable):
-                raise result
-        return results  # type: ignore[return-value]
 
     def price_many(self, pairs: Sequence[tuple[Layer, Choice]]) -> list[Cost | CostUnavailable]:
         """Simulate (layer, choice) pairs in the worker processes; a failure is returned in its place."""
@@ -100,13 +93,7 @@ class ZigZagBackend:
         """Activations are stored in the layer's precision, channels last."""
         return self.model.io_format(choice)
 
-    def fixed_layer_cost(self, layer: Layer, fmt: TensorFormat, threads: int) -> Cost:
-        """Pools and adds are priced by the roofline model (and say so)."""
-        return self.model.fixed_layer_cost(layer, fmt, threads)
 
-    def conversion_cost(self, elements: int, src: TensorFormat, dst: TensorFormat, threads: int) -> Cost:
-        """Precision conversions are priced by the roofline model (and say so)."""
-        return self.model.conversion_cost(elements, src, dst, threads)
 
     def close(self) -> None:
         """Stop the simulation workers."""

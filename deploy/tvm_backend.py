@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Sequence
 
-from deploy.cost import ChoiceRejected, Cost, CostUnavailable, TensorFormat
+from deploy.cost import ChoiceRejected, Cost, CostUnavailable, PerChoiceBackend, TensorFormat
 from deploy.cpu_model import CpuLatencyModel
 from deploy.tvm_measure import Device, MeasurementError, MeasureSettings, Measurer
 from envs.network import Layer
@@ -35,7 +35,7 @@ def _check(layer: dict, choice: dict) -> None:
     check_kernel(Layer.from_dict(layer), Choice.from_dict(choice))
 
 
-class TvmBackend:
+class TvmBackend(PerChoiceBackend):
     """Measured costs of TVM kernels on a device.
 
     Args:
@@ -72,13 +72,6 @@ class TvmBackend:
         blob = json.dumps({"target": self.target, "tvm": tvm.__version__, "kernels": KERNELS_VERSION}, sort_keys=True)
         return f"{self.provenance}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
-    def layer_costs(self, layer: Layer, choices: Sequence[Choice]) -> list[Cost]:
-        """Measured cost of each choice (see `price_many`); the first failure is raised."""
-        results = self.price_many([(layer, choice) for choice in choices])
-        for result in results:
-            if isinstance(result, CostUnavailable):
-                raise result
-        return results  # type: ignore[return-value]
 
     def price_many(self, pairs: Sequence[tuple[Layer, Choice]]) -> list[Cost | CostUnavailable]:
         """Check each kernel against torch once and compile them, both in parallel; then time them one
@@ -117,13 +110,7 @@ class TvmBackend:
         """Every kernel reads and writes plain NCHW in its own precision."""
         return TensorFormat(choice.quant, "NCHW")
 
-    def fixed_layer_cost(self, layer: Layer, fmt: TensorFormat, threads: int) -> Cost:
-        """Non-searched layers are priced by the model (and say so)."""
-        return self.model.fixed_layer_cost(layer, fmt, threads)
 
-    def conversion_cost(self, elements: int, src: TensorFormat, dst: TensorFormat, threads: int) -> Cost:
-        """Conversions are priced by the model (and say so)."""
-        return self.model.conversion_cost(elements, src, dst, threads)
 
     def close(self) -> None:
         """Stop the worker processes."""
