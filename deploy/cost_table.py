@@ -54,7 +54,8 @@ class CostTable:
         self._layers: dict[str, dict[str, Cost]] = {}
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._fixed: dict[tuple, Cost] = {}
-        self._rejected: dict[str, set[str]] = {}
+        self._rejected: dict[str, dict[str, str]] = {}
+        """Per layer signature: choices the backend rejected for good, with the reason (loaded with the layer)."""
         self.backend_calls = 0
 
     def layer_costs(self, layer: Layer) -> dict[str, Cost]:
@@ -66,26 +67,37 @@ class CostTable:
         return known
 
     def cost(self, layer: Layer, choice: Choice) -> Cost:
-        """Cost of one valid choice."""
+        """Cost of one valid choice; ChoiceRejected, without asking the backend again, for one it rejected before."""
         known = self._load(layer)
         hit = known.get(choice.key)
+        reason = self._rejected.get(layer.signature, {}).get(choice.key)
+        if reason is not None:
+            raise ChoiceRejected(reason)
         if hit is None:
             self.space.check(layer, choice)
             todo = self.space.valid_choices(layer) if self.backend.batch_friendly else [choice]
             try:
                 self._compute(layer, [c for c in todo if c.key not in known])
-            except ChoiceRejected:
-                self._reject(layer, choice)
+            except ChoiceRejected as err:
+                self._reject(layer, choice, str(err))
                 raise
             hit = known[choice.key]
         return hit
+
+    def rejected(self, layer: Layer) -> dict[str, str]:
+        """Choices the backend rejected for good for this layer (here or in an earlier run), with the reason."""
+        self._load(layer)
+        return dict(self._rejected.get(layer.signature, {}))
 
     def prefetch(self, pairs: Sequence[tuple[Layer, Choice]]) -> list[CostUnavailable]:
         """Price many (layer, choice) pairs in one go where the backend offers `price_many` (a measuring
         backend compiles them in parallel). Returns the failures; `cost` tries those again when asked."""
         price_many = getattr(self.backend, "price_many", None)
         unique = {(layer.signature, choice.key): (layer, choice) for layer, choice in pairs}
-        todo = [(layer, choice) for layer, choice in unique.values() if choice.key not in self._load(layer)]
+        todo = [
+            (layer, choice) for layer, choice in unique.values()
+            if choice.key not in self._load(layer) and choice.key not in self._rejected.get(layer.signature, {})
+        ]
         if price_many is None or not todo:
             return []
         failures = []
@@ -95,7 +107,7 @@ class CostTable:
             else:
                 failures.append(result)
                 if isinstance(result, ChoiceRejected):
-                    self._reject(layer, choice)
+                    self._reject(layer, choice, str(result))
         return failures
 
     def latency_array(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
@@ -143,12 +155,17 @@ class CostTable:
             known = self.db.get_layer(self.fingerprint, layer.signature) if self.db is not None else {}
             for fingerprint in self.measured:  # measurements win over what the backend priced
                 known.update(self.db.get_layer(fingerprint, layer.signature))  # type: ignore[union-attr]
+            if self.db is not None:
+                self._rejected.setdefault(layer.signature, {}).update(self.db.rejections(self.fingerprint, layer.signature))
             self._layers[layer.signature] = known
         return known
 
-    def _reject(self, layer: Layer, choice: Choice) -> None:
-        """The backend will never price `choice` for this layer: it is invalid in the layer's arrays."""
-        self._rejected.setdefault(layer.signature, set()).add(choice.key)
+    def _reject(self, layer: Layer, choice: Choice, reason: str) -> None:
+        """The backend will never price `choice` for this layer: recorded (database first), and invalid
+        in the layer's arrays."""
+        if self.db is not None:
+            self.db.put_rejection(self.fingerprint, layer.signature, choice.key, reason)
+        self._rejected.setdefault(layer.signature, {})[choice.key] = reason
         arrays = self._arrays.get(layer.signature)
         if arrays is not None:
             arrays[0][self._position[choice.key]] = arrays[1][self._position[choice.key]] = np.nan

@@ -1,7 +1,8 @@
 """The measurement database: every `Cost` lands here first, and a hit is never recomputed.
 
 A SQLite file keyed by (target fingerprint, layer signature, choice key), all plain strings from callers;
-beside the costs, the measured accuracies of precision assignments, keyed by the accuracy oracle.
+beside the costs, the choices a backend rejected for good (with the reason), and the measured
+accuracies of precision assignments, keyed by the accuracy oracle.
 One file is shared across runs and by concurrent worker processes: WAL journal, a 30 s busy timeout,
 short `BEGIN IMMEDIATE` transactions, and first-writer-wins inserts, so a measurement is never
 silently replaced (only `merge_from` upgrades a row, and only with one of more repeats).
@@ -40,6 +41,11 @@ CREATE TABLE IF NOT EXISTS costs (
     created_at REAL NOT NULL,
     PRIMARY KEY (fingerprint, signature, choice)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejections (
+    fingerprint TEXT NOT NULL, signature TEXT NOT NULL, choice TEXT NOT NULL, reason TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (fingerprint, signature, choice)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS accuracies (
     oracle TEXT NOT NULL, assignment TEXT NOT NULL, accuracy REAL NOT NULL, provenance TEXT NOT NULL,
     created_at REAL NOT NULL,
@@ -55,6 +61,7 @@ _MERGE = (
     + " WHERE excluded.repeats > costs.repeats"
 )
 _INSERT_ACCURACY = "INSERT INTO accuracies VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+_INSERT_REJECTION = "INSERT INTO rejections VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 _INSERT_TARGET = "INSERT INTO targets (fingerprint, description) VALUES (?, ?) ON CONFLICT DO NOTHING"
 
 
@@ -138,6 +145,18 @@ class MeasurementDB:
         ).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def put_rejection(self, fingerprint: str, signature: str, choice_key: str, reason: str) -> None:
+        """Record that the backend will never price this choice for this layer (first writer wins)."""
+        with self._write():
+            self._conn.execute(_INSERT_REJECTION, (fingerprint, signature, choice_key, reason, time.time()))
+
+    def rejections(self, fingerprint: str, signature: str) -> dict[str, str]:
+        """The rejected choices of one layer on one target, as {choice key: reason}."""
+        rows = self._conn.execute(
+            "SELECT choice, reason FROM rejections WHERE fingerprint = ? AND signature = ?", (fingerprint, signature)
+        )
+        return dict(rows.fetchall())
+
     def put_accuracy(self, oracle: str, assignment: Sequence[str], accuracy: float, provenance: str) -> None:
         """Store the measured accuracy of one per-layer precision assignment (first writer wins)."""
         with self._write():
@@ -190,7 +209,7 @@ class MeasurementDB:
         return [fp for fp, desc in rows if json.loads(desc).get("target") == target]
 
     def merge_from(self, other_path: str | Path, target: str | None = None) -> int:
-        """Copy another database's costs, targets and accuracies in, in one transaction; returns cost rows added or upgraded.
+        """Copy another database's costs, targets, rejections and accuracies in, in one transaction; returns cost rows added or upgraded.
 
         A key already present is kept (first writer wins) unless the other row has more repeats.
         With `target`, a file holding costs of any other (or an unregistered) target is refused whole.
@@ -218,8 +237,11 @@ class MeasurementDB:
                 self._conn.executemany(_MERGE, source.execute(f"SELECT {_COLUMNS} FROM costs"))
                 added = self._conn.total_changes - before
                 self._conn.executemany(_INSERT_TARGET, source.execute("SELECT fingerprint, description FROM targets"))
-                if source.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'accuracies'").fetchone():
+                tables = {r[0] for r in source.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "accuracies" in tables:
                     self._conn.executemany(_INSERT_ACCURACY, source.execute("SELECT * FROM accuracies"))
+                if "rejections" in tables:
+                    self._conn.executemany(_INSERT_REJECTION, source.execute("SELECT * FROM rejections"))
         finally:
             source.close()
         return added

@@ -53,8 +53,9 @@ class DeploymentEnv(gym.Env):
     episode with reward -100 and `info["invalid_action"]` naming the reason; nothing is priced.
     A choice the cost backend cannot price (a failed compile or measurement, after its retries) also
     ends the episode with reward -100, and `info["measurement_error"]` says what failed; a choice it
-    rejects for good (a kernel whose numbers disagree with torch) has its (quantization, algorithm)
-    masked for layers of that shape from then on.
+    rejects for good (a kernel whose numbers disagree with torch, a layer ZigZag cannot map) has its
+    (quantization, algorithm) masked for layers of that shape from then on, and in later runs from
+    the start (the measurement database keeps rejections).
 
     ## Observation space
     `Box(0, 100, (27,), float32)` describing the current layer and the deployment so far:
@@ -115,6 +116,9 @@ class DeploymentEnv(gym.Env):
         self._offsets = np.cumsum((0,) + space.nvec[:-1])
         self._static = np.stack([self._layer_features(i) for i in range(len(self.layers))])
         self._masks = [self._mask(space.mask(layer)) for layer in self.layers]
+        for layer in self.layers:  # what the backend rejected in earlier runs is masked from the start
+            for key in costs.rejected(layer):
+                self._forbid(layer, space.encode(Choice.from_key(key)))
         fastest = np.array([np.nanmin(costs.latency_array(layer)[0]) for layer in self.layers])
         self._remaining_lower_bound = np.concatenate([np.cumsum(fastest[::-1])[::-1], [0.0]])
         self.baseline_choices = uniform_choices(network, lambda layer: space.baseline_choice())

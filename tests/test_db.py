@@ -201,6 +201,19 @@ def test_accuracies_round_trip_first_writer_wins_and_merge(tmp_path: Path) -> No
         assert other.accuracies("oracle-2") == {assignment: 0.9}
 
 
+def test_rejections_round_trip_first_writer_wins_and_merge(tmp_path: Path) -> None:
+    with MeasurementDB(tmp_path / "other.db") as other:
+        other.put_rejection(FP, SIG, "fp16-choice", "no valid mapping")
+        other.put_rejection(FP, SIG, "fp16-choice", "a later reason")  # first writer wins
+        other.put_rejection(FP, "other-layer", "c", "wrong numbers")
+        assert other.rejections(FP, SIG) == {"fp16-choice": "no valid mapping"}
+        assert other.rejections("another-target", SIG) == {}
+    with MeasurementDB(tmp_path / "main.db") as db:
+        db.merge_from(tmp_path / "other.db")
+        assert db.rejections(FP, SIG) == {"fp16-choice": "no valid mapping"}
+        assert db.rejections(FP, "other-layer") == {"c": "wrong numbers"}
+
+
 def test_merge_from_foreign_or_missing_file_is_refused(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(os.urandom(8192))

@@ -185,15 +185,23 @@ def test_an_unmappable_layer_is_masked_and_the_run_goes_on(tiny, tiny_oracle, tm
     space = env.space
     action = space.encode(fp16)
     entry = env._offsets[1] + action[1]
-    env.reset()
-    assert env.action_masks()[entry]
-    _, reward, terminated, _, info = env.step(action)
-    assert terminated and reward == -100.0
-    assert "measurement_error" in info and "no valid mapping" in info["measurement_error"]
+    # a new NPU environment simulates every choice up front: the rejections are masked from the start
+    assert "no valid mapping" in costs.rejected(tiny.searchable_layers[0])[fp16.key]
     env.reset()
     masks = env.action_masks()
     assert not masks[entry]
     assert masks[env._offsets[1] + space.encode(int8)[1]]
+    _, reward, terminated, _, info = env.step(action)
+    assert terminated and reward == -100.0 and "is masked" in info["invalid_action"]
+    env.reset()
+
+    # a later run reads the rejections from the database: nothing is simulated again
+    again = make_cost_table(path, tmp_path / "m.sqlite", settings=QUICK)
+    closing(again.backend)
+    later = make_deployment_env(tiny, path, mode="tradeoff", accuracy=tiny_oracle, costs=again)
+    with pytest.raises(ChoiceRejected, match="no valid mapping"):
+        again.cost(tiny.searchable_layers[0], fp16)
+    assert again.backend.simulations == 0 and not later.action_masks()[entry]
 
     info = {}
     for layer in tiny.searchable_layers:
