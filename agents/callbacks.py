@@ -18,7 +18,9 @@ from typing import Any, Callable
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import HParam
+from stable_baselines3.common.logger import Figure, HParam
+
+from agents.pareto import ParetoFront, Point
 
 from envs.space import ALGORITHMS, NPU_SPATIAL, NPU_TEMPORAL, QUANTS, TILES
 
@@ -43,6 +45,8 @@ class DeploymentTensorBoard(BaseCallback):
         hparams: hyperparameters and run settings to show in TensorBoard's HPARAMS tab.
         on_best: called with the episode info whenever a new best deployment is found.
         best: the best deployment of an earlier session of the same run (when resuming).
+        pareto_every: draw the Pareto front at most every this many rollouts (drawing takes ~0.1 s).
+        pareto: the front of an earlier session of the same run (when resuming).
     """
 
     def __init__(
@@ -50,11 +54,18 @@ class DeploymentTensorBoard(BaseCallback):
         hparams: dict[str, Any],
         on_best: Callable[[dict[str, Any]], None] | None = None,
         best: BestDeployment | None = None,
+        pareto_every: int = 10,
+        pareto: ParetoFront | None = None,
     ) -> None:
         super().__init__()
         self.hparams = hparams
         self.on_best = on_best
         self.best = best or BestDeployment()
+        self.pareto = pareto or ParetoFront()
+        self.pareto_every = pareto_every
+        self._rollouts = 0
+        self._drawn_changes = 0
+        self._baseline: tuple[float, float] | None = None
         self._returns: np.ndarray | None = None
         self._choices: dict[str, list[int]] = defaultdict(list)
         self.episodes = 0
@@ -104,6 +115,8 @@ class DeploymentTensorBoard(BaseCallback):
                 if name in choice["dataflow"]:
                     value = choice["dataflow"][name]
                     self._choices[name].append(value if options is None else options.index(value))
+        self.pareto.add(Point(info["accuracy"], info["latency_ms"], info.get("energy_mj"), info["choices"]))
+        self._baseline = (info["baseline_latency_ms"], info["baseline_accuracy"])
         if episode_reward > self.best.reward:
             self.best = BestDeployment(episode_reward, dict(info))
             if self.on_best:
@@ -116,7 +129,24 @@ class DeploymentTensorBoard(BaseCallback):
             self.logger.record("best/accuracy", self.best.info["accuracy"])
             self.logger.record("best/speedup", self.best.info["speedup"])
         self.logger.record("deploy/episodes", self.episodes)
+        self._rollouts += 1
+        if self._rollouts % self.pareto_every == 0:
+            self._draw_pareto()
         for name, values in self._choices.items():
             if values:
                 self.logger.record(f"choices/{name}", th.tensor(values, dtype=th.float32), exclude=("stdout", "log", "json", "csv"))
                 values.clear()
+
+    def _on_training_end(self) -> None:
+        if self._draw_pareto():
+            self.logger.dump(self.num_timesteps)
+
+    def _draw_pareto(self) -> bool:
+        """Log the front as an image if it changed since it was last drawn; True if drawn."""
+        if self.pareto.changes == self._drawn_changes:
+            return False
+        self._drawn_changes = self.pareto.changes
+        references = {"baseline": self._baseline} if self._baseline else None
+        self.logger.record("pareto/front", Figure(self.pareto.figure(references), close=True),
+                           exclude=("stdout", "log", "json", "csv"))
+        return True

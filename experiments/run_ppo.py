@@ -13,12 +13,14 @@
 Without a board the latencies come from the calibrated Cortex-A72 model (every number says so); NPU
 targets (npu-eyeriss, npu-nvdla, npu-tpu, or an NPU's YAML file) are simulated with ZigZag.
 Each run writes one folder: config.yml, command.txt, tb/ (TensorBoard), checkpoints/,
-best_deployment.json (kept up to date), deployment.json and summary.txt at the end.
+best_deployment.json (kept up to date), deployment.json, pareto.json / pareto.png (the accuracy-latency
+front of every deployment evaluated, with the choices of each point on it) and summary.txt at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -29,6 +31,7 @@ from typing import Any
 import yaml
 
 from agents.callbacks import BestDeployment, DeploymentTensorBoard
+from agents.pareto import ParetoFront
 from agents.ppo import DEFAULT_HYPERPARAMS, load_hyperparams, make_agent, make_vec_env
 from deploy.cli import run_main
 from deploy.tvm_measure import Device
@@ -208,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         agent = make_agent(env, hp, config.seed, str(folder / "tb"))
     hparams = {**asdict(config), **hp.to_dict(), "reward_mode": mode, "reference_ms": probe.reward_config.reference_ms}
-    tensorboard = DeploymentTensorBoard(hparams, on_best=save_best, best=earlier_best(folder, probe))
+    earlier_front = None
+    if (folder / "pareto.json").is_file():  # a resumed run goes on from the front it had
+        earlier_front = ParetoFront.from_dict(json.loads((folder / "pareto.json").read_text()))
+    tensorboard = DeploymentTensorBoard(hparams, on_best=save_best, best=earlier_best(folder, probe), pareto=earlier_front)
     checkpointing = CheckpointCallback(max(config.checkpoint_every // hp.n_envs, 1), str(checkpoints), name_prefix="ppo")
     remaining = max(config.timesteps - agent.num_timesteps, 0)
     agent.learn(
@@ -221,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     save_best(tensorboard.best.info, "deployment.json")
     (folder / "best_deployment.json").unlink(missing_ok=True)
+    write_json(folder / "pareto.json", tensorboard.pareto.to_dict())
+    figure = tensorboard.pareto.figure({"baseline": (probe.baseline.latency_ms, oracle.baseline_accuracy)})
+    figure.savefig(folder / "pareto.png", dpi=120)
     text = summary(tensorboard.best.info, oracle, folder, probe.space.baseline_choice().key)
     (folder / "summary.txt").write_text(text + "\n")
     print(text)

@@ -49,9 +49,22 @@ def test_run_folder_holds_config_command_checkpoints_export_and_summary(default_
     assert (default_run.parent / "measurements.sqlite").is_file()
 
 
+def test_pareto_front_of_every_evaluated_deployment_is_exported_and_drawn(default_run):
+    from agents.pareto import Point
+
+    doc = json.loads((default_run / "pareto.json").read_text())
+    front = [Point(p["accuracy"], p["latency_ms"], p["energy_mj"]) for p in doc["front"]]
+    assert doc["evaluated"] == len(doc["points"]) > 500 and len(front) >= 2
+    assert not any(a.dominates(b) for a in front for b in front)
+    evaluated = [Point(*p) for p in doc["points"]]
+    assert not any(p.dominates(f) for p in evaluated for f in front)  # nothing evaluated beats the front
+    assert all(len(p["choices"]) == 53 for p in doc["front"])  # each point comes with its deployment
+    assert (default_run / "pareto.png").stat().st_size > 10_000
+
+
 def test_tensorboard_events_hold_the_search_scalars_and_histograms(default_run):
     (events_dir,) = list((default_run / "tb").iterdir())
-    acc = EventAccumulator(str(events_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    acc = EventAccumulator(str(events_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0, "images": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
     for tag in ("deploy/episode_reward", "deploy/latency_ms", "deploy/accuracy", "deploy/speedup",
@@ -65,6 +78,7 @@ def test_tensorboard_events_hold_the_search_scalars_and_histograms(default_run):
     assert all(0.5 < v <= 1.0 for v in accuracy)
     histograms = set(acc.Tags()["histograms"])
     assert {"choices/quant", "choices/algo", "choices/threads", "choices/tile"} <= histograms
+    assert "pareto/front" in acc.Tags()["images"]
     assert any("hparams" in tag for tag in acc.Tags()["tensors"]) or acc.summary_metadata
 
 

@@ -1,0 +1,98 @@
+"""The accuracy-latency(-energy) Pareto front of every deployment a search evaluated.
+
+Every finished episode is a point (accuracy up, latency down, and energy down where the backend gives
+one). All points are kept as numbers; the non-dominated ones also keep the per-layer choices that
+produce them, so the front can be exported and any point on it deployed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluated deployment."""
+
+    accuracy: float
+    latency_ms: float
+    energy_mj: float | None = None
+    choices: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def dominates(self, other: "Point") -> bool:
+        """At least as good in every objective and better in one (energy only when both have it)."""
+        mine = [self.accuracy, -self.latency_ms]
+        theirs = [other.accuracy, -other.latency_ms]
+        if self.energy_mj is not None and other.energy_mj is not None:
+            mine.append(-self.energy_mj)
+            theirs.append(-other.energy_mj)
+        return all(a >= b for a, b in zip(mine, theirs)) and any(a > b for a, b in zip(mine, theirs))
+
+
+class ParetoFront:
+    """All evaluated points and the non-dominated set among them."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[float, float, float | None]] = []
+        """(accuracy, latency_ms, energy_mj) of every point added."""
+        self.front: list[Point] = []
+        """The non-dominated points, by latency."""
+        self.changes = 0
+        """How often the front changed (a new point joined it)."""
+
+    def add(self, point: Point) -> bool:
+        """Record a point; True when it joins the front (dropping the points it dominates)."""
+        self.points.append((point.accuracy, point.latency_ms, point.energy_mj))
+        if any(p.dominates(point) or _same(p, point) for p in self.front):
+            return False
+        self.front = sorted([p for p in self.front if not point.dominates(p)] + [point], key=lambda p: p.latency_ms)
+        self.changes += 1
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every point evaluated, and the front with each point's choices."""
+        return {
+            "evaluated": len(self.points),
+            "objectives": {"accuracy": "max", "latency_ms": "min", "energy_mj": "min (where given)"},
+            "points": [list(p) for p in self.points],
+            "front": [
+                {"accuracy": p.accuracy, "latency_ms": p.latency_ms, "energy_mj": p.energy_mj, "choices": p.choices}
+                for p in self.front
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ParetoFront":
+        """Inverse of `to_dict` (a resumed search goes on from the front it had)."""
+        front = cls()
+        front.points = [tuple(p) for p in d["points"]]  # type: ignore[misc]
+        front.front = [Point(p["accuracy"], p["latency_ms"], p["energy_mj"], p["choices"]) for p in d["front"]]
+        return front
+
+    def figure(self, references: dict[str, tuple[float, float]] | None = None) -> Figure:
+        """Accuracy against latency: every point, the front, and labelled reference points."""
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        if self.points:
+            ax.scatter([p[1] for p in self.points], [100 * p[0] for p in self.points], s=6, c="0.75", label="evaluated")
+        ax.step([p.latency_ms for p in self.front], [100 * p.accuracy for p in self.front], "o-", where="post",
+                color="C3", markersize=4, label="Pareto front")
+        for label, (latency, accuracy) in (references or {}).items():
+            ax.scatter([latency], [100 * accuracy], marker="*", s=120, label=label, zorder=3)
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("held-out accuracy (%)")
+        ax.set_title(f"{len(self.points)} deployments evaluated, {len(self.front)} on the front")
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        return fig
+
+
+def _same(a: Point, b: Point) -> bool:
+    """Equal in every objective (the first such point stays on the front)."""
+    return (a.accuracy, a.latency_ms, a.energy_mj) == (b.accuracy, b.latency_ms, b.energy_mj)

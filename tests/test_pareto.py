@@ -1,0 +1,43 @@
+"""The Pareto front of evaluated deployments: exactly the non-dominated points, kept with their choices."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agents.pareto import ParetoFront, Point
+
+
+def brute_force_front(points: list[Point]) -> set[tuple]:
+    unique = {(p.accuracy, p.latency_ms, p.energy_mj): p for p in points}.values()
+    return {(p.accuracy, p.latency_ms, p.energy_mj) for p in unique if not any(q.dominates(p) for q in points)}
+
+
+def test_dominance_needs_better_in_one_objective_and_no_worse_in_any():
+    a = Point(0.9, 10.0, 1.0)
+    assert a.dominates(Point(0.8, 10.0, 1.0)) and a.dominates(Point(0.9, 11.0, 1.0)) and a.dominates(Point(0.9, 10.0, 2.0))
+    assert not a.dominates(Point(0.9, 10.0, 1.0))  # equal
+    assert not a.dominates(Point(0.95, 12.0, 1.0)) and not Point(0.95, 12.0, 1.0).dominates(a)  # a trade-off
+    assert Point(0.9, 10.0).dominates(Point(0.9, 11.0, 0.1))  # energy counts only when both have it
+
+
+def test_front_is_exactly_the_non_dominated_set_whatever_the_order():
+    rng = np.random.default_rng(0)
+    points = [Point(float(a), float(l), float(e), {"i": i}) for i, (a, l, e) in
+              enumerate(zip(rng.choice(20, 300) / 20, rng.choice(30, 300) + 1.0, rng.choice(10, 300) + 1.0))]
+    front = ParetoFront()
+    joined = [front.add(p) for p in points]
+    assert {(p.accuracy, p.latency_ms, p.energy_mj) for p in front.front} == brute_force_front(points)
+    assert len(front.points) == 300 and 0 < front.changes == sum(joined) < 300
+    assert [p.latency_ms for p in front.front] == sorted(p.latency_ms for p in front.front)
+    assert all(p.choices["i"] == points.index(p) for p in front.front)  # each keeps its own choices
+
+
+def test_json_round_trip_and_figure():
+    front = ParetoFront()
+    for point in (Point(0.9, 10.0, None, {"l": "a"}), Point(0.95, 20.0, None, {"l": "b"}), Point(0.8, 30.0)):
+        front.add(point)
+    again = ParetoFront.from_dict(front.to_dict())
+    assert again.front == front.front and again.points == front.points
+    assert [p.choices for p in again.front] == [{"l": "a"}, {"l": "b"}]
+    figure = front.figure({"baseline": (25.0, 0.9)})
+    assert figure.axes[0].get_xlabel() == "latency (ms)"
