@@ -49,8 +49,9 @@ class ZigZagBackend(PerChoiceBackend):
         self._unmappable: dict[tuple[str, str], ChoiceRejected] = {}
 
     def fingerprint(self) -> str:
-        """ZigZag's version, the NPU's hardware and the search settings: what changes a number."""
-        blob = json.dumps({"hardware": self.spec.hardware, "settings": asdict(self.settings)}, sort_keys=True)
+        """ZigZag's version, the NPU's hardware and the search depth and criterion: what changes a number
+        (not the timeout or retries)."""
+        blob = json.dumps({"hardware": self.spec.hardware, "search": self.settings.key}, sort_keys=True)
         return f"{self.provenance}:{self.spec.name}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

@@ -257,3 +257,12 @@ def test_flow_optimizer_picks_each_layers_fastest_dataflow(tiny, tiny_oracle, tm
         _, _, terminated, _, info = env.step(action)
     assert terminated
     assert info["choices"] == {b.layer: b.choice.to_dict() for b in best}
+
+
+def test_the_fingerprint_changes_with_what_changes_a_number_only():
+    spec = load_preset("npu-eyeriss")
+    base = ZigZagBackend(spec, SimulationSettings(lpf_limit=4))
+    assert ZigZagBackend(spec, SimulationSettings(lpf_limit=4, timeout_s=5, retries=3)).fingerprint() == base.fingerprint()
+    assert ZigZagBackend(spec, SimulationSettings(lpf_limit=6)).fingerprint() != base.fingerprint()
+    assert ZigZagBackend(spec, SimulationSettings(optimize="energy")).fingerprint() != base.fingerprint()
+    assert base.fingerprint().startswith(f"simulated:zigzag@{ZIGZAG_VERSION}:npu-eyeriss:")
