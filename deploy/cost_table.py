@@ -93,12 +93,14 @@ class CostTable:
         """Price many (layer, choice) pairs in one go where the backend offers `price_many` (a measuring
         backend compiles them in parallel). Returns the failures; `cost` tries those again when asked."""
         price_many = getattr(self.backend, "price_many", None)
+        if price_many is None:
+            return []
         unique = {(layer.signature, choice.key): (layer, choice) for layer, choice in pairs}
         todo = [
             (layer, choice) for layer, choice in unique.values()
             if choice.key not in self._load(layer) and choice.key not in self._rejected.get(layer.signature, {})
         ]
-        if price_many is None or not todo:
+        if not todo:
             return []
         failures = []
         for (layer, choice), result in zip(todo, price_many(todo)):

@@ -103,6 +103,7 @@ class DeploymentEnv(gym.Env):
         if dataflow != "agent" and dataflow not in CRITERIA:
             raise ValueError(f"dataflow={dataflow!r}: use 'agent' or a FlowOptimizer criterion {CRITERIA}")
         self.dataflow_mode = dataflow
+        self._best_flows: dict[tuple[str, str, str, str], Choice] = {}
         self.network = network
         self.space = space
         self.costs = costs
@@ -148,7 +149,7 @@ class DeploymentEnv(gym.Env):
         choice = self.space.decode(action)
         try:
             if self.dataflow_mode != "agent":
-                choice = best_dataflow(self.costs, layer, choice, self.dataflow_mode)
+                choice = self._best_dataflow(layer, choice)
             added = self._assembler.add(choice)
         except CostUnavailable as err:
             if isinstance(err, ChoiceRejected):
@@ -212,6 +213,14 @@ class DeploymentEnv(gym.Env):
             choices={layer.name: c.to_dict() for layer, c in zip(self.layers, self._choices)},
         )
         return self.reward_config.final_reward(accuracy, latency)
+
+    def _best_dataflow(self, layer: Layer, choice: Choice) -> Choice:
+        """FlowOptimizer mode: `choice` with the layer's best dataflow (memoised per layer shape)."""
+        key = (layer.signature, choice.arch, choice.quant, choice.algo)
+        best = self._best_flows.get(key)
+        if best is None:
+            best = self._best_flows[key] = best_dataflow(self.costs, layer, choice, self.dataflow_mode)
+        return best
 
     def _mask(self, mask: np.ndarray) -> np.ndarray:
         """In FlowOptimizer mode the dataflow is not the agent's: only its first entry stays valid."""

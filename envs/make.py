@@ -97,7 +97,8 @@ def make_deployment_env(
     # network in seconds; a measuring backend would have to time it all
     fastest = 0.0
     if costs.backend.batch_friendly or getattr(costs.backend, "prices_all_quickly", False):
-        costs.prefetch([(layer, c) for layer in net.searchable_layers for c in space.valid_choices(layer)])
+        if not costs.backend.batch_friendly:  # simulate every choice now, in parallel
+            costs.prefetch([(layer, c) for layer in net.searchable_layers for c in space.valid_choices(layer)])
         fastest = evaluate(net, best_choices(net, costs), costs).latency_ms
     default = max(DEFAULT_BUDGET_FRACTION * baseline.latency_ms, DEFAULT_BUDGET_SLACK * fastest)
     if mode == "budget":
