@@ -266,3 +266,29 @@ def test_the_fingerprint_changes_with_what_changes_a_number_only():
     assert ZigZagBackend(spec, SimulationSettings(lpf_limit=6)).fingerprint() != base.fingerprint()
     assert ZigZagBackend(spec, SimulationSettings(optimize="energy")).fingerprint() != base.fingerprint()
     assert base.fingerprint().startswith(f"simulated:zigzag@{ZIGZAG_VERSION}:npu-eyeriss:")
+
+
+def test_flow_optimizer_command_prints_and_exports_each_layers_best_dataflow(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "flow_optimizer.py"
+    out = tmp_path / "best.json"
+    result = subprocess.run(
+        [sys.executable, str(script), "--target", "npu-tpu", "--net", "mobilenet_v2_32", "--logdir", str(tmp_path),
+         "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    layers = doc["flow_optimizer"]["layers"]
+    assert len(layers) == 53 and doc["flow_optimizer"]["criterion"] == "latency"
+    assert all(l["latency_ms"] <= l["fixed_dataflow_latency_ms"] for l in layers)  # never worse than the fixed one
+    assert all(l["cycles"] > 0 and 0 < l["utilization"] <= 1 for l in layers)
+    assert doc["baseline"]["choice"]["dataflow"] == {"spatial": "os_ch", "temporal": "stationary"}  # the TPU's own
+    assert doc["totals"]["latency_ms"] <= doc["baseline"]["latency_ms"]
+    for l in layers:  # the table names every layer and its best dataflow
+        assert re.search(rf"^{re.escape(l['layer'])}\s+npu:{l['dataflow']['spatial']}:{l['dataflow']['temporal']}\s",
+                         result.stdout, re.M)
+    assert "network:" in result.stdout and not (tmp_path / "outputs").exists()
