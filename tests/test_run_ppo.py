@@ -190,6 +190,9 @@ def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board
         (["--target", "cortex-a99"], "valid targets: cortex-a72, host"),
         (["--net", "vgg99"], "mobilenet_v1"),
         (["--budget-ms", "0.001"], "below the fastest deployment"),
+        (["--target", "npu-eyeriss", "--rpc", "127.0.0.1:9"], "simulated with ZigZag: --rpc / --rpc-tracker do not apply"),
+        (["--target", "no_such_npu.yaml"], "no_such_npu.yaml: cannot read the NPU description"),
+        (["--dataflow", "fastest"], "use 'agent' or a FlowOptimizer criterion"),
     ],
 )
 def test_bad_arguments_give_a_clear_error_and_no_traceback(args, message, tmp_path):
