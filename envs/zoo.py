@@ -10,8 +10,10 @@ names its layers exactly as the full-size network does; only shapes differ.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, Sequence
 
 from envs.network import NETWORK_INPUT, Layer, Network, Op, Shape, conv_op, conv_output_hw
 
@@ -92,7 +94,7 @@ class _Builder:
 
 
 # (expansion t, output channels c, repeats n, first stride s), as in torchvision and the paper
-_MOBILENET_V2_SETTING = (
+MOBILENET_V2_SETTING = (
     (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
 )
 # (output channels of the pointwise conv, stride of the depthwise conv) for the 13 blocks
@@ -113,27 +115,62 @@ def mobilenet_v1(input_size: int = 224, num_classes: int = 1000, width: float = 
     return net.build(_network_name("mobilenet_v1", input_size, num_classes, width))
 
 
-def mobilenet_v2(input_size: int = 224, num_classes: int = 1000, width: float = 1.0) -> Network:
-    """MobileNetV2 as in torchvision: stem, 17 inverted residuals `b1`..`b17`, 1x1 `head`, ReLU6."""
+@dataclass(frozen=True)
+class MBBlock:
+    """One inverted residual: depthwise kernel size, expansion ratio, and whether it is skipped."""
+
+    kernel: int = 3
+    expansion: int = 6
+    skip: bool = False
+
+    @property
+    def key(self) -> str:
+        """`k3e6`, or `skip`."""
+        return "skip" if self.skip else f"k{self.kernel}e{self.expansion}"
+
+
+MOBILENET_V2_BLOCKS = tuple(
+    MBBlock(3, expansion) for expansion, _, repeats, _ in MOBILENET_V2_SETTING for _ in range(repeats)
+)
+"""The 17 blocks of the original MobileNetV2: 3x3 kernels, expansion 1 in the first block and 6 after."""
+
+
+def mobilenet_v2(
+    input_size: int = 224, num_classes: int = 1000, width: float = 1.0, blocks: Sequence[MBBlock] = MOBILENET_V2_BLOCKS
+) -> Network:
+    """MobileNetV2 as in torchvision: stem, 17 inverted residuals `b1`..`b17`, 1x1 `head`, ReLU6.
+
+    `blocks` sets each block's kernel and expansion, or skips it (only a block whose input and
+    output shapes agree, i.e. not the first of a stage: its input then passes straight through)."""
+    if len(blocks) != len(MOBILENET_V2_BLOCKS):
+        raise ValueError(f"MobileNetV2 has {len(MOBILENET_V2_BLOCKS)} blocks, got {len(blocks)} block settings")
     net = _Builder(input_size)
     x = net.conv("stem", NETWORK_INPUT, _make_divisible(32 * width), 3, stride=2, activation="relu6")
     block = 0
-    for expansion, channels, repeats, first_stride in _MOBILENET_V2_SETTING:
+    for _, channels, repeats, first_stride in MOBILENET_V2_SETTING:
         cout = _make_divisible(channels * width)
         for r in range(repeats):
+            setting = blocks[block]
             block += 1
             stride = first_stride if r == 0 else 1
             cin = net.channels(x)
-            hidden = round(cin * expansion)
+            if setting.skip:
+                if stride != 1 or cin != cout:
+                    raise ValueError(f"block b{block} changes the shape (the first of its stage): it cannot be skipped")
+                continue
+            hidden = round(cin * setting.expansion)
             y = x
-            if expansion != 1:
+            if setting.expansion != 1:
                 y = net.conv(f"b{block}.expand", y, hidden, 1, activation="relu6")
-            y = net.conv(f"b{block}.dw", y, hidden, 3, stride=stride, groups=hidden, activation="relu6")
+            y = net.conv(f"b{block}.dw", y, hidden, setting.kernel, stride=stride, groups=hidden, activation="relu6")
             y = net.conv(f"b{block}.project", y, cout, 1)
             x = net.add(f"b{block}.add", (x, y)) if stride == 1 and cin == cout else y
     x = net.conv("head", x, _make_divisible(1280 * max(1.0, width)), 1, activation="relu6")
     net.dense("fc", net.global_avg_pool("pool", x), num_classes)
-    return net.build(_network_name("mobilenet_v2", input_size, num_classes, width))
+    name = _network_name("mobilenet_v2", input_size, num_classes, width)
+    if tuple(blocks) != MOBILENET_V2_BLOCKS:  # a variant is named by its blocks
+        name += "-" + hashlib.sha256("/".join(b.key for b in blocks).encode()).hexdigest()[:8]
+    return net.build(name)
 
 
 def resnet18(input_size: int = 224, num_classes: int = 1000) -> Network:
