@@ -34,6 +34,13 @@ def _network_name(base: str, input_size: int, num_classes: int, width: float = 1
     return name if num_classes == 1000 else f"{name}_{num_classes}cls"
 
 
+def _variant_name(name: str, blocks: Sequence[object], original: Sequence[object]) -> str:
+    """`name`, suffixed with a hash of the block settings where they differ from the original's."""
+    if tuple(blocks) == tuple(original):
+        return name
+    return f"{name}-{hashlib.sha256('/'.join(map(str, blocks)).encode()).hexdigest()[:8]}"
+
+
 class _Builder:
     """Appends layers in topological order, tracking each one's output shape."""
 
@@ -168,27 +175,39 @@ def mobilenet_v2(
     x = net.conv("head", x, _make_divisible(1280 * max(1.0, width)), 1, activation="relu6")
     net.dense("fc", net.global_avg_pool("pool", x), num_classes)
     name = _network_name("mobilenet_v2", input_size, num_classes, width)
-    if tuple(blocks) != MOBILENET_V2_BLOCKS:  # a variant is named by its blocks
-        name += "-" + hashlib.sha256("/".join(b.key for b in blocks).encode()).hexdigest()[:8]
-    return net.build(name)
+    return net.build(_variant_name(name, [b.key for b in blocks], [b.key for b in MOBILENET_V2_BLOCKS]))
 
 
-def resnet18(input_size: int = 224, num_classes: int = 1000) -> Network:
-    """ResNet-18 as in torchvision (names `conv1`, `layer2.0.conv1`, `layer2.0.downsample`, ...), ReLU."""
+RESNET18_BLOCKS = (1.0,) * 8
+"""Width ratio of each of ResNet-18's 8 basic blocks (the channels of its first conv); 0 drops the block."""
+
+
+def resnet18(input_size: int = 224, num_classes: int = 1000, blocks: Sequence[float] = RESNET18_BLOCKS) -> Network:
+    """ResNet-18 as in torchvision (names `conv1`, `layer2.0.conv1`, `layer2.0.downsample`, ...), ReLU.
+
+    `blocks` sets each basic block's width ratio (its first conv's channels over the stage's), or
+    drops it with 0 (only the second block of a stage: the depth choice)."""
+    if len(blocks) != len(RESNET18_BLOCKS):
+        raise ValueError(f"ResNet-18 has {len(RESNET18_BLOCKS)} blocks, got {len(blocks)} block settings")
     net = _Builder(input_size)
     x = net.conv("conv1", NETWORK_INPUT, 64, 7, stride=2, activation="relu")
     x = net.max_pool("maxpool", x, 3, 2, 1)
     for stage, channels in enumerate((64, 128, 256, 512), start=1):
         for b in range(2):
             prefix = f"layer{stage}.{b}"
+            ratio = blocks[2 * (stage - 1) + b]
+            if ratio == 0:
+                if b == 0:
+                    raise ValueError(f"block {prefix} is the first of its stage: it cannot be dropped")
+                continue
             stride = 2 if stage > 1 and b == 0 else 1
-            y = net.conv(f"{prefix}.conv1", x, channels, 3, stride=stride, activation="relu")
+            y = net.conv(f"{prefix}.conv1", x, _make_divisible(channels * ratio), 3, stride=stride, activation="relu")
             y = net.conv(f"{prefix}.conv2", y, channels, 3)
             if stride != 1 or net.channels(x) != channels:
                 x = net.conv(f"{prefix}.downsample", x, channels, 1, stride=stride)
             x = net.add(f"{prefix}.add", (y, x), activation="relu")
     net.dense("fc", net.global_avg_pool("avgpool", x), num_classes)
-    return net.build(_network_name("resnet18", input_size, num_classes))
+    return net.build(_variant_name(_network_name("resnet18", input_size, num_classes), blocks, RESNET18_BLOCKS))
 
 
 NETWORKS: dict[str, Callable[..., Network]] = {

@@ -45,7 +45,7 @@ def test_only_shape_keeping_blocks_may_be_skipped_and_the_first_block_is_fixed()
         SPACE.network(with_block(1, MBBlock(skip=True)))
     with pytest.raises(ValueError, match="block b5 cannot be k9e6"):
         SPACE.check(with_block(4, MBBlock(9, 6)))
-    with pytest.raises(ValueError, match="17 blocks, got 3"):
+    with pytest.raises(ValueError, match="has 17 blocks, got 3"):
         SPACE.check(MOBILENET_V2_BLOCKS[:3])
 
 
@@ -54,3 +54,20 @@ def test_random_architectures_are_valid_and_differ():
     nets = [SPACE.network(SPACE.sample(rng), input_size=32, num_classes=10) for _ in range(5)]
     assert len({n.name for n in nets}) == 5
     assert len({sum(l.macs for l in n.layers) for n in nets}) == 5
+
+
+def test_resnet_width_and_depth():
+    from envs.arch_space import ResNet18ArchSpace
+    from envs.zoo import RESNET18_BLOCKS, resnet18
+
+    space = ResNet18ArchSpace()
+    assert space.network(RESNET18_BLOCKS) == resnet18()
+    narrow = space.network((1.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0))
+    assert narrow["layer1.1.conv1"].out_shape[0] == 32 and narrow["layer1.1.conv2"].out_shape[0] == 64
+    assert not any(l.name.startswith("layer4.1.") for l in narrow.layers) and narrow.name != resnet18().name
+    assert sum(l.macs for l in narrow.layers) < sum(l.macs for l in resnet18().layers)
+    with pytest.raises(ValueError, match="block layer2.0 cannot be 0; its options are"):
+        space.check((1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0))
+    assert [bool(space.mask(i)[-1]) for i in range(8)] == [False, True] * 4
+    rng = np.random.default_rng(1)
+    assert len({space.network(tuple(map(float, space.sample(rng))), 32, 10).name for _ in range(5)}) == 5
