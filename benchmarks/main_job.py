@@ -6,7 +6,8 @@ Writes benchmarks/out/main_job.json and main_job.png:
   errors stored by the calibration;
 - environment steps per second on a warm cache (costs and accuracies known; goal >= 5,000);
 - MaskablePPO timesteps per second on MobileNetV2 (goal >= 1,000): cold (every precision assignment
-  measured on the held-out set) and warm (the same seeded run again, accuracies from the database).
+  measured on the held-out set) and warm (the same seeded run again, accuracies from the database),
+  each the median of `PPO_RUNS` runs.
 
     python benchmarks/main_job.py
 """
@@ -78,6 +79,10 @@ def env_steps_per_second(episodes: int = 400) -> dict:
     return {"steps": steps, "seconds": round(seconds, 3), "steps_per_second": round(steps / seconds), "goal": 5000}
 
 
+PPO_RUNS = 3
+"""Each PPO throughput is the median of this many runs (each from a fresh database)."""
+
+
 def ppo_timesteps_per_second(db: MeasurementDB, timesteps: int = 16_384) -> dict:
     """MaskablePPO on MobileNetV2 from scratch (seed 0), its accuracies stored in / read from `db`."""
     network = zoo.get_network("mobilenet_v2")
@@ -98,6 +103,12 @@ def ppo_timesteps_per_second(db: MeasurementDB, timesteps: int = 16_384) -> dict
         "accuracies_measured": oracle.cache_info().misses,
         "goal": 1000,
     }
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median throughput, and every run's (timing on a shared VM varies ~10%)."""
+    ordered = sorted(runs, key=lambda r: r["timesteps_per_second"])
+    return {**ordered[len(ordered) // 2], "runs_timesteps_per_second": [r["timesteps_per_second"] for r in runs]}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -123,11 +134,14 @@ def main() -> None:
         "model_vs_public": fidelity(),
         "env_warm": env_steps_per_second(),
     }
-    with tempfile.TemporaryDirectory() as tmp, MeasurementDB(Path(tmp) / "m.sqlite") as db:
-        # cold: every precision assignment is new and measured on the held-out set
-        result["ppo_cold"] = ppo_timesteps_per_second(db)
-        # warm: the same seeded run again; its accuracies come from the database
-        result["ppo_warm"] = ppo_timesteps_per_second(db)
+    cold, warm = [], []
+    for _ in range(PPO_RUNS):
+        with tempfile.TemporaryDirectory() as tmp, MeasurementDB(Path(tmp) / "m.sqlite") as db:
+            # cold: every precision assignment is new and measured on the held-out set
+            cold.append(ppo_timesteps_per_second(db))
+            # warm: the same seeded run again; its accuracies come from the database
+            warm.append(ppo_timesteps_per_second(db))
+    result["ppo_cold"], result["ppo_warm"] = median_run(cold), median_run(warm)
     (OUT / "main_job.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result["model_vs_public"]["in_sample"], OUT / "main_job.png")
     print(json.dumps({k: v for k, v in result.items() if k != "model_vs_public"}, indent=2))
