@@ -75,7 +75,7 @@ def compare(net_name: str, settings: SimulationSettings) -> dict:
     # no dataflow beats every MAC busy every cycle: the bound of any per-layer choice
     spec = costs.backend.spec
     fixed_parts = best.latency_ms - sum(r.cost.latency_ms for r in rows)  # pools, adds: the same for all
-    bound = fixed_parts + sum(network[r.layer].macs for r in rows) / (spec.rows * spec.cols * spec.clock_mhz * 1e3)
+    bound = fixed_parts + spec.latency_ms(sum(network[r.layer].macs for r in rows) / (spec.rows * spec.cols))
     result["all_macs_busy_bound_ms"] = bound
     for group in ("fixed", "fixed_spatial_only"):
         for f in result[group].values():

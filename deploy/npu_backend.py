@@ -72,15 +72,15 @@ class ZigZagBackend(PerChoiceBackend):
                 else:
                     results[i] = outcome
                 continue
-            cycles = outcome["cycles"]
             results[i] = Cost(
-                cycles / (self.spec.clock_mhz * 1e3), memory_bytes(layer, choice.quant), self.provenance, outcome["energy_pj"] * 1e-9
+                self.spec.latency_ms(outcome["cycles"]), memory_bytes(layer, choice.quant), self.provenance,
+                outcome["energy_pj"] * 1e-9,
             )
         return results  # type: ignore[return-value]
 
     def cycles(self, cost: Cost) -> float:
         """Clock cycles of a simulated latency."""
-        return cost.latency_ms * self.spec.clock_mhz * 1e3
+        return self.spec.cycles(cost.latency_ms)
 
     def utilization(self, layer: Layer, cost: Cost) -> float:
         """Fraction of the PE array's MAC slots used over the layer's cycles."""

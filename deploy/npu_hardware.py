@@ -59,6 +59,14 @@ class NpuSpec:
     global_buffer: Buffer
     dram: Buffer
 
+    def latency_ms(self, cycles: float) -> float:
+        """`cycles` of the NPU's clock in milliseconds."""
+        return cycles / (self.clock_mhz * 1e3)
+
+    def cycles(self, latency_ms: float) -> float:
+        """Milliseconds in cycles of the NPU's clock."""
+        return latency_ms * self.clock_mhz * 1e3
+
     @property
     def precisions(self) -> tuple[str, ...]:
         """Precisions the NPU computes in, in `NPU_PRECISIONS` order."""

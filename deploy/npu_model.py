@@ -13,10 +13,10 @@ import math
 from typing import Sequence
 
 from deploy.cost import Cost, TensorFormat
-from deploy.npu_hardware import OPERAND_BITS, NpuSpec
+from deploy.npu_hardware import NpuSpec
 from deploy.zigzag_sim import loop_sizes, spatial_unrolling
-from envs.network import Layer, Op
-from envs.space import Choice
+from envs.network import Layer
+from envs.space import QUANT_BYTES, Choice
 
 MODEL_VERSION = 1
 
@@ -49,38 +49,30 @@ class NpuRooflineModel:
             unrolled.update(dims)
         compute = math.prod(math.ceil(n / unrolled.get(dim, 1)) for dim, n in sizes.items())
         nbytes = memory_bytes(layer, choice.quant)
-        dram = nbytes * 8 / self.spec.dram.bits_per_cycle
-        cycles = max(compute, dram)
         energy_pj = layer.macs * self.spec.mac_energy_pj[choice.quant] + self._dram_pj(nbytes)
-        return Cost(self._ms(cycles), nbytes, self.provenance, energy_pj * 1e-9)
+        return Cost(self.spec.latency_ms(max(compute, self._dram_cycles(nbytes))), nbytes, self.provenance, energy_pj * 1e-9)
 
     def fixed_layer_cost(self, layer: Layer, fmt: TensorFormat, threads: int = 1) -> Cost:
         """Pooling, add, concat and activations: their tensors stream through DRAM once."""
-        inputs = layer.in_elements * (max(1, len(layer.inputs)) if layer.op in (Op.ADD, Op.CONCAT) else 1)
-        nbytes = (inputs + layer.out_elements) * _bytes(fmt.quant)
-        return Cost(self._ms(nbytes * 8 / self.spec.dram.bits_per_cycle), 0, self.provenance, self._dram_pj(nbytes) * 1e-9)
+        return self._streamed(layer.bytes_moved(QUANT_BYTES[fmt.quant]), 0)
 
     def conversion_cost(self, elements: int, src: TensorFormat, dst: TensorFormat, threads: int = 1) -> Cost:
         """A precision conversion reads the tensor in `src` and writes it in `dst` (zero when equal)."""
         if src == dst:
             return Cost(0.0, 0, self.provenance, 0.0)
-        nbytes = elements * (_bytes(src.quant) + _bytes(dst.quant))
-        return Cost(self._ms(nbytes * 8 / self.spec.dram.bits_per_cycle), elements * _bytes(dst.quant),
-                    self.provenance, self._dram_pj(nbytes) * 1e-9)
+        return self._streamed(elements * (QUANT_BYTES[src.quant] + QUANT_BYTES[dst.quant]), elements * QUANT_BYTES[dst.quant])
 
-    def _ms(self, cycles: float) -> float:
-        return cycles / (self.spec.clock_mhz * 1e3)
+    def _streamed(self, nbytes: float, memory: int) -> Cost:
+        """Moving `nbytes` through DRAM, and nothing else."""
+        return Cost(self.spec.latency_ms(self._dram_cycles(nbytes)), memory, self.provenance, self._dram_pj(nbytes) * 1e-9)
+
+    def _dram_cycles(self, nbytes: float) -> float:
+        return nbytes * 8 / self.spec.dram.bits_per_cycle
 
     def _dram_pj(self, nbytes: float) -> float:
-        words = nbytes * 8 / self.spec.dram.bits_per_cycle
-        return words * (self.spec.dram.read_pj + self.spec.dram.write_pj) / 2
-
-
-def _bytes(quant: str) -> float:
-    """Bytes per element; fp32 (the network's input and output) is 4."""
-    return OPERAND_BITS.get(quant, 32) / 8
+        return self._dram_cycles(nbytes) * (self.spec.dram.read_pj + self.spec.dram.write_pj) / 2
 
 
 def memory_bytes(layer: Layer, quant: str) -> int:
     """Weights, input and output of a layer at `quant`."""
-    return int((layer.weight_elements + layer.in_elements + layer.out_elements) * _bytes(quant))
+    return int(layer.bytes_moved(QUANT_BYTES[quant]))

@@ -67,10 +67,7 @@ class SimulationSettings:
 def loop_sizes(layer: Layer) -> dict[str, int]:
     """The layer as ZigZag's loop dimensions (B, K, G, C, OY, OX, FY, FX); dense = 1x1 conv on 1x1."""
     if layer.op is Op.DENSE:
-        cin = 1
-        for d in layer.in_shape:
-            cin *= d
-        return {"B": 1, "K": layer.out_shape[0], "G": 1, "C": cin, "OY": 1, "OX": 1, "FY": 1, "FX": 1}
+        return {"B": 1, "K": layer.out_shape[0], "G": 1, "C": layer.in_elements, "OY": 1, "OX": 1, "FY": 1, "FX": 1}
     groups = layer.groups
     cout, oy, ox = layer.out_shape
     return {
