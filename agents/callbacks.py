@@ -6,14 +6,16 @@ Scalars (averaged over the episodes a rollout completed, written at each rollout
 invalid action or a failed measurement: `deploy/invalid_episodes`, `deploy/measurement_failures`;
 best so far (by reward): `best/reward`, `best/latency_ms`, `best/accuracy`, `best/speedup`.
 Histograms of the chosen options: `choices/quant`, `choices/algo`, and on a CPU `choices/threads`,
-`choices/tile`, on an NPU `choices/spatial`, `choices/temporal` (option indices; threads as counts). The run's hyperparameters are written once as TensorBoard hparams.
+`choices/tile`, on an NPU `choices/spatial`, `choices/temporal` (option indices; threads as counts);
+in joint search `choices/block` (every searched block's option index in `arch_labels`). The run's
+hyperparameters are written once as TensorBoard hparams.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch as th
@@ -47,6 +49,7 @@ class DeploymentTensorBoard(BaseCallback):
         best: the best deployment of an earlier session of the same run (when resuming).
         pareto_every: draw the Pareto front at most every this many rollouts (drawing takes ~0.1 s).
         pareto: the front of an earlier session of the same run (when resuming).
+        arch_labels: in joint search, the labels of the architecture space's options.
     """
 
     def __init__(
@@ -56,8 +59,10 @@ class DeploymentTensorBoard(BaseCallback):
         best: BestDeployment | None = None,
         pareto_every: int = 10,
         pareto: ParetoFront | None = None,
+        arch_labels: Sequence[str] = (),
     ) -> None:
         super().__init__()
+        self.arch_labels = list(arch_labels)
         self.hparams = hparams
         self.on_best = on_best
         self.best = best or BestDeployment()
@@ -115,7 +120,10 @@ class DeploymentTensorBoard(BaseCallback):
                 if name in choice["dataflow"]:
                     value = choice["dataflow"][name]
                     self._choices[name].append(value if options is None else options.index(value))
-        self.pareto.add(Point(info["accuracy"], info["latency_ms"], info.get("energy_mj"), info["choices"]))
+        if self.arch_labels:
+            known = [label for label in info["architecture"] if label in self.arch_labels]  # not fixed blocks
+            self._choices["block"].extend(self.arch_labels.index(label) for label in known)
+        self.pareto.add(Point(info["accuracy"], info["latency_ms"], info.get("energy_mj"), info["choices"], info.get("architecture")))
         self._baseline = (info["baseline_latency_ms"], info["baseline_accuracy"])
         if episode_reward > self.best.reward:
             self.best = BestDeployment(episode_reward, dict(info))

@@ -25,6 +25,8 @@ class Point:
     latency_ms: float
     energy_mj: float | None = None
     choices: dict[str, Any] = field(default_factory=dict, compare=False)
+    architecture: list[str] | None = field(default=None, compare=False)
+    """Every block's setting label, when the search chose the architecture too."""
 
     def dominates(self, other: "Point") -> bool:
         """At least as good in every objective and better in one (energy only when both have it)."""
@@ -63,7 +65,10 @@ class ParetoFront:
             "objectives": {"accuracy": "max", "latency_ms": "min", "energy_mj": "min (where given)"},
             "points": [list(p) for p in self.points],
             "front": [
-                {"accuracy": p.accuracy, "latency_ms": p.latency_ms, "energy_mj": p.energy_mj, "choices": p.choices}
+                {
+                    "accuracy": p.accuracy, "latency_ms": p.latency_ms, "energy_mj": p.energy_mj,
+                    "architecture": p.architecture, "choices": p.choices,
+                }
                 for p in self.front
             ],
         }
@@ -73,7 +78,9 @@ class ParetoFront:
         """Inverse of `to_dict` (a resumed search goes on from the front it had)."""
         front = cls()
         front.points = [tuple(p) for p in d["points"]]  # type: ignore[misc]
-        front.front = [Point(p["accuracy"], p["latency_ms"], p["energy_mj"], p["choices"]) for p in d["front"]]
+        front.front = [
+            Point(p["accuracy"], p["latency_ms"], p["energy_mj"], p["choices"], p.get("architecture")) for p in d["front"]
+        ]
         return front
 
     def figure(self, references: dict[str, tuple[float, float]] | None = None) -> Figure:

@@ -64,19 +64,33 @@ class Assembler:
     def __init__(self, network: Network, table: CostTable) -> None:
         self.network = network
         self.table = table
-        self.segments: list[list[Layer]] = []
+        self.segments = self._segments(network)
+        self.reset()
+
+    @staticmethod
+    def _segments(network: Network) -> list[list[Layer]]:
+        """Every searchable layer with the non-searchable layers that follow it."""
+        segments: list[list[Layer]] = []
         leading: list[Layer] = []
         for layer in network.layers:
             if layer.op.searchable:
-                self.segments.append([layer])
-            elif self.segments:
-                self.segments[-1].append(layer)
+                segments.append([layer])
+            elif segments:
+                segments[-1].append(layer)
             else:
                 leading.append(layer)
         if leading:
             names = ", ".join(l.name for l in leading)
             raise ValueError(f"network {network.name!r}: layers before the first searchable layer ({names}) are not supported")
-        self.reset()
+        return segments
+
+    def rebase(self, network: Network) -> None:
+        """Continue the deployment on `network`, whose layers up to the next searchable one are those
+        priced so far (architecture search changes the blocks not yet reached)."""
+        segments = self._segments(network)
+        if segments[: self.step] != self.segments[: self.step]:
+            raise ValueError(f"network {network.name!r} does not begin with the {self.step} layers priced so far")
+        self.network, self.segments = network, segments
 
     def reset(self) -> None:
         """Start a new deployment."""

@@ -35,6 +35,8 @@ class DeploymentRecord:
     fingerprint: str
     choices: dict[str, Choice]
     totals: dict[str, Any]
+    architecture: list[str] | None = None
+    """Every block's setting label when architecture search chose the network (else None)."""
 
 
 def deployment_dict(
@@ -48,11 +50,14 @@ def deployment_dict(
     baseline: NetworkCost,
     baseline_accuracy: float | None,
     baseline_choice: Choice,
+    architecture: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of a deployment (`baseline` deploys every layer as `baseline_choice`)."""
+    """The JSON document of a deployment (`baseline` deploys every layer as `baseline_choice`);
+    `architecture` labels every block's setting when architecture search chose the network."""
     return {
         "schema": SCHEMA,
         "network": network.to_dict(),
+        "architecture": architecture,
         "target": target,
         "cost_fingerprint": fingerprint,
         "layers": [layer.to_dict() for layer in cost.layers],
@@ -111,6 +116,7 @@ def load_deployment(path: str | Path) -> DeploymentRecord:
             fingerprint=doc["cost_fingerprint"],
             choices={name: Choice.from_dict(c) for name, c in doc["choices"].items()},
             totals=doc["totals"],
+            architecture=doc.get("architecture"),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise DeploymentFileError(f"{path}: malformed deployment ({err!r})") from err

@@ -10,6 +10,9 @@ block gives a `Network` whose layers keep the original names.
 
 from __future__ import annotations
 
+import re
+from typing import Sequence
+
 import numpy as np
 
 from envs.network import Network
@@ -25,7 +28,11 @@ class ArchSpace:
     block may take, and the network a setting of every block gives."""
 
     OPTIONS: tuple = ()
+    ORIGINAL: tuple = ()
+    """The setting of every block in the original network."""
     blocks: int = 0
+    name: str = ""
+    """The built-in network (`envs.zoo`) whose blocks this space varies."""
 
     def options(self, block: int) -> tuple:
         """Valid settings of block `block` (0-based)."""
@@ -36,8 +43,38 @@ class ArchSpace:
         raise NotImplementedError
 
     def label(self, option: object) -> str:
-        """How errors name an option."""
+        """How errors and exports name an option."""
         return str(option)
+
+    def size(self, option: object) -> tuple:
+        """Orders a block's options from smallest to largest network (for the sandwich rule)."""
+        raise NotImplementedError
+
+    def block_of(self, layer_name: str) -> int | None:
+        """The block a layer belongs to (None: the layer is outside every searchable block)."""
+        raise NotImplementedError
+
+    def largest(self) -> tuple:
+        """Every block at its largest option."""
+        return tuple(max(self.options(i), key=self.size) for i in range(self.blocks))
+
+    def smallest(self) -> tuple:
+        """Every block at its smallest option (skipped where it may be)."""
+        return tuple(min(self.options(i), key=self.size) for i in range(self.blocks))
+
+    def labels(self, blocks: tuple) -> tuple[str, ...]:
+        """The label of every block's setting."""
+        return tuple(map(self.label, blocks))
+
+    def parse(self, labels: Sequence[str]) -> tuple:
+        """The setting of every block from its label (inverse of `labels`), checked."""
+        by_label = {self.label(o): o for i in range(self.blocks) for o in self.options(i)}
+        unknown = [l for l in labels if l not in by_label]
+        if unknown:
+            raise ValueError(f"unknown block setting(s) {unknown} for {type(self).__name__}; valid: {sorted(by_label)}")
+        blocks = tuple(by_label[l] for l in labels)
+        self.check(blocks)
+        return blocks
 
     def build(self, blocks: tuple, input_size: int, num_classes: int) -> Network:
         """The network of a (checked) setting of every block."""
@@ -71,6 +108,8 @@ class MobileNetV2ArchSpace(ArchSpace):
     """MobileNetV2's blocks: kernel x expansion, or skip (see the module docstring)."""
 
     OPTIONS: tuple[MBBlock, ...] = (*(MBBlock(k, e) for k in KERNELS for e in EXPANSIONS), MBBlock(skip=True))
+    ORIGINAL = MOBILENET_V2_BLOCKS
+    name = "mobilenet_v2"
 
     def __init__(self) -> None:
         firsts, block = set(), 0
@@ -93,6 +132,13 @@ class MobileNetV2ArchSpace(ArchSpace):
     def label(self, option: object) -> str:
         return option.key if isinstance(option, MBBlock) else str(option)
 
+    def size(self, option: MBBlock) -> tuple:
+        return (0, 0) if option.skip else (option.expansion, option.kernel)
+
+    def block_of(self, layer_name: str) -> int | None:
+        match = re.fullmatch(r"b(\d+)\.\w+", layer_name)
+        return int(match.group(1)) - 1 if match else None
+
     def build(self, blocks: tuple, input_size: int, num_classes: int) -> Network:
         return mobilenet_v2(input_size, num_classes, blocks=blocks)
 
@@ -101,7 +147,9 @@ class ResNet18ArchSpace(ArchSpace):
     """ResNet-18's basic blocks: width ratio, or 0 = dropped (see the module docstring)."""
 
     OPTIONS: tuple[float, ...] = (*WIDTH_RATIOS, 0.0)
+    ORIGINAL = RESNET18_BLOCKS
     blocks = len(RESNET18_BLOCKS)
+    name = "resnet18"
 
     def options(self, block: int) -> tuple[float, ...]:
         """A stage's first block cannot be dropped."""
@@ -111,7 +159,27 @@ class ResNet18ArchSpace(ArchSpace):
         return f"layer{block // 2 + 1}.{block % 2}"
 
     def label(self, option: object) -> str:
-        return f"{option:g}" if isinstance(option, float) else str(option)
+        if isinstance(option, float):
+            return "drop" if option == 0 else f"w{option:g}"
+        return str(option)
+
+    def size(self, option: float) -> tuple:
+        return (option,)
+
+    def block_of(self, layer_name: str) -> int | None:
+        match = re.fullmatch(r"layer(\d)\.(\d)\.\w+", layer_name)
+        return 2 * (int(match.group(1)) - 1) + int(match.group(2)) if match else None
 
     def build(self, blocks: tuple, input_size: int, num_classes: int) -> Network:
         return resnet18(input_size, num_classes, blocks=blocks)
+
+
+ARCH_SPACES: dict[str, type[ArchSpace]] = {"mobilenet_v2": MobileNetV2ArchSpace, "resnet18": ResNet18ArchSpace}
+
+
+def arch_space_for(network_name: str) -> ArchSpace:
+    """The architecture space of a built-in network (its name, or a variant's: `mobilenet_v2_32...`)."""
+    for name, space in ARCH_SPACES.items():
+        if network_name == name or network_name.startswith(name + "_") or network_name.startswith(name + "-"):
+            return space()
+    raise ValueError(f"network {network_name!r} has no architecture space; spaces exist for {', '.join(ARCH_SPACES)}")

@@ -13,6 +13,8 @@ from deploy.cost import ChoiceRejected, CostUnavailable
 from deploy.cost_table import CostTable
 from deploy.deployment import Assembler, NetworkCost, evaluate, uniform_choices
 from deploy.flow_optimizer import CRITERIA, best_dataflow
+from envs.arch_space import ArchSpace
+from envs.arch_state import ArchitectureState
 from envs.network import Layer, Network, Op
 from envs.reward import RewardConfig
 from envs.space import ALGORITHMS, QUANTS, Choice, SearchSpace
@@ -38,6 +40,21 @@ class Accuracy(Protocol):
         ...
 
 
+class ArchAccuracy(Protocol):
+    """What architecture search needs of an accuracy oracle (`envs.subnet_accuracy.SupernetOracle`)."""
+
+    provenance: str
+
+    @property
+    def baseline_accuracy(self) -> float:
+        """Accuracy of the original architecture with every layer in fp32."""
+        ...
+
+    def accuracy(self, precisions: Sequence[str], blocks: tuple | None = None) -> float:
+        """Held-out accuracy of architecture `blocks` with one precision per searchable layer of it."""
+        ...
+
+
 class DeploymentEnv(gym.Env):
     """Choose, layer by layer, how a CNN is deployed on a target; score accuracy against latency.
 
@@ -48,7 +65,8 @@ class DeploymentEnv(gym.Env):
     On an NPU the dataflow is the spatial unrolling and temporal mapping (`envs.space.NpuDataflow`).
     With `dataflow="latency"`, `"energy"` or `"edp"` (FlowOptimizer mode) the environment picks each
     layer's best dataflow by that criterion itself: only the first dataflow entry is unmasked, and
-    the agent chooses the other levels.
+    the agent chooses the other levels. With `dataflow="fixed"` every layer keeps the target's own
+    dataflow (e.g. an NPU's fixed one): only that entry is unmasked.
     `action_masks()` returns exact per-component masks for MaskablePPO. An invalid action ends the
     episode with reward -100 and `info["invalid_action"]` naming the reason; nothing is priced.
     A choice the cost backend cannot price (a failed compile or measurement, after its retries) also
@@ -56,6 +74,14 @@ class DeploymentEnv(gym.Env):
     rejects for good (a kernel whose numbers disagree with torch, a layer ZigZag cannot map) has its
     (quantization, algorithm) masked for layers of that shape from then on, and in later runs from
     the start (the measurement database keeps rejections).
+
+    With an architecture space (`arch_space`, joint search) the first component chooses the block
+    variant instead (`arch_space.OPTIONS`, e.g. kernel x expansion or skip): at the first layer of
+    every block that has a choice, it is masked to the block's options, the other components to
+    what is valid for the first layer of every option, and the step then deploys the first layer
+    of the chosen variant; a skipped block's step deploys nothing and the episode moves to the next
+    block. At every other layer only its first entry is valid (and ignored). The network, and so the
+    layers still to come, change as blocks are decided; undecided blocks are the original ones.
 
     ## Observation space
     `Box(0, 100, (27,), float32)` describing the current layer and the deployment so far:
@@ -80,13 +106,17 @@ class DeploymentEnv(gym.Env):
     never truncates. At the end `info` holds `latency_ms`, `latency_provenance`, `accuracy`,
     `accuracy_provenance`, `memory_bytes`, `energy_mj` (None when a measured part has none),
     `conversion_ms`, `feasible`, `speedup` (baseline / latency), `baseline_latency_ms`,
-    `baseline_accuracy` and `choices` (layer name -> choice dict).
-    Every step's `info` has `layer`, `choice`, `step_latency_ms` and `latency_ms` so far.
+    `baseline_accuracy` and `choices` (layer name -> choice dict); with an architecture space also
+    `architecture` (every block's setting label) and `network` (the chosen network's name).
+    Every step's `info` has `layer`, `choice`, `step_latency_ms` and `latency_ms` so far (and `block`
+    at a block's decision).
 
     ## Arguments
     network: the network to deploy. space: the target's search space. costs: the target's cost table.
-    accuracy: the accuracy oracle. reward: scoring configuration. dataflow: "agent" (the action
-    chooses it) or a FlowOptimizer criterion ("latency", "energy", "edp").
+    accuracy: the accuracy oracle (with `arch_space`, an `ArchAccuracy`). reward: scoring
+    configuration. dataflow: "agent" (the action chooses it), "fixed" (the target's own) or a
+    FlowOptimizer criterion ("latency", "energy", "edp"). arch_space: the network's architecture space, for joint search
+    (`network` must be its original architecture).
     """
 
     metadata = {"render_modes": []}
@@ -96,41 +126,51 @@ class DeploymentEnv(gym.Env):
         network: Network,
         space: SearchSpace,
         costs: CostTable,
-        accuracy: Accuracy,
+        accuracy: Accuracy | ArchAccuracy,
         reward: RewardConfig,
         dataflow: str = "agent",
+        arch_space: ArchSpace | None = None,
     ) -> None:
-        if dataflow != "agent" and dataflow not in CRITERIA:
-            raise ValueError(f"dataflow={dataflow!r}: use 'agent' or a FlowOptimizer criterion {CRITERIA}")
+        if dataflow not in ("agent", "fixed") and dataflow not in CRITERIA:
+            raise ValueError(f"dataflow={dataflow!r}: use 'agent', 'fixed' or a FlowOptimizer criterion {CRITERIA}")
         self.dataflow_mode = dataflow
+        self._fixed_dataflow = space.dataflows.index(space.baseline_choice().dataflow)
         self._best_flows: dict[tuple[str, str, str, str], Choice] = {}
-        self.network = network
         self.space = space
         self.costs = costs
         self.oracle = accuracy
         self.reward_config = reward
+        self.arch_space = arch_space
+        self.arch: ArchitectureState | None = None
+        if arch_space is not None:
+            self.arch = ArchitectureState(arch_space, network.input_shape[1], network.num_classes)
+            original = [(l.name, l.signature) for l in self.arch.network.searchable_layers]
+            if original != [(l.name, l.signature) for l in network.searchable_layers]:
+                raise ValueError(f"network {network.name!r} is not the original architecture of {type(arch_space).__name__}")
+            network = self.arch.network
+        self.network = network
         self.layers: tuple[Layer, ...] = network.searchable_layers
-        self.action_space = space.action_space
+        self._nvec = np.array(space.nvec if arch_space is None else (len(arch_space.OPTIONS), *space.nvec[1:]))
+        self.action_space = spaces.MultiDiscrete(self._nvec)
         self.observation_space = spaces.Box(0.0, OBS_HIGH, shape=(27,), dtype=np.float32)
         self._max_threads = max(d.threads for d in space.dataflows)
-        self._nvec = np.array(space.nvec)
-        self._offsets = np.cumsum((0,) + space.nvec[:-1])
-        self._static = np.stack([self._layer_features(i) for i in range(len(self.layers))])
-        self._masks = [self._mask(space.mask(layer)) for layer in self.layers]
-        for layer in self.layers:  # what the backend rejected in earlier runs is masked from the start
-            for key in costs.rejected(layer):
-                self._forbid(layer, space.encode(Choice.from_key(key)))
-        fastest = np.array([np.nanmin(costs.latency_array(layer)[0]) for layer in self.layers])
-        self._remaining_lower_bound = np.concatenate([np.cumsum(fastest[::-1])[::-1], [0.0]])
+        self._offsets = np.cumsum((0,) + tuple(self._nvec[:-1]))
+        self._features: dict[str, np.ndarray] = {}
+        self._masks: dict[str, np.ndarray] = {}  # (quantization x algorithm, dataflow) part, by layer shape
+        self._fastest: dict[str, float] = {}
         self.baseline_choices = uniform_choices(network, lambda layer: space.baseline_choice())
         self.baseline: NetworkCost = evaluate(network, self.baseline_choices, costs)
         self._assembler = Assembler(network, costs)
+        self._set_network(network)
         self.reset()
 
     # ---- Gymnasium API -----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self._assembler.reset()
+        if self.arch is not None:
+            self.arch.reset()
+            self._set_network(self.arch.network)
         self._t = 0
         self._choices: list[Choice] = []
         self._quant_counts = {q: 0 for q in QUANTS}
@@ -141,62 +181,108 @@ class DeploymentEnv(gym.Env):
             raise RuntimeError("step() called after the episode ended; call reset()")
         action = np.asarray(action, dtype=np.int64).reshape(-1)
         layer = self.layers[self._t]
-        mask = self._masks[self._t]
-        if action.shape != (3,) or (action < 0).any() or (action >= self._nvec).any() or not mask[self._offsets + action].all():
+        if action.shape != (3,) or (action < 0).any() or (action >= self._nvec).any() or not self.action_masks()[self._offsets + action].all():
             reason = self._invalid_reason(layer, action)
             self._t = len(self.layers)
             return self._observation(), INVALID_ACTION_REWARD, True, False, {"invalid_action": reason, "layer": layer.name}
-        choice = self.space.decode(action)
+        info: dict[str, Any] = {}
+        block = self.arch.decision(layer) if self.arch is not None else None
+        if block is not None:
+            option = self.arch_space.OPTIONS[action[0]]
+            self._set_network(self.arch.choose(block, option))
+            info["block"] = self.arch_space.label(option)
+            if self.layers[self._t].name != layer.name:  # skipped: nothing to deploy
+                info.update(layer=layer.name, latency_ms=self._assembler.latency_ms)
+                return self._observation(), 0.0, False, False, info
+            layer = self.layers[self._t]
+        choice = self.space.decode(np.array([0, action[1], action[2]]))
         try:
-            if self.dataflow_mode != "agent":
+            if self.dataflow_mode in CRITERIA:
                 choice = self._best_dataflow(layer, choice)
             added = self._assembler.add(choice)
         except CostUnavailable as err:
             if isinstance(err, ChoiceRejected):
                 self._forbid(layer, action)
             self._t = len(self.layers)
-            info = {"measurement_error": str(err), "layer": layer.name, "choice": choice.key}
+            info.update(measurement_error=str(err), layer=layer.name, choice=choice.key)
             return self._observation(), MEASUREMENT_FAILURE_REWARD, True, False, info
         self._choices.append(choice)
         self._quant_counts[choice.quant] += 1
         self._t += 1
         reward = self.reward_config.step_reward(added)
-        info: dict[str, Any] = {
-            "layer": layer.name,
-            "choice": choice.key,
-            "step_latency_ms": added,
-            "latency_ms": self._assembler.latency_ms,
-        }
+        info.update(layer=layer.name, choice=choice.key, step_latency_ms=added, latency_ms=self._assembler.latency_ms)
         terminated = self._t == len(self.layers)
         if terminated:
             reward += self._finish(info)
         return self._observation(), float(reward), terminated, False, info
 
-    def replay(self, choices: Mapping[str, Choice]) -> tuple[float, dict[str, Any]]:
-        """Run one whole episode with the given choice per searchable layer; (episode reward, last info)."""
-        missing = [layer.name for layer in self.layers if layer.name not in choices]
+    def replay(self, choices: Mapping[str, Choice], architecture: Sequence[str] | None = None) -> tuple[float, dict[str, Any]]:
+        """Run one whole episode with the given choice per searchable layer (and, with an architecture
+        space, the given block settings by label; default the original ones); (episode reward, last info)."""
+        blocks = None
+        if self.arch_space is not None:
+            blocks = self.arch_space.ORIGINAL if architecture is None else self.arch_space.parse(architecture)
+            network = self.arch.network_of(tuple(blocks))
+        elif architecture is not None:
+            raise ValueError("this environment has no architecture space: it replays the fixed network only")
+        else:
+            network = self.network
+        missing = [layer.name for layer in network.searchable_layers if layer.name not in choices]
         if missing:
-            raise ValueError(f"deployment of {self.network.name!r} has no choice for layer(s) {missing}")
+            raise ValueError(f"deployment of {network.name!r} has no choice for layer(s) {missing}")
         self.reset()
-        total, info = 0.0, {}
-        for layer in self.layers:
-            action = self.space.encode(choices[layer.name])
-            if self.dataflow_mode != "agent":
-                action[2] = 0  # the environment picks the dataflow again
-            _, reward, _, _, info = self.step(action)
+        total, info, done = 0.0, {}, False
+        while not done:
+            layer = self.layers[self._t]
+            block = self.arch.decision(layer) if self.arch is not None else None
+            action = self.space.encode(choices.get(layer.name, self.space.baseline_choice()))
+            action[0] = 0 if block is None else self.arch_space.OPTIONS.index(blocks[block])
+            if self.dataflow_mode != "agent":  # the environment picks the dataflow again
+                action[2] = self._fixed_dataflow if self.dataflow_mode == "fixed" else 0
+            _, reward, done, _, info = self.step(action)
             total += reward
         return total, info
 
     def action_masks(self) -> np.ndarray:
-        """Exact per-component masks of the current layer (all True after the episode ends)."""
+        """Exact per-component masks of the current step (all True after the episode ends)."""
         if self._t >= len(self.layers):
-            return np.ones(sum(self.space.nvec), dtype=bool)
-        return self._masks[self._t]
+            return np.ones(int(self._nvec.sum()), dtype=bool)
+        layer = self.layers[self._t]
+        if self.arch is None:
+            return self._mask(layer)
+        block = self.arch.decision(layer)
+        arch = np.zeros(self._nvec[0], dtype=bool)
+        if block is None:
+            arch[0] = True
+            return np.concatenate([arch, self._mask(layer)])
+        rest = np.logical_and.reduce([self._mask(first) for first in self.arch.first_layers(block)])
+        return np.concatenate([self.arch_space.mask(block), rest])
 
     # ---- internals ---------------------------------------------------------------------------
+    def _set_network(self, network: Network) -> None:
+        """Deploy `network` from here on (architecture search): its layers so far are those chosen."""
+        if network is not self.network:
+            self._assembler.rebase(network)
+            self.network = network
+            self.layers = network.searchable_layers
+        fastest = np.array([self._fastest_ms(layer) for layer in self.layers])
+        self._remaining_lower_bound = np.concatenate([np.cumsum(fastest[::-1])[::-1], [0.0]])
+
+    def _fastest_ms(self, layer: Layer) -> float:
+        """The layer's fastest latency over every choice (memoised by shape)."""
+        fastest = self._fastest.get(layer.signature)
+        if fastest is None:
+            fastest = self._fastest[layer.signature] = float(np.nanmin(self.costs.latency_array(layer)[0]))
+        return fastest
+
     def _finish(self, info: dict[str, Any]) -> float:
         result = self._assembler.result()
-        accuracy = self.oracle.accuracy([c.quant for c in self._choices])
+        precisions = [c.quant for c in self._choices]
+        if self.arch is not None:
+            accuracy = self.oracle.accuracy(precisions, blocks=tuple(self.arch.blocks))
+            info.update(architecture=list(self.arch.labels), network=self.network.name)
+        else:
+            accuracy = self.oracle.accuracy(precisions)
         latency = result.latency_ms
         info.update(
             latency_ms=latency,
@@ -222,50 +308,66 @@ class DeploymentEnv(gym.Env):
             best = self._best_flows[key] = best_dataflow(self.costs, layer, choice, self.dataflow_mode)
         return best
 
-    def _mask(self, mask: np.ndarray) -> np.ndarray:
-        """In FlowOptimizer mode the dataflow is not the agent's: only its first entry stays valid."""
-        if self.dataflow_mode == "agent":
-            return mask
-        mask = mask.copy()
-        mask[self._offsets[2] + 1 :] = False
+    def _mask(self, layer: Layer) -> np.ndarray:
+        """The layer's mask: of every component, or without the architecture in joint search. In
+        FlowOptimizer mode the dataflow is not the agent's: only its first entry stays valid.
+        Rejected choices (here or in the database) are masked (memoised by layer shape)."""
+        mask = self._masks.get(layer.signature)
+        if mask is None:
+            mask = self.space.mask(layer).copy()
+            if self.dataflow_mode != "agent":
+                flows = self.space.nvec[0] + self.space.nvec[1]
+                keep = self._fixed_dataflow if self.dataflow_mode == "fixed" else 0
+                mask[flows:] = False
+                mask[flows + keep] = True
+            if self.arch is not None:
+                mask = mask[self.space.nvec[0] :]
+            self._masks[layer.signature] = mask
+            for key in self.costs.rejected(layer):
+                self._forbid(layer, self.space.encode(Choice.from_key(key)))
         return mask
 
     def _forbid(self, layer: Layer, action: np.ndarray) -> None:
         """Mask the action's (quantization, algorithm) for every layer of this shape from now on."""
-        entry = self._offsets[1] + action[1]
-        for i, other in enumerate(self.layers):
-            if other.signature == layer.signature:
-                self._masks[i] = self._masks[i].copy()
-                self._masks[i][entry] = False
+        mask = self._mask(layer)
+        mask[action[1] + (self.space.nvec[0] if self.arch is None else 0)] = False
 
     def _invalid_reason(self, layer: Layer, action: np.ndarray) -> str:
         if action.shape != (3,) or (action < 0).any() or (action >= self._nvec).any():
             return f"action {action.tolist()} is outside {self.action_space}"
-        choice = self.space.decode(action)
+        block = self.arch.decision(layer) if self.arch is not None else None
+        if block is not None and not self.arch_space.mask(block)[action[0]]:
+            option = self.arch_space.label(self.arch_space.OPTIONS[action[0]])
+            valid = ", ".join(map(self.arch_space.label, self.arch_space.options(block)))
+            return f"block {self.arch_space.block_name(block)} cannot be {option}; its options are {valid}"
+        if self.arch is not None and block is None and action[0] != 0:
+            return f"layer {layer.name!r} decides no block: the architecture entry must be 0, got {action[0]}"
+        choice = self.space.decode(np.array([0, action[1], action[2]]))
         try:
             self.space.check(layer, choice)
         except ValueError as err:
             return str(err)
         return f"layer {layer.name!r}: choice {choice.key} is masked"
 
-    def _layer_features(self, i: int) -> np.ndarray:
-        layer = self.layers[i]
-        cout, oh, ow = layer.out_shape
-        return np.array(
-            [float(layer.op is op) for op in _OPS]
-            + [
-                math.log2(layer.in_shape[0]) / 10,
-                math.log2(cout) / 10,
-                math.log2(oh) / 10,
-                math.log2(ow) / 10,
-                layer.kernel[0] / 10,
-                layer.stride[0] / 4,
-                math.log2(layer.groups) / 10,
-                math.log10(max(layer.macs, 1)) / 10,
-                i / len(self.layers),
-            ],
-            dtype=np.float32,
-        )
+    def _layer_features(self, layer: Layer) -> np.ndarray:
+        features = self._features.get(layer.signature)
+        if features is None:
+            cout, oh, ow = layer.out_shape
+            features = self._features[layer.signature] = np.array(
+                [float(layer.op is op) for op in _OPS]
+                + [
+                    math.log2(layer.in_shape[0]) / 10,
+                    math.log2(cout) / 10,
+                    math.log2(oh) / 10,
+                    math.log2(ow) / 10,
+                    layer.kernel[0] / 10,
+                    layer.stride[0] / 4,
+                    math.log2(layer.groups) / 10,
+                    math.log10(max(layer.macs, 1)) / 10,
+                ],
+                dtype=np.float32,
+            )
+        return features
 
     def _observation(self) -> np.ndarray:
         t = min(self._t, len(self.layers) - 1)
@@ -287,4 +389,5 @@ class DeploymentEnv(gym.Env):
             ],
             dtype=np.float32,
         )
-        return np.concatenate([self._static[t], prev, dynamic])
+        position = np.array([t / len(self.layers)], dtype=np.float32)
+        return np.concatenate([self._layer_features(self.layers[t]), position, prev, dynamic])

@@ -14,9 +14,12 @@ from deploy.targets import get_target
 from deploy.tvm_measure import Device, MeasureSettings
 from deploy.zigzag_sim import SimulationSettings
 from envs import zoo
-from envs.env import Accuracy, DeploymentEnv
+from envs.arch_space import arch_space_for
+from envs.arch_state import ArchitectureState
+from envs.env import Accuracy, ArchAccuracy, DeploymentEnv
 from envs.network import Network
 from envs.reward import RewardConfig
+from envs.space import Choice
 
 DEFAULT_BUDGET_FRACTION = 0.4
 """Without an explicit budget, the budget is this fraction of the baseline ("BLAS fp32") latency..."""
@@ -68,10 +71,11 @@ def make_deployment_env(
     budget_ms: float | None = None,
     target_ms: float | None = None,
     db_path: str | Path | None = None,
-    accuracy: Accuracy | None = None,
+    accuracy: Accuracy | ArchAccuracy | None = None,
     costs: CostTable | None = None,
     device: Device | None = None,
     dataflow: str = "agent",
+    architecture: bool = False,
 ) -> DeploymentEnv:
     """Build the environment.
 
@@ -85,10 +89,14 @@ def make_deployment_env(
         accuracy: accuracy oracle; default trains (once, cached) the network's 32x32 variant on digits.
         costs: a cost table to share between environments (from `make_cost_table`); built otherwise.
         device: where to measure (see `make_cost_table`).
-        dataflow: "agent" (the agent chooses each layer's dataflow) or a FlowOptimizer criterion
+        dataflow: "agent" (the agent chooses each layer's dataflow), "fixed" (the target's own) or a FlowOptimizer criterion
             ("latency", "energy", "edp": the environment picks the best dataflow of each layer).
+        architecture: joint search: the agent also chooses every block's variant (`envs.arch_space`
+            of a built-in MobileNetV2 or ResNet-18); the default accuracy oracle is then the
+            space's supernet (`envs.subnet_accuracy`, trained once and cached).
     """
     net = resolve_network(network)
+    arch_space = arch_space_for(net.name) if architecture else None
     costs = costs or make_cost_table(target, db_path, device)
     space = costs.space
     costs.prefetch([(layer, space.baseline_choice()) for layer in net.searchable_layers])
@@ -96,10 +104,18 @@ def make_deployment_env(
     # the fastest deployment is known up front from a model, or from a simulator that prices a whole
     # network in seconds; a measuring backend would have to time it all
     fastest = 0.0
+    own_flow = space.baseline_choice().dataflow
+
+    def allowed(choice: Choice) -> bool:  # what this environment may deploy
+        return dataflow != "fixed" or choice.dataflow == own_flow
+
     if costs.backend.batch_friendly or getattr(costs.backend, "prices_all_quickly", False):
-        if not costs.backend.batch_friendly:  # simulate every choice now, in parallel
-            costs.prefetch([(layer, c) for layer in net.searchable_layers for c in space.valid_choices(layer)])
-        fastest = evaluate(net, best_choices(net, costs), costs).latency_ms
+        if not costs.backend.batch_friendly:  # simulate every choice of every layer any architecture has, in parallel
+            layers = net.searchable_layers
+            if arch_space is not None:
+                layers = ArchitectureState(arch_space, net.input_shape[1], net.num_classes).all_layers()
+            costs.prefetch([(layer, c) for layer in layers for c in space.valid_choices(layer) if allowed(c)])
+        fastest = evaluate(net, best_choices(net, costs, allowed), costs).latency_ms
     default = max(DEFAULT_BUDGET_FRACTION * baseline.latency_ms, DEFAULT_BUDGET_SLACK * fastest)
     if mode == "budget":
         budget = default if budget_ms is None else float(budget_ms)
@@ -112,8 +128,12 @@ def make_deployment_env(
         reward = RewardConfig("budget", budget_ms=budget)
     else:
         reward = RewardConfig(mode, target_ms=default if target_ms is None else float(target_ms))
-    if accuracy is None:
+    if accuracy is None and arch_space is not None:
+        from envs.subnet_accuracy import supernet_oracle_for
+
+        accuracy = supernet_oracle_for(net)
+    elif accuracy is None:
         from envs.accuracy import oracle_for
 
         accuracy = oracle_for(net)
-    return DeploymentEnv(net, space, costs, accuracy, reward, dataflow)
+    return DeploymentEnv(net, space, costs, accuracy, reward, dataflow, arch_space)

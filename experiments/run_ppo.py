@@ -7,6 +7,7 @@
 
     python experiments/run_ppo.py --target npu-eyeriss                 # NPU, simulated with ZigZag
     python experiments/run_ppo.py --target npu-eyeriss --dataflow latency   # FlowOptimizer picks dataflows
+    python experiments/run_ppo.py --target npu-eyeriss --arch          # joint search: architecture too
     python experiments/run_ppo.py --target host                        # measured with TVM on this machine
     python experiments/run_ppo.py --target cortex-a72 --rpc-tracker 127.0.0.1:9190 --rpc-key pi4   # on a board
 
@@ -44,6 +45,8 @@ from envs.accuracy import AccuracyOracle, oracle_for
 from envs.env import DeploymentEnv
 from envs.make import make_cost_table, make_deployment_env, resolve_network
 from envs.space import Choice
+from envs.subnet_accuracy import PROXIES, SupernetOracle, supernet_oracle_for
+from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
 
 
 @dataclass
@@ -82,6 +85,14 @@ class Config:
     """agent, or a FlowOptimizer criterion (latency, energy, edp): the environment picks each layer's best dataflow"""
     zigzag_lpf: int = 4
     """NPU targets: loop prime factors ZigZag's temporal-mapping search permutes (higher = more thorough, slower)"""
+    arch: bool = False
+    """joint search: also choose every block's variant (MobileNetV2: kernel, expansion, skip; ResNet-18: width, depth), accuracy from a supernet"""
+    supernet_epochs: int = DEFAULT_SUPERNET_EPOCHS
+    """with --arch: epochs of supernet training (once; the trained supernet is cached)"""
+    proxy: str = PROXIES[0]
+    """with --arch and no --image-folder: the supernet's built-in proxy data (shifted-digits, digits)"""
+    restart_supernet: bool = False
+    """with --arch: train the supernet from scratch, replacing a corrupt or unfinished checkpoint"""
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -95,8 +106,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(Config):
         default = getattr(Config(), f.name)
-        kind = {"timesteps": int, "seed": int, "checkpoint_every": int, "budget_ms": float, "tradeoff": float, "zigzag_lpf": int}.get(f.name, str)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default, help=doc[f.name])
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=doc[f.name])
+            continue
+        kind = {
+            "timesteps": int, "seed": int, "checkpoint_every": int, "budget_ms": float, "tradeoff": float,
+            "zigzag_lpf": int, "supernet_epochs": int,
+        }.get(f.name, str)
+        parser.add_argument(flag, type=kind, default=default, help=doc[f.name])
     return Config(**vars(parser.parse_args(argv)))
 
 
@@ -124,7 +142,7 @@ def load_resumed(config: Config) -> Config:
     return Config(**saved)
 
 
-def summary(info: dict[str, Any], oracle: AccuracyOracle, folder: Path, baseline: str) -> str:
+def summary(info: dict[str, Any], oracle: AccuracyOracle | SupernetOracle, folder: Path, baseline: str) -> str:
     """One screen: the best deployment against the baseline (every layer deployed as `baseline`)."""
     lines = [
         f"run folder           {folder}",
@@ -142,6 +160,8 @@ def summary(info: dict[str, Any], oracle: AccuracyOracle, folder: Path, baseline
         key = f"{c['quant']}/{c['algo']}"
         counts[key] = counts.get(key, 0) + 1
     lines.append("layers               " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
+    if info.get("architecture"):
+        lines.append(f"architecture         {' '.join(info['architecture'])}  ({info['network']})")
     return "\n".join(lines)
 
 
@@ -149,7 +169,8 @@ def earlier_best(folder: Path, env: DeploymentEnv) -> BestDeployment | None:
     """The best deployment a resumed run had found, replayed through the environment; None if none."""
     for name in ("best_deployment.json", "deployment.json"):
         if (folder / name).is_file():
-            reward, info = env.replay(load_deployment(folder / name).choices)
+            record = load_deployment(folder / name)
+            reward, info = env.replay(record.choices, record.architecture)
             return BestDeployment(reward, info)
     return None
 
@@ -162,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     hp = load_hyperparams(config.net, config.hyperparams)
 
     network = resolve_network(config.net)
-    oracle = oracle_for(network, image_folder=config.image_folder)
+    if config.arch:
+        oracle = supernet_oracle_for(
+            network, config.image_folder, config.supernet_epochs, restart=config.restart_supernet, proxy=config.proxy
+        )
+    else:
+        oracle = oracle_for(network, image_folder=config.image_folder)
     db_path = Path(config.logdir) / "measurements.sqlite"
     db_path.parent.mkdir(parents=True, exist_ok=True)
     measured_on = Device.parse(config.rpc, config.rpc_tracker, config.rpc_key) if config.rpc or config.rpc_tracker else None
@@ -176,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     def make_env():
         return make_deployment_env(
             network, config.target, mode, config.budget_ms, config.tradeoff, accuracy=oracle, costs=costs,
-            dataflow=config.dataflow,
+            dataflow=config.dataflow, architecture=config.arch,
         )
 
     probe = make_env()  # fails fast on an impossible budget, before any folder is written
@@ -187,15 +213,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def save_best(info: dict[str, Any], name: str = "best_deployment.json") -> None:
         choices = {layer: Choice.from_dict(c) for layer, c in info["choices"].items()}
-        cost = evaluate(network, choices, probe.costs)
+        chosen = network
+        if info.get("architecture"):  # the network the search chose
+            chosen = probe.arch.network_of(probe.arch_space.parse(info["architecture"]))
+        cost = evaluate(chosen, choices, probe.costs)
         doc = deployment_dict(
-            network, config.target, probe.costs.fingerprint, choices, cost, info["accuracy"],
+            chosen, config.target, probe.costs.fingerprint, choices, cost, info["accuracy"],
             info["accuracy_provenance"], probe.baseline, oracle.baseline_accuracy, probe.space.baseline_choice(),
+            info.get("architecture"),
         )
         if isinstance(costs.backend, ZigZagBackend):  # simulated layers: cycles and MAC utilisation too
             for entry in doc["layers"]:
                 if entry["choice"] is not None:
-                    layer = network[entry["name"]]
+                    layer = chosen[entry["name"]]
                     entry.update(costs.backend.figures(layer, costs.cost(layer, choices[layer.name])))
         write_json(folder / name, doc)
 
@@ -214,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     earlier_front = None
     if (folder / "pareto.json").is_file():  # a resumed run goes on from the front it had
         earlier_front = ParetoFront.from_dict(json.loads((folder / "pareto.json").read_text()))
-    tensorboard = DeploymentTensorBoard(hparams, on_best=save_best, best=earlier_best(folder, probe), pareto=earlier_front)
+    arch_labels = [probe.arch_space.label(o) for o in probe.arch_space.OPTIONS] if config.arch else []
+    tensorboard = DeploymentTensorBoard(
+        hparams, on_best=save_best, best=earlier_best(folder, probe), pareto=earlier_front, arch_labels=arch_labels
+    )
     checkpointing = CheckpointCallback(max(config.checkpoint_every // hp.n_envs, 1), str(checkpoints), name_prefix="ppo")
     remaining = max(config.timesteps - agent.num_timesteps, 0)
     agent.learn(

@@ -60,6 +60,26 @@ def tiny_oracle(tiny):
     return oracle_for(tiny, epochs=15)
 
 
+def small_digits():
+    """The first 320 training and 120 held-out images of the 32x32 digits: a supernet trains in seconds."""
+    from envs.accuracy import Dataset, digits_dataset
+
+    full = digits_dataset(32)
+    return Dataset(full.x_train[:320], full.y_train[:320], full.x_test[:120], full.y_test[:120], "digits-32-first320")
+
+
+@pytest.fixture(scope="session")
+def supernet_oracle(tmp_path_factory):
+    """The MobileNetV2 supernet trained for 3 epochs on `small_digits`, as an accuracy oracle."""
+    from envs.arch_space import MobileNetV2ArchSpace
+    from envs.subnet_accuracy import SupernetOracle
+    from envs.supernet_training import spec_for, train_supernet
+
+    space, data = MobileNetV2ArchSpace(), small_digits()
+    supernet, _ = train_supernet(space, data, epochs=3, cache_dir=tmp_path_factory.mktemp("supernet"))
+    return SupernetOracle(supernet, data, spec_for(space, data, 3).key)
+
+
 def pytest_configure(config) -> None:
     """Trained accuracy proxies are cached across test runs in .cache/ (not in the user's home)."""
     import os

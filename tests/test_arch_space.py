@@ -66,7 +66,7 @@ def test_resnet_width_and_depth():
     assert narrow["layer1.1.conv1"].out_shape[0] == 32 and narrow["layer1.1.conv2"].out_shape[0] == 64
     assert not any(l.name.startswith("layer4.1.") for l in narrow.layers) and narrow.name != resnet18().name
     assert sum(l.macs for l in narrow.layers) < sum(l.macs for l in resnet18().layers)
-    with pytest.raises(ValueError, match="block layer2.0 cannot be 0; its options are"):
+    with pytest.raises(ValueError, match="block layer2.0 cannot be drop; its options are w0.5"):
         space.check((1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0))
     assert [bool(space.mask(i)[-1]) for i in range(8)] == [False, True] * 4
     rng = np.random.default_rng(1)

@@ -166,6 +166,30 @@ def test_main_job_on_an_npu_reports_simulated_latency_and_energy(tmp_path):
     assert not any(p.name.startswith("outputs") for p in tmp_path.iterdir())  # ZigZag wrote into a temporary folder
 
 
+def test_joint_search_exports_the_network_it_chose_with_its_architecture(tmp_path):
+    args = ("--arch", "--proxy", "digits", "--supernet-epochs", "1", "--timesteps", "2048", "--logdir", str(tmp_path))
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    record = load_deployment(folder / "deployment.json")
+    from envs.arch_space import MobileNetV2ArchSpace
+    from envs.zoo import mobilenet_v2
+
+    space = MobileNetV2ArchSpace()
+    blocks = space.parse(record.architecture)
+    assert record.network == mobilenet_v2(blocks=blocks)  # the chosen variant, at full size
+    assert set(record.choices) == {l.name for l in record.network.searchable_layers}
+    assert reevaluate(folder / "deployment.json").latency_ms == pytest.approx(record.totals["latency_ms"], rel=1e-12)
+    assert record.totals["accuracy_provenance"].endswith("/supernet")
+    assert f"architecture         {' '.join(record.architecture)}" in result.stdout
+    front = json.loads((folder / "pareto.json").read_text())["front"]
+    assert front and all(len(p["architecture"]) == space.blocks for p in front)
+    (events_dir,) = list((folder / "tb").iterdir())
+    acc = EventAccumulator(str(events_dir), size_guidance={"histograms": 0, "images": 0})
+    acc.Reload()
+    assert "choices/block" in acc.Tags()["histograms"] and "pareto/front" in acc.Tags()["images"]
+
+
 def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board(tmp_path):
     from tests.tvm_rpc import RpcCluster, free_port
 
@@ -192,7 +216,9 @@ def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board
         (["--budget-ms", "0.001"], "below the fastest deployment"),
         (["--target", "npu-eyeriss", "--rpc", "127.0.0.1:9"], "simulated with ZigZag: --rpc / --rpc-tracker do not apply"),
         (["--target", "no_such_npu.yaml"], "no_such_npu.yaml: cannot read the NPU description"),
-        (["--dataflow", "fastest"], "use 'agent' or a FlowOptimizer criterion"),
+        (["--dataflow", "fastest"], "use 'agent', 'fixed' or a FlowOptimizer criterion"),
+        (["--arch", "--net", "mobilenet_v1"], "network 'mobilenet_v1' has no architecture space"),
+        (["--arch", "--proxy", "mnist"], "unknown proxy data set 'mnist'"),
     ],
 )
 def test_bad_arguments_give_a_clear_error_and_no_traceback(args, message, tmp_path):

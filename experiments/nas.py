@@ -1,0 +1,204 @@
+"""Latency-aware NAS with deployment in the loop: joint search of architecture and precision, equal budgets.
+
+    python experiments/nas.py --target npu-eyeriss     # (a) per-layer best vs (b) NVDLA-like vs (c) Eyeriss-like dataflow
+    python experiments/nas.py --target cortex-a72      # joint search vs the fixed MobileNetV2
+
+On an NPU three searches run on the same hardware with the same agent, seed, step budget and accuracy
+oracle (the MobileNetV2 supernet): (a) every layer takes its best dataflow (FlowOptimizer), (b) every
+layer keeps the NVDLA-like weight-stationary dataflow, (c) every layer keeps the Eyeriss-like
+row-stationary one. Each search's choice is its highest-reward deployment; (a) is compared with (b)
+and (c) at equal or better accuracy: the fastest network (a) evaluated whose accuracy is at least
+that of (b)'s (or (c)'s) choice. On a CPU the joint search runs against the same search with the
+architecture fixed to MobileNetV2, and the joint Pareto front is checked to dominate the fixed one.
+
+Writes <out>/nas-<target>.json (every search's choice, Pareto front and settings; the comparison)
+and nas-<target>.png (the fronts and the choices); TensorBoard runs go to <out>/nas-<target>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agents.callbacks import DeploymentTensorBoard
+from agents.pareto import ParetoFront, Point
+from agents.ppo import load_hyperparams, make_agent, make_vec_env
+from deploy.cli import run_main
+from deploy.db import MeasurementDB
+from deploy.export import write_json
+from deploy.targets import NpuTarget, get_target
+from envs.make import make_cost_table, make_deployment_env, resolve_network
+from envs.subnet_accuracy import PROXIES, SupernetOracle, supernet_oracle_for
+from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
+
+NPU_SEARCHES = (
+    ("a: per-layer best dataflow", "npu-eyeriss", "latency", True),
+    ("b: fixed NVDLA-like (ws)", "npu-nvdla", "fixed", True),
+    ("c: fixed Eyeriss-like (rs)", "npu-eyeriss", "fixed", True),
+)
+CPU_SEARCHES = (
+    ("joint: architecture + deployment", "cortex-a72", "agent", True),
+    ("fixed MobileNetV2: deployment only", "cortex-a72", "agent", False),
+)
+"""(name, target, dataflow mode, architecture searched); an NPU experiment runs its hardware's presets."""
+
+
+@dataclass
+class Search:
+    """One search's outcome."""
+
+    name: str
+    target: str
+    dataflow: str
+    architecture: bool
+    front: ParetoFront
+    best: dict[str, Any]
+    episodes: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        keep = ("latency_ms", "accuracy", "energy_mj", "speedup", "architecture", "network", "latency_provenance")
+        return {
+            "name": self.name, "target": self.target, "dataflow": self.dataflow, "architecture_searched": self.architecture,
+            "episodes": self.episodes, "seconds": round(self.seconds, 1),
+            "choice": {k: self.best.get(k) for k in keep}, "pareto": self.front.to_dict(),
+        }
+
+
+def run_search(
+    name: str, target: str, dataflow: str, architecture: bool, oracle: SupernetOracle, timesteps: int, seed: int,
+    db_path: Path, tb_dir: Path, tradeoff_ms: float | None,
+) -> Search:
+    """One MaskablePPO search of MobileNetV2 on `target` (trade-off reward), returning its front and choice."""
+    costs = make_cost_table(target, db_path)
+    hp = load_hyperparams("mobilenet_v2")
+
+    def make_env():
+        return make_deployment_env(
+            "mobilenet_v2", target, "tradeoff", target_ms=tradeoff_ms, accuracy=oracle, costs=costs,
+            dataflow=dataflow, architecture=architecture,
+        )
+
+    start = time.perf_counter()
+    env = make_vec_env(make_env, hp.n_envs)
+    agent = make_agent(env, hp, seed, str(tb_dir))
+    labels = [env.envs[0].unwrapped.arch_space.label(o) for o in env.envs[0].unwrapped.arch_space.OPTIONS] if architecture else []
+    hparams = {"search": name, "target": target, "dataflow": dataflow, "timesteps": timesteps}
+    callback = DeploymentTensorBoard(hparams, arch_labels=labels)
+    agent.learn(timesteps, callback=callback, tb_log_name=name.split(":")[0])
+    return Search(name, target, dataflow, architecture, callback.pareto, callback.best.info, callback.episodes,
+                  time.perf_counter() - start)
+
+
+def fastest_at_least(search: Search, accuracy: float) -> Point | None:
+    """The fastest front point of `search` with at least `accuracy` (None if it has none)."""
+    points = [p for p in search.front.front if p.accuracy >= accuracy]
+    return min(points, key=lambda p: p.latency_ms) if points else None
+
+
+def compare_npu(searches: list[Search]) -> dict[str, Any]:
+    """(a) against (b) and (c), each at the accuracy of the other's choice."""
+    best, *fixed = searches
+    rows = {}
+    for other in fixed:
+        theirs = other.best
+        mine = fastest_at_least(best, theirs["accuracy"])
+        rows[other.name] = {
+            "their_latency_ms": theirs["latency_ms"],
+            "their_accuracy": theirs["accuracy"],
+            "our_latency_ms": None if mine is None else mine.latency_ms,
+            "our_accuracy": None if mine is None else mine.accuracy,
+            "our_architecture": None if mine is None else mine.architecture,
+            "speedup": None if mine is None else theirs["latency_ms"] / mine.latency_ms,
+        }
+    return {"per-layer best vs fixed, at equal or better accuracy": rows}
+
+
+def compare_cpu(searches: list[Search]) -> dict[str, Any]:
+    """Does the joint front dominate (weakly) every point of the fixed-architecture front?"""
+    joint, fixed = searches
+    covered = [
+        any(j.accuracy >= f.accuracy and j.latency_ms <= f.latency_ms for j in joint.front.front) for f in fixed.front.front
+    ]
+    return {
+        "fixed_front_points": len(covered),
+        "dominated_by_joint_front": sum(covered),
+        "joint_front_dominates_fixed": all(covered),
+        "joint_choice_speedup_over_fixed_choice": fixed.best["latency_ms"] / joint.best["latency_ms"],
+    }
+
+
+def figure(searches: list[Search], title: str):
+    """Every search's Pareto front, with its choice starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, s in enumerate(searches):
+        front = s.front.front
+        ax.step([p.latency_ms for p in front], [100 * p.accuracy for p in front], "o-", where="post", color=f"C{i}",
+                markersize=3, label=f"{s.name} ({s.episodes} episodes)")
+        ax.scatter([s.best["latency_ms"]], [100 * s.best["accuracy"]], marker="*", s=160, color=f"C{i}", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="npu-eyeriss", help="npu-eyeriss (any NPU preset: the three dataflows) or cortex-a72")
+    parser.add_argument("--timesteps", type=int, default=30_000, help="environment steps per search (equal for all)")
+    parser.add_argument("--seed", type=int, default=0, help="agent seed (the same for every search)")
+    parser.add_argument("--tradeoff-ms", type=float, help="target latency of the trade-off reward (default: each environment's)")
+    parser.add_argument("--supernet-epochs", type=int, default=DEFAULT_SUPERNET_EPOCHS, help="supernet training epochs")
+    parser.add_argument("--proxy", default=PROXIES[0], choices=PROXIES, help="the supernet's proxy data")
+    parser.add_argument("--out", default="runs", help="output folder (also holds the measurement database)")
+    args = parser.parse_args(argv)
+
+    npu = isinstance(get_target(args.target), NpuTarget)
+    if not npu and args.target != "cortex-a72":
+        raise ValueError(f"--target {args.target!r}: use an NPU preset (npu-eyeriss, npu-nvdla, npu-tpu) or cortex-a72")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    oracle = supernet_oracle_for(resolve_network("mobilenet_v2"), epochs=args.supernet_epochs, proxy=args.proxy)
+    db_path = out / "measurements.sqlite"
+    oracle.use_database(MeasurementDB(db_path))
+    plan = NPU_SEARCHES if npu else CPU_SEARCHES
+    searches = []
+    for name, target, dataflow, architecture in plan:
+        print(f"== {name} on {target} ({args.timesteps} steps)", flush=True)
+        searches.append(run_search(name, target, dataflow, architecture, oracle, args.timesteps, args.seed, db_path,
+                                   out / f"nas-{args.target}", args.tradeoff_ms))
+        best = searches[-1].best
+        print(f"   choice {best['latency_ms']:.3f} ms, {100 * best['accuracy']:.2f}% "
+              f"({searches[-1].episodes} episodes, {searches[-1].seconds:.0f} s)", flush=True)
+    comparison = compare_npu(searches) if npu else compare_cpu(searches)
+    report = {
+        "experiment": f"latency-aware NAS of MobileNetV2 on {args.target}, MaskablePPO, trade-off reward",
+        "timesteps_per_search": args.timesteps,
+        "seed": args.seed,
+        "accuracy": {"provenance": oracle.provenance, "supernet": oracle.weights_id,
+                     "original_mobilenet_v2_fp32": oracle.baseline_accuracy},
+        "searches": [s.to_dict() for s in searches],
+        "comparison": comparison,
+    }
+    write_json(out / f"nas-{args.target}.json", report)
+    title = f"NAS on {args.target}: {args.timesteps} steps per search, seed {args.seed}"
+    figure(searches, title).savefig(out / f"nas-{args.target}.png", dpi=120)
+    print(json.dumps(comparison, indent=2))
+    print(f"wrote {out / f'nas-{args.target}.json'} and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
