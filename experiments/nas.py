@@ -65,7 +65,12 @@ class Search:
         return {
             "name": self.name, "target": self.target, "dataflow": self.dataflow, "architecture_searched": self.architecture,
             "episodes": self.episodes, "seconds": round(self.seconds, 1),
-            "choice": {k: self.best.get(k) for k in keep}, "pareto": self.front.to_dict(),
+            "choice": {k: self.best.get(k) for k in keep},
+            "accuracy_latency_front": [
+                {"latency_ms": p.latency_ms, "accuracy": p.accuracy, "architecture": p.architecture}
+                for p in accuracy_latency_front(self)
+            ],
+            "pareto": self.front.to_dict(),
         }
 
 
@@ -94,9 +99,22 @@ def run_search(
                   time.perf_counter() - start)
 
 
+def accuracy_latency_front(search: Search) -> list[Point]:
+    """The points no other evaluated point beats in both accuracy and latency, by latency (the search's
+    front also weighs energy; every point of this one is on it)."""
+
+    def beaten(p: Point) -> bool:
+        return any(
+            q.accuracy >= p.accuracy and q.latency_ms <= p.latency_ms and (q.accuracy, q.latency_ms) != (p.accuracy, p.latency_ms)
+            for q in search.front.front
+        )
+
+    return sorted((p for p in search.front.front if not beaten(p)), key=lambda p: p.latency_ms)
+
+
 def fastest_at_least(search: Search, accuracy: float) -> Point | None:
-    """The fastest front point of `search` with at least `accuracy` (None if it has none)."""
-    points = [p for p in search.front.front if p.accuracy >= accuracy]
+    """The fastest point `search` evaluated with at least `accuracy` (None if it has none)."""
+    points = [p for p in accuracy_latency_front(search) if p.accuracy >= accuracy]
     return min(points, key=lambda p: p.latency_ms) if points else None
 
 
@@ -121,8 +139,10 @@ def compare_npu(searches: list[Search]) -> dict[str, Any]:
 def compare_cpu(searches: list[Search]) -> dict[str, Any]:
     """Does the joint front dominate (weakly) every point of the fixed-architecture front?"""
     joint, fixed = searches
+    joint_front = accuracy_latency_front(joint)
     covered = [
-        any(j.accuracy >= f.accuracy and j.latency_ms <= f.latency_ms for j in joint.front.front) for f in fixed.front.front
+        any(j.accuracy >= f.accuracy and j.latency_ms <= f.latency_ms for j in joint_front)
+        for f in accuracy_latency_front(fixed)
     ]
     return {
         "fixed_front_points": len(covered),
@@ -141,14 +161,16 @@ def figure(searches: list[Search], title: str):
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, s in enumerate(searches):
-        front = s.front.front
+        front = accuracy_latency_front(s)
+        evaluated = s.front.points
+        ax.scatter([p[1] for p in evaluated], [100 * p[0] for p in evaluated], s=3, color=f"C{i}", alpha=0.15)
         ax.step([p.latency_ms for p in front], [100 * p.accuracy for p in front], "o-", where="post", color=f"C{i}",
                 markersize=3, label=f"{s.name} ({s.episodes} episodes)")
         ax.scatter([s.best["latency_ms"]], [100 * s.best["accuracy"]], marker="*", s=160, color=f"C{i}", zorder=3)
     ax.set_xscale("log")
     ax.set_xlabel("latency (ms, log scale)")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title + "\n(dots: every deployment evaluated; line: its accuracy-latency front; star: its choice)", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig

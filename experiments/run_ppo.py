@@ -45,6 +45,7 @@ from envs.accuracy import AccuracyOracle, oracle_for
 from envs.env import DeploymentEnv
 from envs.make import make_cost_table, make_deployment_env, resolve_network
 from envs.space import Choice
+from envs.accuracy_predictor import PredictedAccuracy, fit_predictor
 from envs.subnet_accuracy import PROXIES, SupernetOracle, supernet_oracle_for
 from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
 
@@ -91,6 +92,8 @@ class Config:
     """with --arch: epochs of supernet training (once; the trained supernet is cached)"""
     proxy: str = PROXIES[0]
     """with --arch and no --image-folder: the supernet's built-in proxy data (shifted-digits, digits)"""
+    predictor_samples: int = 0
+    """with --arch: fit an accuracy predictor on this many measured sub-networks and search with its predictions (exports stay measured)"""
     restart_supernet: bool = False
     """with --arch: train the supernet from scratch, replacing a corrupt or unfinished checkpoint"""
 
@@ -112,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
             continue
         kind = {
             "timesteps": int, "seed": int, "checkpoint_every": int, "budget_ms": float, "tradeoff": float,
-            "zigzag_lpf": int, "supernet_epochs": int,
+            "zigzag_lpf": int, "supernet_epochs": int, "predictor_samples": int,
         }.get(f.name, str)
         parser.add_argument(flag, type=kind, default=default, help=doc[f.name])
     return Config(**vars(parser.parse_args(argv)))
@@ -197,11 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     reused = oracle.use_database(costs.db)
     if reused:
         print(f"reusing {reused} accuracies measured before in {db_path}")
+    search_accuracy: AccuracyOracle | SupernetOracle | PredictedAccuracy = oracle
+    if config.predictor_samples:
+        if not isinstance(oracle, SupernetOracle):
+            raise ValueError("--predictor-samples predicts sub-network accuracy: it needs --arch")
+        search_accuracy = fit_predictor(oracle, config.predictor_samples, seed=config.seed)
+        report = search_accuracy.report
+        print(f"accuracy predictor: Spearman {report.spearman:.3f}, Kendall {report.kendall:.3f}, "
+              f"mean error {100 * report.mean_abs_error:.2f} points on {report.held_out} held-out sub-networks")
     mode = "tradeoff" if config.tradeoff is not None else "budget"
 
     def make_env():
         return make_deployment_env(
-            network, config.target, mode, config.budget_ms, config.tradeoff, accuracy=oracle, costs=costs,
+            network, config.target, mode, config.budget_ms, config.tradeoff, accuracy=search_accuracy, costs=costs,
             dataflow=config.dataflow, architecture=config.arch,
         )
 
@@ -217,11 +228,18 @@ def main(argv: list[str] | None = None) -> int:
         if info.get("architecture"):  # the network the search chose
             chosen = probe.arch.network_of(probe.arch_space.parse(info["architecture"]))
         cost = evaluate(chosen, choices, probe.costs)
+        accuracy, provenance = info["accuracy"], info["accuracy_provenance"]
+        if search_accuracy is not oracle:  # the search saw predictions; the export is measured
+            blocks = probe.arch_space.parse(info["architecture"])
+            accuracy = oracle.accuracy([choices[l.name].quant for l in chosen.searchable_layers], blocks)
+            provenance = oracle.provenance
         doc = deployment_dict(
-            chosen, config.target, probe.costs.fingerprint, choices, cost, info["accuracy"],
-            info["accuracy_provenance"], probe.baseline, oracle.baseline_accuracy, probe.space.baseline_choice(),
-            info.get("architecture"),
+            chosen, config.target, probe.costs.fingerprint, choices, cost, accuracy, provenance,
+            probe.baseline, oracle.baseline_accuracy, probe.space.baseline_choice(), info.get("architecture"),
         )
+        if search_accuracy is not oracle:
+            doc["totals"]["predicted_accuracy"] = info["accuracy"]
+            doc["totals"]["predictor"] = search_accuracy.report.to_dict()
         if isinstance(costs.backend, ZigZagBackend):  # simulated layers: cycles and MAC utilisation too
             for entry in doc["layers"]:
                 if entry["choice"] is not None:

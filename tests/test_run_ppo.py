@@ -219,6 +219,7 @@ def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board
         (["--dataflow", "fastest"], "use 'agent', 'fixed' or a FlowOptimizer criterion"),
         (["--arch", "--net", "mobilenet_v1"], "network 'mobilenet_v1' has no architecture space"),
         (["--arch", "--proxy", "mnist"], "unknown proxy data set 'mnist'"),
+        (["--predictor-samples", "50"], "--predictor-samples predicts sub-network accuracy: it needs --arch"),
     ],
 )
 def test_bad_arguments_give_a_clear_error_and_no_traceback(args, message, tmp_path):

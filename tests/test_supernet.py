@@ -150,3 +150,21 @@ def test_training_command_names_a_corrupt_checkpoint_and_bad_image_folders(tmp_p
     Image.new("RGB", (8, 8)).save(one / "cat" / "a.png")
     done = _command("--image-folder", str(one), "--cache-dir", str(tmp_path))
     assert done.returncode == 2 and "has one class ('cat')" in done.stderr
+
+
+def test_accuracy_predictor_reports_its_rank_correlation_on_held_out_subnetworks(supernet_oracle):
+    from envs.accuracy_predictor import fit_predictor
+
+    predictor = fit_predictor(supernet_oracle, samples=40, held_out=0.25, seed=0)
+    report = predictor.report
+    assert (report.samples, report.held_out) == (40, 10)
+    assert -1 <= report.spearman <= 1 and -1 <= report.kendall <= 1 and 0 <= report.mean_abs_error <= 1
+    assert predictor.provenance.startswith("predicted:mlp@40/spearman=") and predictor.provenance.endswith("/supernet")
+    assert predictor.baseline_accuracy == supernet_oracle.baseline_accuracy  # the reference stays measured
+    blocks = SPACE.sample(np.random.default_rng(11))
+    n = len(supernet_oracle.supernet.subnetwork(blocks).searchable_layers)
+    misses = supernet_oracle.cache_info().misses
+    assert 0 <= predictor.accuracy(["int8"] * n, blocks) <= 1
+    assert supernet_oracle.cache_info().misses == misses  # predicting measures nothing
+    with pytest.raises(ValueError, match=f"expected {n} precisions"):
+        predictor.accuracy(["int8"] * (n + 1), blocks)
