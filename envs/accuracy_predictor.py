@@ -39,7 +39,8 @@ def features(space: ArchSpace, outside: Sequence[str], blocks: tuple, layer_name
         per_block[block, -1] += precision == "int8"
     per_block[:, -2:] /= np.maximum(counts, 1)[:, None]
     for block, option in enumerate(blocks):
-        per_block[block, space.OPTIONS.index(option)] = 1.0
+        if option in space.OPTIONS:  # a fixed block (MobileNetV2's first) has no option to encode
+            per_block[block, space.OPTIONS.index(option)] = 1.0
     return np.concatenate([per_block.ravel(), rest.ravel()])
 
 
@@ -111,7 +112,7 @@ def fit_predictor(oracle: SupernetOracle, samples: int = 300, held_out: float = 
         y.append(oracle.accuracy(precisions, blocks))
     x, y = np.array(x), np.array(y)
     split = int(round(samples * (1 - held_out)))
-    model = make_pipeline(StandardScaler(), MLPRegressor((64, 64), alpha=1e-2, max_iter=2000, random_state=seed))
+    model = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(64, 64), alpha=1e-2, max_iter=2000, random_state=seed))
     model.fit(x[:split], y[:split])
     predicted = model.predict(x[split:])
     report = PredictorReport(

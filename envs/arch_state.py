@@ -33,6 +33,10 @@ class ArchitectureState:
                 self.block_layers[block, option] = tuple(
                     l for l in self.network_of(tuple(blocks)).searchable_layers if space.block_of(l.name) == block
                 )
+        self._first_layers: dict[int, list[Layer]] = {block: [] for block in range(space.blocks)}
+        for (block, _), layers in self.block_layers.items():
+            if layers:
+                self._first_layers[block].append(layers[0])
         self.first_of_block = {
             layers[0].name: block for (block, option), layers in self.block_layers.items() if option == space.ORIGINAL[block]
         }
@@ -69,7 +73,7 @@ class ArchitectureState:
 
     def first_layers(self, block: int) -> list[Layer]:
         """The first layer of every option of `block` that has layers."""
-        return [layers[0] for (b, _), layers in self.block_layers.items() if b == block and layers]
+        return self._first_layers[block]
 
     def all_layers(self) -> list[Layer]:
         """Every searchable layer some architecture of the space has (distinct by name and shape)."""

@@ -259,6 +259,21 @@ def test_flow_optimizer_picks_each_layers_fastest_dataflow(tiny, tiny_oracle, tm
     assert info["choices"] == {b.layer: b.choice.to_dict() for b in best}
 
 
+def test_fixed_dataflow_mode_keeps_the_npus_own_dataflow_and_simulates_only_it(tiny, tiny_oracle, tmp_path, closing):
+    costs = make_cost_table("npu-eyeriss", tmp_path / "m.sqlite", settings=QUICK)
+    closing(costs.backend)
+    env = make_deployment_env(tiny, "npu-eyeriss", mode="tradeoff", accuracy=tiny_oracle, costs=costs, dataflow="fixed")
+    own = costs.space.dataflows.index(NpuDataflow("rs", "stationary"))
+    flows = env.action_masks()[env._offsets[2]:]
+    assert flows[own] and flows.sum() == 1
+    simulated = costs.backend.simulations
+    stored = [key for _, key, _ in costs.db.export_rows(costs.fingerprint)]
+    assert simulated > 0 and stored and all(key.endswith("/npu:rs:stationary") for key in stored)
+    _, info = env.replay({l.name: direct("fp16 ws:auto") for l in tiny.searchable_layers})
+    assert {c["dataflow"]["spatial"] for c in info["choices"].values()} == {"rs"}
+    assert costs.backend.simulations == simulated  # nothing outside its own dataflow was simulated
+
+
 def test_the_fingerprint_changes_with_what_changes_a_number_only():
     spec = load_preset("npu-eyeriss")
     base = ZigZagBackend(spec, SimulationSettings(lpf_limit=4))
