@@ -115,8 +115,8 @@ class DeploymentEnv(gym.Env):
     network: the network to deploy. space: the target's search space. costs: the target's cost table.
     accuracy: the accuracy oracle (with `arch_space`, an `ArchAccuracy`). reward: scoring
     configuration. dataflow: "agent" (the action chooses it), "fixed" (the target's own) or a
-    FlowOptimizer criterion ("latency", "energy", "edp"). arch_space: the network's architecture space, for joint search
-    (`network` must be its original architecture).
+    FlowOptimizer criterion ("latency", "energy", "edp"). arch_space: the network's architecture
+    space, for joint search (`network` must be its original architecture).
     """
 
     metadata = {"render_modes": []}
@@ -156,7 +156,7 @@ class DeploymentEnv(gym.Env):
         self._max_threads = max(d.threads for d in space.dataflows)
         self._offsets = np.cumsum((0,) + tuple(self._nvec[:-1]))
         self._features: dict[str, np.ndarray] = {}
-        self._masks: dict[str, np.ndarray] = {}  # (quantization x algorithm, dataflow) part, by layer shape
+        self._masks: dict[str, np.ndarray] = {}  # by layer shape; without the architecture part in joint search
         self._fastest: dict[str, float] = {}
         self.baseline_choices = uniform_choices(network, lambda layer: space.baseline_choice())
         self.baseline: NetworkCost = evaluate(network, self.baseline_choices, costs)

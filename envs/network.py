@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Any, Iterable
 
 Shape = tuple[int, int, int]  # (channels, height, width), batch 1
@@ -134,9 +135,9 @@ class Layer:
         inputs = self.in_elements * max(1, len(self.inputs) if self.op in (Op.ADD, Op.CONCAT) else 1)
         return (inputs + self.weight_elements + self.out_elements) * element_bytes
 
-    @property
+    @cached_property
     def signature(self) -> str:
-        """What determines this layer's cost, independent of its name (used as a database key)."""
+        """What determines this layer's cost, independent of its name (used as a database key; computed once)."""
         parts = [
             self.op.value,
             "x".join(map(str, self.in_shape)),

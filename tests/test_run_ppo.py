@@ -190,6 +190,19 @@ def test_joint_search_exports_the_network_it_chose_with_its_architecture(tmp_pat
     assert "choices/block" in acc.Tags()["histograms"] and "pareto/front" in acc.Tags()["images"]
 
 
+def test_joint_search_with_the_predictor_reports_it_and_exports_measured_accuracy(tmp_path):
+    args = ("--arch", "--proxy", "digits", "--supernet-epochs", "1", "--predictor-samples", "16", "--timesteps", "1024",
+            "--logdir", str(tmp_path))
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "accuracy predictor: Spearman" in result.stdout and "on 4 held-out sub-networks" in result.stdout
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    totals = json.loads((folder / "deployment.json").read_text())["totals"]
+    assert totals["accuracy_provenance"].startswith("measured:") and totals["accuracy_provenance"].endswith("/supernet")
+    assert 0 <= totals["predicted_accuracy"] <= 1 and totals["predictor"]["samples"] == 16
+    assert "predicted:ridge@16/" in result.stdout  # the summary names where the search's accuracy came from
+
+
 def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board(tmp_path):
     from tests.tvm_rpc import RpcCluster, free_port
 

@@ -159,7 +159,7 @@ def test_accuracy_predictor_reports_its_rank_correlation_on_held_out_subnetworks
     report = predictor.report
     assert (report.samples, report.held_out) == (40, 10)
     assert -1 <= report.spearman <= 1 and -1 <= report.kendall <= 1 and 0 <= report.mean_abs_error <= 1
-    assert predictor.provenance.startswith("predicted:mlp@40/spearman=") and predictor.provenance.endswith("/supernet")
+    assert predictor.provenance.startswith("predicted:ridge@40/spearman=") and predictor.provenance.endswith("/supernet")
     assert predictor.baseline_accuracy == supernet_oracle.baseline_accuracy  # the reference stays measured
     blocks = SPACE.sample(np.random.default_rng(11))
     n = len(supernet_oracle.supernet.subnetwork(blocks).searchable_layers)
