@@ -65,7 +65,7 @@ class Supernet(nn.Module):
         if missing:
             raise ValueError(f"sub-network {module.network.name!r} has tensors the supernet lacks: {missing[:5]}")
         return {
-            name: tensor if tensor.dim() == 0 else shared_slice(mine[name], tuple(tensor.shape))
+            name: mine[name] if tensor.dim() == 0 else shared_slice(mine[name], tuple(tensor.shape))
             for name, tensor in theirs.items()
         }
 
@@ -81,8 +81,10 @@ class Supernet(nn.Module):
 
         With `recalibrate_on` (training images), its batch-norm statistics are re-estimated on them:
         statistics shared by every sub-network fit none of them."""
-        module = build_module(self.subnetwork(tuple(blocks)))
-        module.load_state_dict({name: t.detach().clone() for name, t in self.shared_tensors(module).items()})
+        with torch.device("meta"):  # no initialisation: it would draw from (and so change) torch's global RNG
+            module = build_module(self.subnetwork(tuple(blocks)))
+        shared = self.shared_tensors(module)
+        module.load_state_dict({name: t.detach().clone() for name, t in shared.items()}, assign=True)
         if recalibrate_on is not None:  # channels-last runs the 1x1 convolutions as GEMMs: ~4x faster here
             module = module.to(memory_format=torch.channels_last)
             recalibrate_batch_norm(module, recalibrate_on.contiguous(memory_format=torch.channels_last))

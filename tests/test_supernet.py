@@ -168,3 +168,14 @@ def test_accuracy_predictor_reports_its_rank_correlation_on_held_out_subnetworks
     assert supernet_oracle.cache_info().misses == misses  # predicting measures nothing
     with pytest.raises(ValueError, match=f"expected {n} precisions"):
         predictor.accuracy(["int8"] * (n + 1), blocks)
+
+
+def test_answering_a_query_leaves_torchs_random_state_alone(supernet_oracle):
+    """A search's agent samples from torch's global RNG: the oracle must not draw from it, or the
+    same seed would search differently with a warm cache than with a cold one."""
+    blocks = SPACE.sample(np.random.default_rng(99))
+    n = len(supernet_oracle.supernet.subnetwork(blocks).searchable_layers)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    supernet_oracle.accuracy(["int8"] * n, blocks)
+    assert torch.equal(torch.get_rng_state(), before)
