@@ -59,10 +59,12 @@ def env_steps_per_second(episodes: int = 400) -> dict:
     rng = np.random.default_rng(0)
     plans = []
     for _ in range(20):  # 20 distinct deployments, replayed: costs and accuracies are then warm
-        plan = []
-        for layer, mask in zip(env.layers, env._masks):
-            parts = np.split(mask, np.cumsum(env.space.nvec)[:-1])
+        plan, done = [], False
+        env.reset()
+        while not done:
+            parts = np.split(env.action_masks(), np.cumsum(env.action_space.nvec)[:-1])
             plan.append(np.array([rng.choice(np.flatnonzero(p)) for p in parts]))
+            done = env.step(plan[-1])[2]
         plans.append(plan)
     for plan in plans:  # warm-up
         env.reset()
