@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from envs.accuracy import TRAIN_BATCH_SIZE, Dataset, _save_atomically, default_cache_dir
-from envs.arch_space import ArchSpace, arch_space_for
+from envs.arch_space import ArchSpace
 from envs.supernet import Supernet
 
 log = logging.getLogger(__name__)
@@ -97,20 +97,6 @@ def _load_checkpoint(path: Path, spec: SupernetSpec) -> dict[str, Any]:
     if saved["spec"] != spec.key:
         raise SupernetCheckpointError(f"supernet checkpoint {path} is for {saved['spec']}, not {spec.key}")
     return saved
-
-
-def load_supernet(spec: SupernetSpec, cache_dir: Path | None = None) -> tuple[Supernet, dict[str, Any]] | None:
-    """The finished supernet of `spec` and its checkpoint, None if there is none or it is unfinished;
-    `SupernetCheckpointError` if the file is unusable."""
-    path = spec.path(cache_dir)
-    if not path.exists():
-        return None
-    saved = _load_checkpoint(path, spec)
-    if not saved["complete"]:
-        return None
-    supernet = Supernet(arch_space_for(spec.space), spec.input_size, spec.num_classes)
-    supernet.body.load_state_dict(saved["state_dict"])
-    return supernet.eval(), saved
 
 
 def train_supernet(
