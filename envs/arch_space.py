@@ -10,6 +10,7 @@ block gives a `Network` whose layers keep the original names.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Sequence
 
@@ -21,6 +22,8 @@ from envs.zoo import MOBILENET_V2_BLOCKS, MOBILENET_V2_SETTING, RESNET18_BLOCKS,
 KERNELS = (3, 5, 7)
 EXPANSIONS = (3, 4, 6)
 WIDTH_RATIOS = (0.5, 0.75, 1.0)
+NETWORKS_KEPT = 1024
+"""Networks of recent architectures kept by `ArchSpace.network`."""
 
 
 class ArchSpace:
@@ -33,6 +36,12 @@ class ArchSpace:
     blocks: int = 0
     name: str = ""
     """The built-in network (`envs.zoo`) whose blocks this space varies."""
+
+    def __eq__(self, other: object) -> bool:  # a space is its class: instances share memoised networks
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
 
     def options(self, block: int) -> tuple:
         """Valid settings of block `block` (0-based)."""
@@ -94,8 +103,10 @@ class ArchSpace:
                 valid = ", ".join(map(self.label, self.options(i)))
                 raise ValueError(f"block {self.block_name(i)} cannot be {self.label(setting)}; its options are {valid}")
 
+    @functools.lru_cache(maxsize=NETWORKS_KEPT)  # noqa: B019 - spaces are few and live as long as the program
     def network(self, blocks: tuple, input_size: int = 224, num_classes: int = 1000) -> Network:
-        """The network with these block settings (checked first)."""
+        """The network with these block settings (checked first); memoised, as episodes and queries
+        revisit architectures."""
         self.check(blocks)
         return self.build(blocks, input_size, num_classes)
 

@@ -8,13 +8,8 @@ shape is fixed by the space), so they are built once per (block, option).
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from envs.arch_space import ArchSpace
 from envs.network import Layer, Network
-
-NETWORKS_KEPT = 512
-"""Networks of recent architectures kept for reuse."""
 
 
 class ArchitectureState:
@@ -24,7 +19,6 @@ class ArchitectureState:
         self.space = space
         self.input_size = input_size
         self.num_classes = num_classes
-        self._networks: OrderedDict[tuple, Network] = OrderedDict()
         self.block_layers: dict[tuple[int, object], tuple[Layer, ...]] = {}
         for block in range(space.blocks):
             for option in space.options(block):
@@ -49,15 +43,8 @@ class ArchitectureState:
         self.network = self.network_of(tuple(self.blocks))
 
     def network_of(self, blocks: tuple) -> Network:
-        """The network of a setting of every block (memoised)."""
-        network = self._networks.get(blocks)
-        if network is None:
-            network = self._networks[blocks] = self.space.network(blocks, self.input_size, self.num_classes)
-            if len(self._networks) > NETWORKS_KEPT:
-                self._networks.popitem(last=False)
-        else:
-            self._networks.move_to_end(blocks)
-        return network
+        """The network of a setting of every block."""
+        return self.space.network(blocks, self.input_size, self.num_classes)
 
     def decision(self, layer: Layer) -> int | None:
         """The block `layer` decides (it is the first layer of an undecided block), else None."""
