@@ -11,6 +11,12 @@ and (c) at equal or better accuracy: the fastest network (a) evaluated whose acc
 that of (b)'s (or (c)'s) choice. On a CPU the joint search runs against the same search with the
 architecture fixed to MobileNetV2, and the joint Pareto front is checked to dominate the fixed one.
 
+Random architectures are the reference of every architecture search: `--random-architectures` of
+them, drawn once, each deployed as fast as its search allows in int8 (dynamic programming over the
+choices that search may make) and scored with the same reward. On an NPU they give, at every accuracy
+level, what a search that had tried exactly those networks would gain from per-layer dataflows, and
+each network's own gain; on a CPU, how much of the random front the joint search's front dominates.
+
 Writes <out>/nas-<target>.json (every search's choice, Pareto front and settings; the comparison)
 and nas-<target>.png (the fronts and the choices); TensorBoard runs go to <out>/nas-<target>/.
 """
@@ -20,15 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from agents.callbacks import DeploymentTensorBoard
 from agents.pareto import ParetoFront, Point
 from agents.ppo import load_hyperparams, make_agent, make_vec_env
 from deploy.cli import run_main
 from deploy.db import MeasurementDB
+from deploy.deployment import best_choices
 from deploy.export import write_json
 from deploy.targets import NpuTarget, get_target
 from envs.env import DeploymentEnv
@@ -61,6 +70,8 @@ class Search:
     best: dict[str, Any]
     episodes: int
     seconds: float
+    samples: list[Point] = field(default_factory=list)
+    """A random search's networks, in the order drawn (the same order in every random search)."""
 
     def to_dict(self) -> dict[str, Any]:
         keep = ("latency_ms", "accuracy", "energy_mj", "speedup", "architecture", "network", "latency_provenance", "choices")
@@ -76,20 +87,28 @@ class Search:
         }
 
 
-def run_search(
-    name: str, target: str, dataflow: str, architecture: bool, oracle: SupernetOracle, timesteps: int, seed: int,
-    db_path: Path, tb_dir: Path, tradeoff_ms: float | None,
-) -> Search:
-    """One MaskablePPO search of MobileNetV2 on `target` (trade-off reward), returning its front and choice."""
+def search_env(
+    target: str, dataflow: str, architecture: bool, oracle: SupernetOracle, db_path: Path, tradeoff_ms: float | None,
+) -> Callable[[], DeploymentEnv]:
+    """A factory of the environment every search on `target` uses (trade-off reward, one shared cost table)."""
     costs = make_cost_table(target, db_path)
-    hp = load_hyperparams("mobilenet_v2")
 
-    def make_env():
+    def make_env() -> DeploymentEnv:
         return make_deployment_env(
             "mobilenet_v2", target, "tradeoff", target_ms=tradeoff_ms, accuracy=oracle, costs=costs,
             dataflow=dataflow, architecture=architecture,
         )
 
+    return make_env
+
+
+def run_search(
+    name: str, target: str, dataflow: str, architecture: bool, oracle: SupernetOracle, timesteps: int, seed: int,
+    db_path: Path, tb_dir: Path, tradeoff_ms: float | None,
+) -> Search:
+    """One MaskablePPO search of MobileNetV2 on `target` (trade-off reward), returning its front and choice."""
+    make_env = search_env(target, dataflow, architecture, oracle, db_path, tradeoff_ms)
+    hp = load_hyperparams("mobilenet_v2")
     start = time.perf_counter()
     env = make_vec_env(make_env, hp.n_envs)
     agent = make_agent(env, hp, seed, str(tb_dir))
@@ -99,6 +118,30 @@ def run_search(
     agent.learn(timesteps, callback=callback, tb_log_name=name.split(":")[0])
     return Search(name, target, dataflow, architecture, callback.pareto, callback.best.info, callback.episodes,
                   time.perf_counter() - start)
+
+
+def random_search(
+    name: str, target: str, dataflow: str, oracle: SupernetOracle, architectures: list[tuple[str, ...]],
+    db_path: Path, tradeoff_ms: float | None,
+) -> Search:
+    """Every architecture of `architectures` (block labels) deployed as fast as the search `dataflow`
+    may in int8 and scored as one episode of its environment; the choice is the highest-reward one."""
+    env = search_env(target, dataflow, True, oracle, db_path, tradeoff_ms)()
+    own = env.space.baseline_choice().dataflow
+
+    def allowed(choice: Choice) -> bool:
+        return choice.quant == "int8" and (dataflow != "fixed" or choice.dataflow == own)
+
+    start = time.perf_counter()
+    front, samples, best = ParetoFront(), [], (-np.inf, {})
+    for labels in architectures:
+        network = env.arch.network_of(env.arch_space.parse(labels))
+        reward, info = env.replay(best_choices(network, env.costs, allowed), labels)
+        point = Point(info["accuracy"], info["latency_ms"], info.get("energy_mj"), info["choices"], info["architecture"])
+        front.add(point)
+        samples.append(point)
+        best = max(best, (reward, info), key=lambda b: b[0])
+    return Search(name, target, dataflow, True, front, best[1], len(architectures), time.perf_counter() - start, samples)
 
 
 def accuracy_latency_front(search: Search) -> list[Point]:
@@ -120,13 +163,14 @@ def fastest_at_least(search: Search, accuracy: float) -> Point | None:
     return min(points, key=lambda p: p.latency_ms) if points else None
 
 
-def compare_npu(searches: list[Search], per_layer_best: DeploymentEnv) -> dict[str, Any]:
+def compare_npu(searches: list[Search], per_layer_best: DeploymentEnv, randoms: list[Search]) -> dict[str, Any]:
     """(a) against (b) and (c), each at the accuracy of the other's choice; and, to separate what the
     dataflow gives from what the architecture gives, the other's chosen network (same architecture and
-    precisions) with per-layer best dataflows (`per_layer_best` replays it)."""
+    precisions) with per-layer best dataflows (`per_layer_best` replays it); with the random
+    architectures of each search (`randoms`, in the same order), their `random_reference`."""
     best, *fixed = searches
     rows = {}
-    for other in fixed:
+    for i, other in enumerate(fixed, start=1):
         theirs = other.best
         mine = fastest_at_least(best, theirs["accuracy"])
         choices = {name: Choice.from_dict(c) for name, c in theirs["choices"].items()}
@@ -141,33 +185,72 @@ def compare_npu(searches: list[Search], per_layer_best: DeploymentEnv) -> dict[s
             "our_architecture": None if mine is None else mine.architecture,
             "speedup": None if mine is None else theirs["latency_ms"] / mine.latency_ms,
         }
+        if randoms:
+            rows[other.name]["random_architectures"] = random_reference(randoms[0], randoms[i])
     return {"per-layer best vs fixed, at equal or better accuracy": rows}
 
 
-def compare_cpu(searches: list[Search]) -> dict[str, Any]:
-    """Does the joint front dominate (weakly) every point of the fixed-architecture front?"""
+def dominated(front: list[Point], by: list[Point]) -> list[bool]:
+    """For each point of `front`, whether some point of `by` is at least as accurate and as fast."""
+    return [any(b.accuracy >= f.accuracy and b.latency_ms <= f.latency_ms for b in by) for f in front]
+
+
+def compare_cpu(searches: list[Search], random: Search | None = None) -> dict[str, Any]:
+    """Does the joint front dominate (weakly) every point of the fixed-architecture front, and how much
+    of the random architectures' front?"""
     joint, fixed = searches
     joint_front = accuracy_latency_front(joint)
-    covered = [
-        any(j.accuracy >= f.accuracy and j.latency_ms <= f.latency_ms for j in joint_front)
-        for f in accuracy_latency_front(fixed)
-    ]
-    return {
+    covered = dominated(accuracy_latency_front(fixed), joint_front)
+    verdict = {
         "fixed_front_points": len(covered),
         "dominated_by_joint_front": sum(covered),
         "joint_front_dominates_fixed": all(covered),
         "joint_choice_speedup_over_fixed_choice": fixed.best["latency_ms"] / joint.best["latency_ms"],
     }
+    if random is not None:
+        covered = dominated(accuracy_latency_front(random), joint_front)
+        verdict["random_architectures"] = {
+            "networks": random.episodes, "front_points": len(covered), "dominated_by_joint_front": sum(covered),
+        }
+    return verdict
 
 
-def figure(searches: list[Search], title: str):
-    """Every search's Pareto front, with its choice starred."""
+def spread(values: np.ndarray) -> dict[str, float]:
+    """Smallest, median and largest of `values`."""
+    return {"min": float(values.min()), "median": float(np.median(values)), "max": float(values.max())}
+
+
+def random_reference(ours: Search, theirs: Search) -> dict[str, Any]:
+    """Per-layer best dataflows (`ours`) against a fixed dataflow (`theirs`) on the same random networks:
+    at every accuracy level of `theirs`' front, the fastest of `ours` at least as accurate; and the gain
+    on each network itself. A search that tried exactly these networks could gain no more."""
+    levels = []
+    for p in accuracy_latency_front(theirs):
+        mine = fastest_at_least(ours, p.accuracy)  # the same network is always a candidate
+        levels.append({
+            "accuracy": p.accuracy, "their_latency_ms": p.latency_ms, "our_latency_ms": mine.latency_ms,
+            "our_accuracy": mine.accuracy, "speedup": p.latency_ms / mine.latency_ms,
+            "same_architecture": mine.architecture == p.architecture,
+        })
+    gains = np.array([t.latency_ms / o.latency_ms for o, t in zip(ours.samples, theirs.samples)])
+    speedups = np.array([level["speedup"] for level in levels])
+    return {
+        "networks": len(gains),
+        "speedup_at_equal_or_better_accuracy": spread(speedups),
+        "per_network_speedup": spread(gains),
+        "levels": levels,
+    }
+
+
+def figure(searches: list[Search], randoms: list[Search | None], title: str):
+    """Every search's Pareto front, with its choice starred, and its random architectures' front dashed."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     for i, s in enumerate(searches):
         front = accuracy_latency_front(s)
         evaluated = s.front.points
@@ -175,10 +258,18 @@ def figure(searches: list[Search], title: str):
         ax.step([p.latency_ms for p in front], [100 * p.accuracy for p in front], "o-", where="post", color=f"C{i}",
                 markersize=3, label=f"{s.name} ({s.episodes} episodes)")
         ax.scatter([s.best["latency_ms"]], [100 * s.best["accuracy"]], marker="*", s=160, color=f"C{i}", zorder=3)
+        if randoms[i] is not None:
+            front = accuracy_latency_front(randoms[i])
+            ax.step([p.latency_ms for p in front], [100 * p.accuracy for p in front], "--", where="post", color=f"C{i}",
+                    linewidth=1, label=f"{randoms[i].episodes} random architectures, int8, fastest")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("latency (ms, log scale)")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title(title + "\n(dots: every deployment evaluated; line: its accuracy-latency front; star: its choice)", fontsize=9)
+    ax.set_title(title + "\n(dots: every deployment evaluated; line: its accuracy-latency front; star: its choice;\n"
+                 "dashed: the front of random architectures, each deployed as fast as that search allows in int8)", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
@@ -192,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tradeoff-ms", type=float, help="target latency of the trade-off reward (default: each environment's)")
     parser.add_argument("--supernet-epochs", type=int, default=DEFAULT_SUPERNET_EPOCHS, help="supernet training epochs")
     parser.add_argument("--proxy", default=PROXIES[0], choices=PROXIES, help="the supernet's proxy data")
+    parser.add_argument("--random-architectures", type=int,
+                        help="random architectures as every architecture search's reference (default: as many as the first search's episodes; 0: none)")
     parser.add_argument("--out", default="runs", help="output folder (also holds the measurement database)")
     args = parser.parse_args(argv)
 
@@ -212,13 +305,23 @@ def main(argv: list[str] | None = None) -> int:
         best = searches[-1].best
         print(f"   choice {best['latency_ms']:.3f} ms, {100 * best['accuracy']:.2f}% "
               f"({searches[-1].episodes} episodes, {searches[-1].seconds:.0f} s)", flush=True)
+    count = searches[0].episodes if args.random_architectures is None else args.random_architectures
+    space, rng = oracle.space, np.random.default_rng(args.seed)
+    architectures = [space.labels(space.sample(rng)) for _ in range(count)]
+    randoms: list[Search | None] = [None] * len(plan)
+    for i, (name, target, dataflow, architecture) in enumerate(plan):
+        if architecture and architectures:
+            randoms[i] = random_search(f"random architectures, {name}", target, dataflow, oracle, architectures, db_path,
+                                       args.tradeoff_ms)
+            print(f"   {count} random architectures for {name}: choice {randoms[i].best['latency_ms']:.3f} ms, "
+                  f"{100 * randoms[i].best['accuracy']:.2f}% ({randoms[i].seconds:.0f} s)", flush=True)
     if npu:
         costs = make_cost_table(NPU_SEARCHES[0][1], db_path)
         per_layer_best = make_deployment_env("mobilenet_v2", NPU_SEARCHES[0][1], "tradeoff", accuracy=oracle, costs=costs,
                                              dataflow=NPU_SEARCHES[0][2], architecture=True)
-        comparison = compare_npu(searches, per_layer_best)
+        comparison = compare_npu(searches, per_layer_best, randoms if architectures else [])
     else:
-        comparison = compare_cpu(searches)
+        comparison = compare_cpu(searches, randoms[0])
     report = {
         "experiment": f"latency-aware NAS of MobileNetV2 on {args.target}, MaskablePPO, trade-off reward",
         "timesteps_per_search": args.timesteps,
@@ -226,11 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy": {"provenance": oracle.provenance, "supernet": oracle.weights_id,
                      "original_mobilenet_v2_fp32": oracle.baseline_accuracy},
         "searches": [s.to_dict() for s in searches],
+        "random_architectures": [s.to_dict() for s in randoms if s is not None],
         "comparison": comparison,
     }
     write_json(out / f"nas-{args.target}.json", report)
     title = f"NAS on {args.target}: {args.timesteps} steps per search, seed {args.seed}"
-    figure(searches, title).savefig(out / f"nas-{args.target}.png", dpi=120)
+    figure(searches, randoms, title).savefig(out / f"nas-{args.target}.png", dpi=120)
     print(json.dumps(comparison, indent=2))
     print(f"wrote {out / f'nas-{args.target}.json'} and .png")
     return 0

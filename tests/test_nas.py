@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +33,17 @@ def test_cpu_experiment_writes_fronts_choices_and_an_honest_dominance_verdict(tm
     assert verdict["dominated_by_joint_front"] == sum(covered) and verdict["joint_front_dominates_fixed"] == all(covered)
     assert verdict["joint_choice_speedup_over_fixed_choice"] == fixed["choice"]["latency_ms"] / joint["choice"]["latency_ms"]
     assert report["accuracy"]["provenance"].endswith("/supernet")
+    # the reference: as many random architectures as the joint search had episodes, each deployed in int8
+    (random,) = report["random_architectures"]
+    assert random["episodes"] == joint["episodes"] and len(random["pareto"]["points"]) == joint["episodes"]
+    front = random["accuracy_latency_front"]
+    assert front and all(len(p["architecture"]) == 17 for p in front)
+    stored = {tuple(p["architecture"]): p["choices"] for p in random["pareto"]["front"]}
+    assert all(c["quant"] == "int8" for p in front for c in stored[tuple(p["architecture"])].values())
+    covered = [any(j["accuracy"] >= r["accuracy"] and j["latency_ms"] <= r["latency_ms"] for j in joint["accuracy_latency_front"])
+               for r in front]
+    assert verdict["random_architectures"] == {"networks": joint["episodes"], "front_points": len(front),
+                                               "dominated_by_joint_front": sum(covered)}
 
 
 def test_an_unsupported_target_is_named(tmp_path):
@@ -37,3 +51,35 @@ def test_an_unsupported_target_is_named(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--target 'host': use an NPU preset" in done.stderr
+
+
+def load_nas():
+    spec = importlib.util.spec_from_file_location("nas", ROOT / "experiments" / "nas.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nas"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_random_reference_compares_the_same_networks_at_every_accuracy_level():
+    nas = load_nas()
+
+    def search(latencies):
+        front, samples = nas.ParetoFront(), []
+        for i, (accuracy, latency) in enumerate(zip((0.70, 0.80, 0.90), latencies)):
+            samples.append(nas.Point(accuracy, latency, architecture=[f"net{i}"]))
+            front.add(samples[-1])
+        return nas.Search("s", "npu", "fixed", True, front, {}, 3, 0.0, samples)
+
+    ours, theirs = search((1.0, 1.5, 4.0)), search((3.0, 2.0, 6.0))  # per-network gains 3, 4/3, 1.5
+    reference = nas.random_reference(ours, theirs)
+    assert reference["networks"] == 3
+    assert reference["per_network_speedup"] == {"min": 4 / 3, "median": 1.5, "max": 3.0}
+    # their front: net1 (2.0 ms, 80%) and net2 (6.0 ms, 90%); net0 is slower and less accurate than net1
+    levels = reference["levels"]
+    assert [(l["accuracy"], l["their_latency_ms"], l["our_latency_ms"]) for l in levels] == [(0.80, 2.0, 1.5), (0.90, 6.0, 4.0)]
+    assert all(l["same_architecture"] for l in levels)
+    assert reference["speedup_at_equal_or_better_accuracy"] == pytest.approx({"min": 2.0 / 1.5, "median": (2.0 / 1.5 + 1.5) / 2, "max": 1.5})
+    # where a more accurate network of ours is also faster, it is the one compared, and named as different
+    levels = nas.random_reference(search((1.0, 3.0, 2.5)), theirs)["levels"]
+    assert [(l["our_latency_ms"], l["our_accuracy"], l["same_architecture"]) for l in levels] == [(2.5, 0.9, False), (2.5, 0.9, True)]
