@@ -85,12 +85,22 @@ class Assembler:
         return segments
 
     def rebase(self, network: Network) -> None:
-        """Continue the deployment on `network`, whose layers up to the next searchable one are those
-        priced so far (architecture search changes the blocks not yet reached)."""
+        """Continue the deployment on `network`, whose layers so far are those priced (architecture
+        search changes the blocks not yet reached). Only the layers after the last priced searchable
+        layer may differ: where dropping the blocks that followed it brings new layers right after
+        it (ResNet-18's pooling once its last block is dropped), they are priced now."""
+        if self.done:
+            raise ValueError("the deployment is complete: there is nothing left to rebase")
         segments = self._segments(network)
-        if segments[: self.step] != self.segments[: self.step]:
+        priced = self.segments[: self.step]
+        same = segments[: self.step]
+        if same:  # the last priced segment may have grown
+            same = same[:-1] + [same[-1][: len(priced[-1])]]
+        if same != priced:
             raise ValueError(f"network {network.name!r} does not begin with the {self.step} layers priced so far")
         self.network, self.segments = network, segments
+        if priced:
+            self._price_following(segments[self.step - 1][len(priced[-1]) :])
 
     def reset(self) -> None:
         """Start a new deployment."""
@@ -115,17 +125,22 @@ class Assembler:
         threads = choice.dataflow.threads
         cost = self.table.cost(head, choice)
         self._record(head, choice, cost, fmt, threads)
-        for layer in rest:
+        self.step += 1
+        self._price_following(rest)
+        return self.latency_ms - before
+
+    def _price_following(self, layers: list[Layer]) -> None:
+        """Price non-searchable layers, each in the format of its first input; and, once every
+        searchable layer has a choice, the conversion of the output."""
+        for layer in layers:
             fmt, threads = self._formats[layer.inputs[0]]
             self._record(layer, None, self.table.fixed_layer_cost(layer, fmt, threads), fmt, threads)
-        self.step += 1
         if self.done:
             last = self.network.layers[-1]
             out_fmt, out_threads = self._formats[last.name]
             tail = self.table.conversion_cost(last.out_elements, out_fmt, NETWORK_IO_FORMAT, out_threads)
             self.conversion_ms += tail.latency_ms
             self.latency_ms += tail.latency_ms
-        return self.latency_ms - before
 
     def _record(self, layer: Layer, choice: Choice | None, cost, fmt: TensorFormat, threads: int) -> None:
         conversion = 0.0

@@ -68,16 +68,30 @@ def small_digits():
     return Dataset(full.x_train[:320], full.y_train[:320], full.x_test[:120], full.y_test[:120], "digits-32-first320")
 
 
+def trained_supernet_oracle(space, epochs: int, cache_dir):
+    """The supernet of `space` trained for `epochs` on `small_digits`, as an accuracy oracle."""
+    from envs.subnet_accuracy import SupernetOracle
+    from envs.supernet_training import spec_for, train_supernet
+
+    data = small_digits()
+    supernet, _ = train_supernet(space, data, epochs=epochs, cache_dir=cache_dir)
+    return SupernetOracle(supernet, data, spec_for(space, data, epochs).key)
+
+
 @pytest.fixture(scope="session")
 def supernet_oracle(tmp_path_factory):
     """The MobileNetV2 supernet trained for 3 epochs on `small_digits`, as an accuracy oracle."""
     from envs.arch_space import MobileNetV2ArchSpace
-    from envs.subnet_accuracy import SupernetOracle
-    from envs.supernet_training import spec_for, train_supernet
 
-    space, data = MobileNetV2ArchSpace(), small_digits()
-    supernet, _ = train_supernet(space, data, epochs=3, cache_dir=tmp_path_factory.mktemp("supernet"))
-    return SupernetOracle(supernet, data, spec_for(space, data, 3).key)
+    return trained_supernet_oracle(MobileNetV2ArchSpace(), 3, tmp_path_factory.mktemp("supernet"))
+
+
+@pytest.fixture(scope="session")
+def resnet_supernet_oracle(tmp_path_factory):
+    """The ResNet-18 supernet trained for 1 epoch on `small_digits`, as an accuracy oracle."""
+    from envs.arch_space import ResNet18ArchSpace
+
+    return trained_supernet_oracle(ResNet18ArchSpace(), 1, tmp_path_factory.mktemp("resnet_supernet"))
 
 
 def pytest_configure(config) -> None:

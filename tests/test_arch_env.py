@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deploy.deployment import evaluate
-from envs.arch_space import MobileNetV2ArchSpace
+from envs.arch_space import MobileNetV2ArchSpace, ResNet18ArchSpace
 from envs.make import make_deployment_env
 from envs.space import Choice
 from envs.zoo import MBBlock
@@ -108,3 +108,18 @@ def test_an_invalid_block_choice_is_named_and_ends_the_episode(env):
     assert done and "decides no block" in info["invalid_action"]
     with pytest.raises(ValueError, match="unknown block setting"):
         env.replay({}, ["k9e9"] * 17)
+
+
+def test_resnet_blocks_dropped_up_to_the_last_price_the_network_they_build(resnet_supernet_oracle):
+    """Dropping ResNet-18's last block brings its pooling right after the layers already priced."""
+    env = make_deployment_env("resnet18", "cortex-a72", accuracy=resnet_supernet_oracle, architecture=True)
+    space, rng = ResNet18ArchSpace(), np.random.default_rng(0)
+    infos = [random_episode(env, rng) for _ in range(12)]
+    last_dropped = [i for i in infos if i["architecture"][-1] == "drop"]
+    assert last_dropped and len(last_dropped) < len(infos)
+    for info in infos:
+        network = env.arch.network_of(space.parse(info["architecture"]))
+        choices = {name: Choice.from_dict(c) for name, c in info["choices"].items()}
+        assert info["latency_ms"] == pytest.approx(evaluate(network, choices, env.costs).latency_ms)
+        _, again = env.replay(choices, info["architecture"])
+        assert again["latency_ms"] == pytest.approx(info["latency_ms"])
