@@ -90,7 +90,7 @@ class MeasurementDB:
         try:
             # Schema before WAL: a non-empty file is then never seen without its tables.
             self._conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            enable_wal(self._conn)
             # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits only.
             self._conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as e:
@@ -269,6 +269,21 @@ class MeasurementDB:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+
+
+def enable_wal(conn: sqlite3.Connection, timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    """Switch `conn`'s database to WAL, waiting up to `timeout_s` for other writers: SQLite refuses
+    the switch at once (no busy handler) while another connection holds a write lock, e.g. a
+    process creating the schema of a database that several processes open at the same time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _open_checked(path: Path) -> sqlite3.Connection | None:

@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,7 @@ from typing import Callable
 import pytest
 
 from deploy.cost import Cost
-from deploy.db import SCHEMA_VERSION, DatabaseError, MeasurementDB
+from deploy.db import SCHEMA_VERSION, DatabaseError, MeasurementDB, enable_wal
 
 FP = "cortex-a72/llvm-17/threads=4"
 SIG = "conv3x3_c64_k64_h56_s1_g1_fp32"
@@ -305,6 +306,26 @@ def test_missing_parent_directory_is_an_error_naming_the_path(tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------- several processes at once
+
+def test_switching_to_wal_waits_for_another_writer(tmp_path: Path) -> None:
+    """SQLite refuses `journal_mode = WAL` at once while another connection holds a write lock (a
+    process creating the schema of a database opened by several at once): the switch waits instead."""
+    path = str(tmp_path / "new.db")
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # a timer thread commits
+    writer.execute("BEGIN IMMEDIATE")
+    reader = sqlite3.connect(path, isolation_level=None, timeout=5)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        reader.execute("PRAGMA journal_mode = WAL")  # what a plain open met
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        enable_wal(reader, timeout_s=0.2)  # the lock outlives the wait
+    release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+    release.start()
+    start = time.monotonic()
+    enable_wal(reader)
+    release.join()
+    assert time.monotonic() - start >= 0.25
+    assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
 
 N_WORKERS, ROWS_PER_WORKER, STRIDE = 4, 500, 250
 """Worker w writes keys [w*STRIDE, w*STRIDE + ROWS_PER_WORKER): each overlaps its neighbours by 250."""
