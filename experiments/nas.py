@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     npu = isinstance(get_target(args.target), NpuTarget)
     if not npu and args.target != "cortex-a72":
         raise ValueError(f"--target {args.target!r}: use an NPU preset (npu-eyeriss, npu-nvdla, npu-tpu) or cortex-a72")
+    if args.random_architectures is not None and args.random_architectures < 0:
+        raise ValueError(f"--random-architectures {args.random_architectures}: use 0 (none) or more")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     oracle = supernet_oracle_for(resolve_network("mobilenet_v2"), epochs=args.supernet_epochs, proxy=args.proxy)

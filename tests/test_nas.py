@@ -46,11 +46,14 @@ def test_cpu_experiment_writes_fronts_choices_and_an_honest_dominance_verdict(tm
                                                "dominated_by_joint_front": sum(covered)}
 
 
-def test_an_unsupported_target_is_named(tmp_path):
+def test_bad_arguments_are_named(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "nas.py"), "--target", "host", "--out", str(tmp_path)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--target 'host': use an NPU preset" in done.stderr
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "nas.py"), "--target", "cortex-a72", "--random-architectures", "-5",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2 and "--random-architectures -5: use 0 (none) or more" in done.stderr
 
 
 def load_nas():
