@@ -47,6 +47,16 @@ def random_episode(env, rng: np.random.Generator) -> dict:
     return info
 
 
+def assert_prices_the_network_it_built(env, info: dict, network) -> dict[str, Choice]:
+    """The episode's latency is `evaluate` of `network` with its choices, and a replay gives it again;
+    returns the choices."""
+    choices = {name: Choice.from_dict(c) for name, c in info["choices"].items()}
+    assert info["latency_ms"] == pytest.approx(evaluate(network, choices, env.costs).latency_ms)
+    _, again = env.replay(choices, info["architecture"])
+    assert again["latency_ms"] == pytest.approx(info["latency_ms"]) and again["architecture"] == info["architecture"]
+    return choices
+
+
 def test_a_block_is_decided_at_its_first_layer_with_its_own_options(env):
     env.reset()
     assert env.action_space.nvec.tolist()[0] == len(SPACE.OPTIONS) == 10
@@ -78,12 +88,9 @@ def test_a_skipped_block_has_no_layers_and_the_episode_prices_the_network_it_bui
         for i, b in enumerate(blocks):
             names = [l.name for l in network.searchable_layers if l.name.startswith(f"b{i + 1}.")]
             assert names == [] if b.skip else names[-2:] == [f"b{i + 1}.dw", f"b{i + 1}.project"]
-        choices = {name: Choice.from_dict(c) for name, c in info["choices"].items()}
-        assert info["latency_ms"] == pytest.approx(evaluate(network, choices, env.costs).latency_ms)
+        choices = assert_prices_the_network_it_built(env, info, network)
         precisions = [choices[l.name].quant for l in network.searchable_layers]
         assert info["accuracy"] == env.oracle.accuracy(precisions, blocks)
-        _, again = env.replay(choices, info["architecture"])
-        assert again["latency_ms"] == pytest.approx(info["latency_ms"]) and again["architecture"] == info["architecture"]
 
 
 def test_architectures_change_latency_and_accuracy(env):
@@ -118,8 +125,4 @@ def test_resnet_blocks_dropped_up_to_the_last_price_the_network_they_build(resne
     last_dropped = [i for i in infos if i["architecture"][-1] == "drop"]
     assert last_dropped and len(last_dropped) < len(infos)
     for info in infos:
-        network = env.arch.network_of(space.parse(info["architecture"]))
-        choices = {name: Choice.from_dict(c) for name, c in info["choices"].items()}
-        assert info["latency_ms"] == pytest.approx(evaluate(network, choices, env.costs).latency_ms)
-        _, again = env.replay(choices, info["architecture"])
-        assert again["latency_ms"] == pytest.approx(info["latency_ms"])
+        assert_prices_the_network_it_built(env, info, env.arch.network_of(space.parse(info["architecture"])))
