@@ -163,11 +163,12 @@ def fastest_at_least(search: Search, accuracy: float) -> Point | None:
     return min(points, key=lambda p: p.latency_ms) if points else None
 
 
-def compare_npu(searches: list[Search], per_layer_best: DeploymentEnv, randoms: list[Search]) -> dict[str, Any]:
+def compare_npu(searches: list[Search], per_layer_best: DeploymentEnv, randoms: list[Search | None]) -> dict[str, Any]:
     """(a) against (b) and (c), each at the accuracy of the other's choice; and, to separate what the
     dataflow gives from what the architecture gives, the other's chosen network (same architecture and
     precisions) with per-layer best dataflows (`per_layer_best` replays it); with the random
-    architectures of each search (`randoms`, in the same order), their `random_reference`."""
+    architectures of each search (`randoms`, in the same order; None when none were drawn), their
+    `random_reference`."""
     best, *fixed = searches
     rows = {}
     for i, other in enumerate(fixed, start=1):
@@ -185,7 +186,7 @@ def compare_npu(searches: list[Search], per_layer_best: DeploymentEnv, randoms: 
             "our_architecture": None if mine is None else mine.architecture,
             "speedup": None if mine is None else theirs["latency_ms"] / mine.latency_ms,
         }
-        if randoms:
+        if randoms[0] is not None:
             rows[other.name]["random_architectures"] = random_reference(randoms[0], randoms[i])
     return {"per-layer best vs fixed, at equal or better accuracy": rows}
 
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         costs = make_cost_table(NPU_SEARCHES[0][1], db_path)
         per_layer_best = make_deployment_env("mobilenet_v2", NPU_SEARCHES[0][1], "tradeoff", accuracy=oracle, costs=costs,
                                              dataflow=NPU_SEARCHES[0][2], architecture=True)
-        comparison = compare_npu(searches, per_layer_best, randoms if architectures else [])
+        comparison = compare_npu(searches, per_layer_best, randoms)
     else:
         comparison = compare_cpu(searches, randoms[0])
     report = {
