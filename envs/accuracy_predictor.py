@@ -2,9 +2,10 @@
 
 Features of a query: per block, the one-hot of its option and the fractions of its layers in fp16 and
 in int8; the precision one-hot of every layer outside the blocks (stem, head, classifier). The
-model is ridge regression (scikit-learn): on 300 measured MobileNetV2 sub-networks it ranked 100
-others with Spearman 0.83, where a 64x64 MLP did not rank them at all (0.07): the accuracies span a
-few points only, and a linear model of per-block effects fits them best. `fit_predictor` measures sampled
+model is ridge regression (scikit-learn): trained on 300 measured MobileNetV2 sub-networks it ranked
+100 others with Spearman 0.82 (`benchmarks/accuracy_predictor.py`), where a 64x64 MLP did not rank
+them at all (0.07): the accuracies span a few points only, and a linear model of per-block effects
+fits them best. `fit_predictor` measures sampled
 (architecture, precisions) pairs with the oracle, trains on most of them and reports, on the rest,
 the Spearman and Kendall rank correlations with measured accuracy. The predictor is an oracle
 itself (`PredictedAccuracy`, provenance `predicted:...`), used only when asked.
