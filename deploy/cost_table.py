@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from deploy.cost import ChoiceRejected, Cost, CostBackend, CostUnavailable, TensorFormat
+from deploy.cost import NETWORK_IO_FORMAT, ChoiceRejected, Cost, CostBackend, CostUnavailable, TensorFormat
 from envs.network import Layer
 from envs.space import Choice, SearchSpace
 
@@ -50,7 +50,10 @@ class CostTable:
         self.fingerprint = backend.fingerprint()
         self.measured = tuple(fp for fp in measured if fp != self.fingerprint)
         self._estimates = None if backend.batch_friendly else CostTable(estimator, space)  # type: ignore[arg-type]
-        self._position = {c.key: i for i, c in enumerate(space.all_choices())}
+        self.choices = tuple(space.all_choices())
+        """Every action of the space decoded, in the order of `latency_array`."""
+        self._position = {c.key: i for i, c in enumerate(self.choices)}
+        self._states: tuple[list[tuple[TensorFormat, int]], np.ndarray] | None = None
         self._layers: dict[str, dict[str, Cost]] = {}
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._fixed: dict[tuple, Cost] = {}
@@ -113,7 +116,7 @@ class CostTable:
         return failures
 
     def latency_array(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-        """(latency_ms, memory_bytes) over `space.all_choices()` order; NaN where invalid or rejected by the backend.
+        """(latency_ms, memory_bytes) over `choices` order; NaN where invalid or rejected by the backend.
 
         With a measuring backend: the estimator's numbers, overwritten by every measurement known."""
         arrays = self._arrays.get(layer.signature)
@@ -134,6 +137,15 @@ class CostTable:
     def io_format(self, choice: Choice) -> TensorFormat:
         """Activation format of a layer deployed with `choice`."""
         return self.backend.io_format(choice)
+
+    def states(self) -> tuple[list[tuple[TensorFormat, int]], np.ndarray]:
+        """What can flow between layers: every (activation format, threads) a choice leaves its output
+        in, and the network input's, sorted; and the index of each choice's (in `choices` order)."""
+        if self._states is None:
+            outputs = [(self.io_format(c), c.dataflow.threads) for c in self.choices]
+            states = sorted(set(outputs) | {(NETWORK_IO_FORMAT, 1)}, key=lambda s: (s[0].quant, s[0].layout, s[1]))
+            self._states = states, np.array([states.index(o) for o in outputs])
+        return self._states
 
     def fixed_layer_cost(self, layer: Layer, fmt: TensorFormat, threads: int) -> Cost:
         """Cost of a non-searchable layer in a given format (memoised)."""

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from deploy.cost import NETWORK_IO_FORMAT, TensorFormat
+from deploy.cost import NETWORK_IO_FORMAT, ChoiceRejected, TensorFormat
 from deploy.cost_table import CostTable
 from envs.network import NETWORK_INPUT, Layer, Network
 from envs.space import QUANT_BYTES, Choice
@@ -129,6 +129,41 @@ class Assembler:
         self._price_following(rest)
         return self.latency_ms - before
 
+    def added_by(self, choice: Choice) -> float:
+        """The ms `add(choice)` would add, without adding it."""
+        saved = (self.step, self.latency_ms, self.conversion_ms, self.energy_mj, len(self.layers), dict(self._formats), self._peak_activation)
+        try:
+            return self.add(choice)
+        finally:
+            self.step, self.latency_ms, self.conversion_ms, self.energy_mj, kept, self._formats, self._peak_activation = saved
+            del self.layers[kept:]
+
+    def fastest_next(self, admitted: np.ndarray) -> Choice:
+        """The choice among `admitted` (a mask over `table.choices`) that adds the least latency at the
+        next searchable layer: its own, the conversions into it and the layers up to the next one.
+
+        The fastest choice of each output format and thread count (`CostTable.states`; by the table's
+        latency array, which on a measuring target holds its estimates until measured) is priced in
+        place; choices the backend rejects are skipped. ChoiceRejected if nothing admitted is left."""
+        head = self.segments[self.step][0]
+        states, state_of = self.table.states()
+        admitted = admitted.copy()
+        while True:
+            latency = np.where(admitted, self.table.latency_array(head)[0], np.nan)
+            best: tuple[float, Choice] | None = None
+            try:
+                for index in fastest_per_state(latency, state_of, len(states)):
+                    if index >= 0:
+                        added = self.added_by(self.table.choices[index])
+                        if best is None or added < best[0]:
+                            best = (added, self.table.choices[index])
+            except ChoiceRejected:
+                admitted[index] = False
+                continue
+            if best is None:
+                raise ChoiceRejected(f"layer {head.name!r}: no admitted choice can deploy it")
+            return best[1]
+
     def _price_following(self, layers: list[Layer]) -> None:
         """Price non-searchable layers, each in the format of its first input; and, once every
         searchable layer has a choice, the conversion of the output."""
@@ -184,6 +219,16 @@ def uniform_choices(network: Network, pick: Callable[[Layer], Choice]) -> dict[s
     return {layer.name: pick(layer) for layer in network.searchable_layers}
 
 
+def fastest_per_state(latency_ms: np.ndarray, state_of: np.ndarray, n_states: int) -> np.ndarray:
+    """Per state (`CostTable.states`), the index of its fastest choice with a finite latency; -1 where none."""
+    best = np.full(n_states, -1)
+    for s in range(n_states):
+        candidates = np.where((state_of == s) & ~np.isnan(latency_ms))[0]
+        if len(candidates):
+            best[s] = candidates[np.argmin(latency_ms[candidates])]
+    return best
+
+
 def best_choices(
     network: Network, table: CostTable, allow: Callable[[Choice], bool] | None = None
 ) -> dict[str, Choice]:
@@ -193,14 +238,9 @@ def best_choices(
     conversions and the layers between them are priced exactly along the chain; skip connections are
     priced when the result is evaluated.
     """
-    space = table.space
-    all_choices = space.all_choices()
+    all_choices = table.choices
     admitted = np.array([allow(c) if allow else True for c in all_choices])
-    states: list[tuple[TensorFormat, int]] = sorted(
-        {(table.io_format(c), c.dataflow.threads) for c in all_choices} | {(NETWORK_IO_FORMAT, 1)},
-        key=lambda s: (s[0].quant, s[0].layout, s[1]),
-    )
-    state_of = np.array([states.index((table.io_format(c), c.dataflow.threads)) for c in all_choices])
+    states, state_of = table.states()
     assembler = Assembler(network, table)
     value = np.full(len(states), np.inf)  # best latency so far ending in each state
     value[states.index((NETWORK_IO_FORMAT, 1))] = 0.0  # the image
@@ -209,12 +249,7 @@ def best_choices(
     for i, segment in enumerate(assembler.segments):
         head, between = segment[0], segment[1:]
         latency, _ = table.latency_array(head)
-        latency = np.where(admitted, latency, np.nan)
-        best = np.full(len(states), -1)
-        for s in range(len(states)):
-            candidates = np.where((state_of == s) & ~np.isnan(latency))[0]
-            if len(candidates):
-                best[s] = candidates[np.argmin(latency[candidates])]
+        best = fastest_per_state(np.where(admitted, latency, np.nan), state_of, len(states))
         elements = int(np.prod(network.producer_shape(head.inputs[0])))
         new_value = np.full(len(states), np.inf)
         arg = np.full(len(states), -1)

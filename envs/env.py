@@ -23,6 +23,8 @@ _OPS = (Op.CONV, Op.POINTWISE, Op.DEPTHWISE, Op.DENSE)
 INVALID_ACTION_REWARD = -100.0
 MEASUREMENT_FAILURE_REWARD = -100.0
 OBS_HIGH = 100.0
+IMPLEMENTATIONS = ("agent", "fastest")
+"""Who picks each layer's algorithm and dataflow: the agent, or the environment (the fastest)."""
 
 
 class Accuracy(Protocol):
@@ -66,7 +68,11 @@ class DeploymentEnv(gym.Env):
     With `dataflow="latency"`, `"energy"` or `"edp"` (FlowOptimizer mode) the environment picks each
     layer's best dataflow by that criterion itself: only the first dataflow entry is unmasked, and
     the agent chooses the other levels. With `dataflow="fixed"` every layer keeps the target's own
-    dataflow (e.g. an NPU's fixed one): only that entry is unmasked.
+    dataflow (e.g. an NPU's fixed one): only that entry is unmasked. With `implementation="fastest"`
+    the agent chooses only the architecture and the quantization (the second component is valid at one
+    entry per quantization the layer admits), and the environment deploys the layer with the algorithm
+    and dataflow that add the least latency given the formats so far (`Assembler.fastest_next`):
+    the search of the two levels that cost accuracy, over the fastest implementation of each.
     `action_masks()` returns exact per-component masks for MaskablePPO. An invalid action ends the
     episode with reward -100 and `info["invalid_action"]` naming the reason; nothing is priced.
     A choice the cost backend cannot price (a failed compile or measurement, after its retries) also
@@ -115,7 +121,8 @@ class DeploymentEnv(gym.Env):
     network: the network to deploy. space: the target's search space. costs: the target's cost table.
     accuracy: the accuracy oracle (with `arch_space`, an `ArchAccuracy`). reward: scoring
     configuration. dataflow: "agent" (the action chooses it), "fixed" (the target's own) or a
-    FlowOptimizer criterion ("latency", "energy", "edp"). arch_space: the network's architecture
+    FlowOptimizer criterion ("latency", "energy", "edp"). implementation: "agent" (the action chooses
+    algorithm and dataflow) or "fastest" (the environment does; `dataflow` must then be "agent"). arch_space: the network's architecture
     space, for joint search (`network` must be its original architecture).
     """
 
@@ -130,10 +137,17 @@ class DeploymentEnv(gym.Env):
         reward: RewardConfig,
         dataflow: str = "agent",
         arch_space: ArchSpace | None = None,
+        implementation: str = "agent",
     ) -> None:
         if dataflow not in ("agent", "fixed") and dataflow not in CRITERIA:
             raise ValueError(f"dataflow={dataflow!r}: use 'agent', 'fixed' or a FlowOptimizer criterion {CRITERIA}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation={implementation!r}: use one of {IMPLEMENTATIONS}")
+        if implementation == "fastest" and dataflow != "agent":
+            raise ValueError(f"implementation='fastest' picks the dataflow too: dataflow={dataflow!r} must be 'agent'")
         self.dataflow_mode = dataflow
+        self.implementation = implementation
+        self._quant_of = np.array([c.quant for c in costs.choices])
         self._fixed_dataflow = space.dataflows.index(space.baseline_choice().dataflow)
         self._best_flows: dict[tuple[str, str, str, str], Choice] = {}
         self.space = space
@@ -199,6 +213,8 @@ class DeploymentEnv(gym.Env):
         try:
             if self.dataflow_mode in CRITERIA:
                 choice = self._best_dataflow(layer, choice)
+            elif self.implementation == "fastest":
+                choice = self._assembler.fastest_next(self._quant_of == choice.quant)
             added = self._assembler.add(choice)
         except CostUnavailable as err:
             if isinstance(err, ChoiceRejected):
@@ -239,6 +255,9 @@ class DeploymentEnv(gym.Env):
             action[0] = 0 if block is None else self.arch_space.OPTIONS.index(blocks[block])
             if self.dataflow_mode != "agent":  # the environment picks the dataflow again
                 action[2] = self._fixed_dataflow if self.dataflow_mode == "fixed" else 0
+            if self.implementation == "fastest":  # and the algorithm: only the quantization is the agent's
+                quant = choices[layer.name].quant if layer.name in choices else self.space.baseline_choice().quant
+                action[1:] = self._quant_entry(quant), 0
             _, reward, done, _, info = self.step(action)
             total += reward
         return total, info
@@ -310,25 +329,42 @@ class DeploymentEnv(gym.Env):
 
     def _mask(self, layer: Layer) -> np.ndarray:
         """The layer's mask: of every component, or without the architecture in joint search. In
-        FlowOptimizer mode the dataflow is not the agent's: only its first entry stays valid.
-        Rejected choices (here or in the database) are masked (memoised by layer shape)."""
+        FlowOptimizer mode the dataflow is not the agent's: only its first entry stays valid; with
+        the fastest implementation, neither is the algorithm: only the first valid entry of each
+        quantization stays. Rejected choices (here or in the database) are masked, unless the
+        environment picks among the others (memoised by layer shape)."""
         mask = self._masks.get(layer.signature)
         if mask is None:
             mask = self.space.mask(layer).copy()
-            if self.dataflow_mode != "agent":
-                flows = self.space.nvec[0] + self.space.nvec[1]
+            flows = self.space.nvec[0] + self.space.nvec[1]
+            if self.dataflow_mode != "agent" or self.implementation == "fastest":
                 keep = self._fixed_dataflow if self.dataflow_mode == "fixed" else 0
                 mask[flows:] = False
                 mask[flows + keep] = True
+            if self.implementation == "fastest":
+                pairs = mask[self.space.nvec[0] : flows]
+                for quant in QUANTS:
+                    entries = [i for i, (q, _) in enumerate(self.space.quant_algos) if q == quant and pairs[i]]
+                    pairs[entries[1:]] = False
             if self.arch is not None:
                 mask = mask[self.space.nvec[0] :]
             self._masks[layer.signature] = mask
-            for key in self.costs.rejected(layer):
-                self._forbid(layer, self.space.encode(Choice.from_key(key)))
+            if self.implementation == "agent":
+                for key in self.costs.rejected(layer):
+                    self._forbid(layer, self.space.encode(Choice.from_key(key)))
         return mask
 
+    def _quant_entry(self, quant: str) -> int:
+        """With the fastest implementation: the current step's (quantization, algorithm) entry that stands for `quant`."""
+        pairs = self.action_masks()[self._offsets[1] : self._offsets[2]]
+        for i, (q, _) in enumerate(self.space.quant_algos):
+            if q == quant and pairs[i]:
+                return i
+        raise ValueError(f"layer {self.layers[self._t].name!r} cannot be deployed in {quant} here")
+
     def _forbid(self, layer: Layer, action: np.ndarray) -> None:
-        """Mask the action's (quantization, algorithm) for every layer of this shape from now on."""
+        """Mask the action's (quantization, algorithm) for every layer of this shape from now on (with
+        the fastest implementation: the quantization, once no algorithm is left for it)."""
         mask = self._mask(layer)
         mask[action[1] + (self.space.nvec[0] if self.arch is None else 0)] = False
 

@@ -76,6 +76,7 @@ def make_deployment_env(
     device: Device | None = None,
     dataflow: str = "agent",
     architecture: bool = False,
+    implementation: str = "agent",
 ) -> DeploymentEnv:
     """Build the environment.
 
@@ -94,6 +95,8 @@ def make_deployment_env(
         architecture: joint search: the agent also chooses every block's variant (`envs.arch_space`
             of a built-in MobileNetV2 or ResNet-18); the default accuracy oracle is then the
             space's supernet (`envs.subnet_accuracy`, trained once and cached).
+        implementation: "agent" (the agent chooses each layer's algorithm and dataflow) or "fastest"
+            (the environment picks the fastest for the agent's quantization; see `DeploymentEnv`).
     """
     net = resolve_network(network)
     arch_space = arch_space_for(net.name) if architecture else None
@@ -136,4 +139,4 @@ def make_deployment_env(
         from envs.accuracy import oracle_for
 
         accuracy = oracle_for(net)
-    return DeploymentEnv(net, space, costs, accuracy, reward, dataflow, arch_space)
+    return DeploymentEnv(net, space, costs, accuracy, reward, dataflow, arch_space, implementation)

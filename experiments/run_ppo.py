@@ -8,6 +8,7 @@
     python experiments/run_ppo.py --target npu-eyeriss                 # NPU, simulated with ZigZag
     python experiments/run_ppo.py --target npu-eyeriss --dataflow latency   # FlowOptimizer picks dataflows
     python experiments/run_ppo.py --target npu-eyeriss --arch          # joint search: architecture too
+    python experiments/run_ppo.py --arch --implementation fastest      # the agent: architecture + quantization
     python experiments/run_ppo.py --target host                        # measured with TVM on this machine
     python experiments/run_ppo.py --target cortex-a72 --rpc-tracker 127.0.0.1:9190 --rpc-key pi4   # on a board
 
@@ -84,6 +85,8 @@ class Config:
     """the board's key at the tracker"""
     dataflow: str = "agent"
     """agent, or a FlowOptimizer criterion (latency, energy, edp): the environment picks each layer's best dataflow"""
+    implementation: str = "agent"
+    """agent, or fastest: the agent chooses architecture and quantization only, the environment the fastest algorithm and dataflow for them"""
     zigzag_lpf: int = 4
     """NPU targets: loop prime factors ZigZag's temporal-mapping search permutes (higher = more thorough, slower)"""
     arch: bool = False
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     def make_env():
         return make_deployment_env(
             network, config.target, mode, config.budget_ms, config.tradeoff, accuracy=search_accuracy, costs=costs,
-            dataflow=config.dataflow, architecture=config.arch,
+            dataflow=config.dataflow, architecture=config.arch, implementation=config.implementation,
         )
 
     probe = make_env()  # fails fast on an impossible budget, before any folder is written
