@@ -8,14 +8,16 @@ oracle (the MobileNetV2 supernet): (a) every layer takes its best dataflow (Flow
 layer keeps the NVDLA-like weight-stationary dataflow, (c) every layer keeps the Eyeriss-like
 row-stationary one. Each search's choice is its highest-reward deployment; (a) is compared with (b)
 and (c) at equal or better accuracy: the fastest network (a) evaluated whose accuracy is at least
-that of (b)'s (or (c)'s) choice. On a CPU the joint search runs against the same search with the
-architecture fixed to MobileNetV2, and the joint Pareto front is checked to dominate the fixed one.
+that of (b)'s (or (c)'s) choice. On a CPU two joint searches run against the same search with the
+architecture fixed to MobileNetV2: one whose agent chooses all four levels, one whose agent chooses
+architecture and quantization while the environment deploys each layer with its fastest algorithm
+and dataflow (`implementation="fastest"`); each joint Pareto front is checked to dominate the fixed one.
 
 Random architectures are the reference of every architecture search: `--random-architectures` of
 them, drawn once, each deployed as fast as its search allows in int8 (dynamic programming over the
 choices that search may make) and scored with the same reward. On an NPU they give, at every accuracy
 level, what a search that had tried exactly those networks would gain from per-layer dataflows, and
-each network's own gain; on a CPU, how much of the random front the joint search's front dominates.
+each network's own gain; on a CPU, how much of the random front each joint search's front dominates.
 
 Writes <out>/nas-<target>.json (every search's choice, Pareto front and settings; the comparison)
 and nas-<target>.png (the fronts and the choices); TensorBoard runs go to <out>/nas-<target>/.
@@ -28,7 +30,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -46,26 +48,37 @@ from envs.space import Choice
 from envs.subnet_accuracy import PROXIES, SupernetOracle, supernet_oracle_for
 from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
 
+class SearchPlan(NamedTuple):
+    """What one search may choose (see `DeploymentEnv`)."""
+
+    name: str
+    target: str
+    dataflow: str
+    """the environment's dataflow mode: agent, fixed, or a FlowOptimizer criterion"""
+    architecture: bool
+    """whether the architecture is searched too"""
+    implementation: str = "agent"
+    """who picks algorithm and dataflow: the agent, or the environment (fastest)"""
+
+
 NPU_SEARCHES = (
-    ("a: per-layer best dataflow", "npu-eyeriss", "latency", True),
-    ("b: fixed NVDLA-like (ws)", "npu-nvdla", "fixed", True),
-    ("c: fixed Eyeriss-like (rs)", "npu-eyeriss", "fixed", True),
+    SearchPlan("a: per-layer best dataflow", "npu-eyeriss", "latency", True),
+    SearchPlan("b: fixed NVDLA-like (ws)", "npu-nvdla", "fixed", True),
+    SearchPlan("c: fixed Eyeriss-like (rs)", "npu-eyeriss", "fixed", True),
 )
 CPU_SEARCHES = (
-    ("joint: architecture + deployment", "cortex-a72", "agent", True),
-    ("fixed MobileNetV2: deployment only", "cortex-a72", "agent", False),
+    SearchPlan("joint: the agent chooses all four levels", "cortex-a72", "agent", True),
+    SearchPlan("joint, fastest implementation: the agent chooses architecture + quantization", "cortex-a72", "agent", True, "fastest"),
+    SearchPlan("fixed MobileNetV2: deployment only", "cortex-a72", "agent", False),
 )
-"""(name, target, dataflow mode, architecture searched); an NPU experiment runs its hardware's presets."""
+"""An NPU experiment runs its hardware's presets; a CPU one, joint searches against the fixed network."""
 
 
 @dataclass
 class Search:
     """One search's outcome."""
 
-    name: str
-    target: str
-    dataflow: str
-    architecture: bool
+    plan: SearchPlan
     front: ParetoFront
     best: dict[str, Any]
     episodes: int
@@ -73,10 +86,16 @@ class Search:
     samples: list[Point] = field(default_factory=list)
     """A random search's networks, in the order drawn (the same order in every random search)."""
 
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
     def to_dict(self) -> dict[str, Any]:
         keep = ("latency_ms", "accuracy", "energy_mj", "speedup", "architecture", "network", "latency_provenance", "choices")
+        plan = self.plan
         return {
-            "name": self.name, "target": self.target, "dataflow": self.dataflow, "architecture_searched": self.architecture,
+            "name": plan.name, "target": plan.target, "dataflow": plan.dataflow, "architecture_searched": plan.architecture,
+            "implementation": plan.implementation,
             "episodes": self.episodes, "seconds": round(self.seconds, 1),
             "choice": {k: self.best.get(k) for k in keep},
             "accuracy_latency_front": [
@@ -87,50 +106,49 @@ class Search:
         }
 
 
-def search_env(
-    target: str, dataflow: str, architecture: bool, oracle: SupernetOracle, db_path: Path, tradeoff_ms: float | None,
-) -> Callable[[], DeploymentEnv]:
-    """A factory of the environment every search on `target` uses (trade-off reward, one shared cost table)."""
-    costs = make_cost_table(target, db_path)
+def search_env(plan: SearchPlan, oracle: SupernetOracle, db_path: Path, tradeoff_ms: float | None) -> Callable[[], DeploymentEnv]:
+    """A factory of the environment of `plan` on MobileNetV2 (trade-off reward, one shared cost table)."""
+    costs = make_cost_table(plan.target, db_path)
 
     def make_env() -> DeploymentEnv:
         return make_deployment_env(
-            "mobilenet_v2", target, "tradeoff", target_ms=tradeoff_ms, accuracy=oracle, costs=costs,
-            dataflow=dataflow, architecture=architecture,
+            "mobilenet_v2", plan.target, "tradeoff", target_ms=tradeoff_ms, accuracy=oracle, costs=costs,
+            dataflow=plan.dataflow, architecture=plan.architecture, implementation=plan.implementation,
         )
 
     return make_env
 
 
 def run_search(
-    name: str, target: str, dataflow: str, architecture: bool, oracle: SupernetOracle, timesteps: int, seed: int,
-    db_path: Path, tb_dir: Path, tradeoff_ms: float | None,
+    plan: SearchPlan, oracle: SupernetOracle, timesteps: int, seed: int, db_path: Path, tb_dir: Path, tradeoff_ms: float | None,
 ) -> Search:
-    """One MaskablePPO search of MobileNetV2 on `target` (trade-off reward), returning its front and choice."""
-    make_env = search_env(target, dataflow, architecture, oracle, db_path, tradeoff_ms)
+    """One MaskablePPO search of MobileNetV2 (trade-off reward), returning its front and choice."""
+    make_env = search_env(plan, oracle, db_path, tradeoff_ms)
     hp = load_hyperparams("mobilenet_v2")
     start = time.perf_counter()
     env = make_vec_env(make_env, hp.n_envs)
     agent = make_agent(env, hp, seed, str(tb_dir))
-    labels = [env.envs[0].unwrapped.arch_space.label(o) for o in env.envs[0].unwrapped.arch_space.OPTIONS] if architecture else []
-    hparams = {"search": name, "target": target, "dataflow": dataflow, "timesteps": timesteps}
+    arch_space = env.envs[0].unwrapped.arch_space
+    labels = [arch_space.label(o) for o in arch_space.OPTIONS] if plan.architecture else []
+    hparams = {"search": plan.name, "target": plan.target, "dataflow": plan.dataflow,
+               "implementation": plan.implementation, "timesteps": timesteps}
     callback = DeploymentTensorBoard(hparams, arch_labels=labels)
-    agent.learn(timesteps, callback=callback, tb_log_name=name.split(":")[0])
-    return Search(name, target, dataflow, architecture, callback.pareto, callback.best.info, callback.episodes,
-                  time.perf_counter() - start)
+    agent.learn(timesteps, callback=callback, tb_log_name=plan.name.split(":")[0])
+    return Search(plan, callback.pareto, callback.best.info, callback.episodes, time.perf_counter() - start)
 
 
 def random_search(
-    name: str, target: str, dataflow: str, oracle: SupernetOracle, architectures: list[tuple[str, ...]],
-    db_path: Path, tradeoff_ms: float | None,
+    plan: SearchPlan, oracle: SupernetOracle, architectures: list[tuple[str, ...]], db_path: Path, tradeoff_ms: float | None,
 ) -> Search:
-    """Every architecture of `architectures` (block labels) deployed as fast as the search `dataflow`
-    may in int8 and scored as one episode of its environment; the choice is the highest-reward one."""
-    env = search_env(target, dataflow, True, oracle, db_path, tradeoff_ms)()
+    """Every architecture of `architectures` (block labels) deployed as fast as the search `plan`'s
+    dataflow mode may in int8 and scored as one episode of its environment; the choice is the
+    highest-reward one."""
+    plan = SearchPlan(f"random architectures, {plan.name}", plan.target, plan.dataflow, True)
+    env = search_env(plan, oracle, db_path, tradeoff_ms)()
     own = env.space.baseline_choice().dataflow
 
     def allowed(choice: Choice) -> bool:
-        return choice.quant == "int8" and (dataflow != "fixed" or choice.dataflow == own)
+        return choice.quant == "int8" and (plan.dataflow != "fixed" or choice.dataflow == own)
 
     start = time.perf_counter()
     front, samples, best = ParetoFront(), [], (-np.inf, {})
@@ -141,7 +159,7 @@ def random_search(
         front.add(point)
         samples.append(point)
         best = max(best, (reward, info), key=lambda b: b[0])
-    return Search(name, target, dataflow, True, front, best[1], len(architectures), time.perf_counter() - start, samples)
+    return Search(plan, front, best[1], len(architectures), time.perf_counter() - start, samples)
 
 
 def accuracy_latency_front(search: Search) -> list[Point]:
@@ -197,22 +215,27 @@ def dominated(front: list[Point], by: list[Point]) -> list[bool]:
 
 
 def compare_cpu(searches: list[Search], random: Search | None = None) -> dict[str, Any]:
-    """Does the joint front dominate (weakly) every point of the fixed-architecture front, and how much
-    of the random architectures' front?"""
-    joint, fixed = searches
-    joint_front = accuracy_latency_front(joint)
-    covered = dominated(accuracy_latency_front(fixed), joint_front)
-    verdict = {
-        "fixed_front_points": len(covered),
-        "dominated_by_joint_front": sum(covered),
-        "joint_front_dominates_fixed": all(covered),
-        "joint_choice_speedup_over_fixed_choice": fixed.best["latency_ms"] / joint.best["latency_ms"],
-    }
+    """For each joint search: does its front dominate (weakly) every point of the fixed-architecture
+    search's front, and how much of the random architectures' front?"""
+    (fixed,) = [s for s in searches if not s.plan.architecture]
+    fixed_front = accuracy_latency_front(fixed)
+    random_front = [] if random is None else accuracy_latency_front(random)
+    verdict: dict[str, Any] = {"fixed_front_points": len(fixed_front)}
     if random is not None:
-        covered = dominated(accuracy_latency_front(random), joint_front)
-        verdict["random_architectures"] = {
-            "networks": random.episodes, "front_points": len(covered), "dominated_by_joint_front": sum(covered),
+        verdict["random_architectures"] = {"networks": random.episodes, "front_points": len(random_front)}
+    verdict["joint_searches"] = rows = {}
+    for joint in searches:
+        if joint is fixed:
+            continue
+        front = accuracy_latency_front(joint)
+        covered = dominated(fixed_front, front)
+        rows[joint.name] = {
+            "fixed_points_dominated": sum(covered),
+            "dominates_fixed": all(covered),
+            "choice_speedup_over_fixed_choice": fixed.best["latency_ms"] / joint.best["latency_ms"],
         }
+        if random is not None:
+            rows[joint.name]["random_points_dominated"] = sum(dominated(random_front, front))
     return verdict
 
 
@@ -253,16 +276,17 @@ def figure(searches: list[Search], randoms: list[Search | None], title: str):
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for i, s in enumerate(searches):
+        reference = randoms[i] if randoms[i] is not None and randoms[i] not in randoms[:i] else None  # drawn once
         front = accuracy_latency_front(s)
         evaluated = s.front.points
         ax.scatter([p[1] for p in evaluated], [100 * p[0] for p in evaluated], s=3, color=f"C{i}", alpha=0.15)
         ax.step([p.latency_ms for p in front], [100 * p.accuracy for p in front], "o-", where="post", color=f"C{i}",
                 markersize=3, label=f"{s.name} ({s.episodes} episodes)")
         ax.scatter([s.best["latency_ms"]], [100 * s.best["accuracy"]], marker="*", s=160, color=f"C{i}", zorder=3)
-        if randoms[i] is not None:
-            front = accuracy_latency_front(randoms[i])
+        if reference is not None:
+            front = accuracy_latency_front(reference)
             ax.step([p.latency_ms for p in front], [100 * p.accuracy for p in front], "--", where="post", color=f"C{i}",
-                    linewidth=1, label=f"{randoms[i].episodes} random architectures, int8, fastest")
+                    linewidth=1, label=f"{reference.episodes} random architectures, int8, fastest")
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -299,29 +323,29 @@ def main(argv: list[str] | None = None) -> int:
     oracle = supernet_oracle_for(resolve_network("mobilenet_v2"), epochs=args.supernet_epochs, proxy=args.proxy)
     db_path = out / "measurements.sqlite"
     oracle.use_database(MeasurementDB(db_path))
-    plan = NPU_SEARCHES if npu else CPU_SEARCHES
+    plans = NPU_SEARCHES if npu else CPU_SEARCHES
     searches = []
-    for name, target, dataflow, architecture in plan:
-        print(f"== {name} on {target} ({args.timesteps} steps)", flush=True)
-        searches.append(run_search(name, target, dataflow, architecture, oracle, args.timesteps, args.seed, db_path,
-                                   out / f"nas-{args.target}", args.tradeoff_ms))
+    for plan in plans:
+        print(f"== {plan.name} on {plan.target} ({args.timesteps} steps)", flush=True)
+        searches.append(run_search(plan, oracle, args.timesteps, args.seed, db_path, out / f"nas-{args.target}", args.tradeoff_ms))
         best = searches[-1].best
         print(f"   choice {best['latency_ms']:.3f} ms, {100 * best['accuracy']:.2f}% "
               f"({searches[-1].episodes} episodes, {searches[-1].seconds:.0f} s)", flush=True)
     count = searches[0].episodes if args.random_architectures is None else args.random_architectures
     space, rng = oracle.space, np.random.default_rng(args.seed)
     architectures = [space.labels(space.sample(rng)) for _ in range(count)]
-    randoms: list[Search | None] = [None] * len(plan)
-    for i, (name, target, dataflow, architecture) in enumerate(plan):
-        if architecture and architectures:
-            randoms[i] = random_search(f"random architectures, {name}", target, dataflow, oracle, architectures, db_path,
-                                       args.tradeoff_ms)
-            print(f"   {count} random architectures for {name}: choice {randoms[i].best['latency_ms']:.3f} ms, "
-                  f"{100 * randoms[i].best['accuracy']:.2f}% ({randoms[i].seconds:.0f} s)", flush=True)
+    randoms: list[Search | None] = [None] * len(plans)
+    drawn: dict[tuple[str, str], Search] = {}  # searches with the same target and dataflow mode share their reference
+    for i, plan in enumerate(plans):
+        if plan.architecture and architectures:
+            if (plan.target, plan.dataflow) not in drawn:
+                drawn[plan.target, plan.dataflow] = random_search(plan, oracle, architectures, db_path, args.tradeoff_ms)
+                best = drawn[plan.target, plan.dataflow]
+                print(f"   {count} random architectures for {plan.name}: choice {best.best['latency_ms']:.3f} ms, "
+                      f"{100 * best.best['accuracy']:.2f}% ({best.seconds:.0f} s)", flush=True)
+            randoms[i] = drawn[plan.target, plan.dataflow]
     if npu:
-        costs = make_cost_table(NPU_SEARCHES[0][1], db_path)
-        per_layer_best = make_deployment_env("mobilenet_v2", NPU_SEARCHES[0][1], "tradeoff", accuracy=oracle, costs=costs,
-                                             dataflow=NPU_SEARCHES[0][2], architecture=True)
+        per_layer_best = search_env(NPU_SEARCHES[0], oracle, db_path, args.tradeoff_ms)()
         comparison = compare_npu(searches, per_layer_best, randoms)
     else:
         comparison = compare_cpu(searches, randoms[0])
@@ -332,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy": {"provenance": oracle.provenance, "supernet": oracle.weights_id,
                      "original_mobilenet_v2_fp32": oracle.baseline_accuracy},
         "searches": [s.to_dict() for s in searches],
-        "random_architectures": [s.to_dict() for s in randoms if s is not None],
+        "random_architectures": [s.to_dict() for s in drawn.values()],
         "comparison": comparison,
     }
     write_json(out / f"nas-{args.target}.json", report)

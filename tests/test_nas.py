@@ -1,4 +1,4 @@
-"""The NAS experiment script, small: joint search against the fixed MobileNetV2 on the A72 model."""
+"""The NAS experiment script, small: joint searches against the fixed MobileNetV2 on the A72 model."""
 
 from __future__ import annotations
 
@@ -20,30 +20,38 @@ def test_cpu_experiment_writes_fronts_choices_and_an_honest_dominance_verdict(tm
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "nas-cortex-a72.json").read_text())
     assert (tmp_path / "nas-cortex-a72.png").stat().st_size > 10_000
-    joint, fixed = report["searches"]
-    assert joint["architecture_searched"] and not fixed["architecture_searched"]
-    assert joint["episodes"] > 0 and fixed["episodes"] > 0
-    assert all(len(p["architecture"]) == 17 for p in joint["accuracy_latency_front"])
+    joint, fastest, fixed = report["searches"]
+    assert joint["architecture_searched"] and fastest["architecture_searched"] and not fixed["architecture_searched"]
+    assert (joint["implementation"], fastest["implementation"], fixed["implementation"]) == ("agent", "fastest", "agent")
+    assert joint["episodes"] > 0 and fastest["episodes"] > 0 and fixed["episodes"] > 0
+    assert all(len(p["architecture"]) == 17 for p in joint["accuracy_latency_front"] + fastest["accuracy_latency_front"])
     assert all(p["architecture"] is None for p in fixed["accuracy_latency_front"])
-    covered = [
-        any(j["accuracy"] >= f["accuracy"] and j["latency_ms"] <= f["latency_ms"] for j in joint["accuracy_latency_front"])
-        for f in fixed["accuracy_latency_front"]
-    ]
-    verdict = report["comparison"]
-    assert verdict["dominated_by_joint_front"] == sum(covered) and verdict["joint_front_dominates_fixed"] == all(covered)
-    assert verdict["joint_choice_speedup_over_fixed_choice"] == fixed["choice"]["latency_ms"] / joint["choice"]["latency_ms"]
     assert report["accuracy"]["provenance"].endswith("/supernet")
-    # the reference: as many random architectures as the joint search had episodes, each deployed in int8
+    # the reference: as many random architectures as the first search had episodes, each deployed in int8, drawn once
     (random,) = report["random_architectures"]
     assert random["episodes"] == joint["episodes"] and len(random["pareto"]["points"]) == joint["episodes"]
     front = random["accuracy_latency_front"]
     assert front and all(len(p["architecture"]) == 17 for p in front)
     stored = {tuple(p["architecture"]): p["choices"] for p in random["pareto"]["front"]}
     assert all(c["quant"] == "int8" for p in front for c in stored[tuple(p["architecture"])].values())
-    covered = [any(j["accuracy"] >= r["accuracy"] and j["latency_ms"] <= r["latency_ms"] for j in joint["accuracy_latency_front"])
-               for r in front]
-    assert verdict["random_architectures"] == {"networks": joint["episodes"], "front_points": len(front),
-                                               "dominated_by_joint_front": sum(covered)}
+
+    def covered(points, by):
+        return [any(b["accuracy"] >= p["accuracy"] and b["latency_ms"] <= p["latency_ms"] for b in by["accuracy_latency_front"])
+                for p in points]
+
+    verdict = report["comparison"]
+    assert verdict["fixed_front_points"] == len(fixed["accuracy_latency_front"])
+    assert verdict["random_architectures"] == {"networks": joint["episodes"], "front_points": len(front)}
+    assert list(verdict["joint_searches"]) == [joint["name"], fastest["name"]]
+    for search in (joint, fastest):
+        row = verdict["joint_searches"][search["name"]]
+        fixed_covered = covered(fixed["accuracy_latency_front"], search)
+        assert row["fixed_points_dominated"] == sum(fixed_covered) and row["dominates_fixed"] == all(fixed_covered)
+        assert row["choice_speedup_over_fixed_choice"] == fixed["choice"]["latency_ms"] / search["choice"]["latency_ms"]
+        assert row["random_points_dominated"] == sum(covered(front, search))
+    # the environment deployed every layer of the fastest-implementation search: one dataflow of many is not a coincidence
+    fastest_choices = [c for p in fastest["pareto"]["front"] for c in p["choices"].values()]
+    assert len({json.dumps(c["dataflow"], sort_keys=True) for c in fastest_choices}) > 1
 
 
 def test_bad_arguments_are_named(tmp_path):
@@ -72,7 +80,7 @@ def test_random_reference_compares_the_same_networks_at_every_accuracy_level():
         for i, (accuracy, latency) in enumerate(zip((0.70, 0.80, 0.90), latencies)):
             samples.append(nas.Point(accuracy, latency, architecture=[f"net{i}"]))
             front.add(samples[-1])
-        return nas.Search("s", "npu", "fixed", True, front, {}, 3, 0.0, samples)
+        return nas.Search(nas.SearchPlan("s", "npu", "fixed", True), front, {}, 3, 0.0, samples)
 
     ours, theirs = search((1.0, 1.5, 4.0)), search((3.0, 2.0, 6.0))  # per-network gains 3, 4/3, 1.5
     reference = nas.random_reference(ours, theirs)
