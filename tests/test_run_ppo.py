@@ -230,6 +230,8 @@ def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board
         (["--target", "npu-eyeriss", "--rpc", "127.0.0.1:9"], "simulated with ZigZag: --rpc / --rpc-tracker do not apply"),
         (["--target", "no_such_npu.yaml"], "no_such_npu.yaml: cannot read the NPU description"),
         (["--dataflow", "fastest"], "use 'agent', 'fixed' or a FlowOptimizer criterion"),
+        (["--implementation", "quickest"], "implementation='quickest': use one of ('agent', 'fastest')"),
+        (["--implementation", "fastest", "--dataflow", "latency"], "picks the dataflow too: dataflow='latency' must be 'agent'"),
         (["--arch", "--net", "mobilenet_v1"], "network 'mobilenet_v1' has no architecture space"),
         (["--arch", "--proxy", "mnist"], "unknown proxy data set 'mnist'"),
         (["--predictor-samples", "50"], "--predictor-samples predicts sub-network accuracy: it needs --arch"),
