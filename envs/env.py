@@ -122,8 +122,9 @@ class DeploymentEnv(gym.Env):
     accuracy: the accuracy oracle (with `arch_space`, an `ArchAccuracy`). reward: scoring
     configuration. dataflow: "agent" (the action chooses it), "fixed" (the target's own) or a
     FlowOptimizer criterion ("latency", "energy", "edp"). implementation: "agent" (the action chooses
-    algorithm and dataflow) or "fastest" (the environment does; `dataflow` must then be "agent"). arch_space: the network's architecture
-    space, for joint search (`network` must be its original architecture).
+    algorithm and dataflow) or "fastest" (the environment does; `dataflow` must then be "agent").
+    arch_space: the network's architecture space, for joint search (`network` must be its original
+    architecture).
     """
 
     metadata = {"render_modes": []}
