@@ -190,6 +190,21 @@ def test_joint_search_exports_the_network_it_chose_with_its_architecture(tmp_pat
     assert "choices/block" in acc.Tags()["histograms"] and "pareto/front" in acc.Tags()["images"]
 
 
+def test_fastest_implementation_exports_the_fastest_deployment_of_the_agents_precisions(tmp_path):
+    from deploy.cost_table import CostTable
+    from deploy.targets import get_target
+    from tests.test_fastest_implementation import assert_each_layer_adds_the_least
+
+    result = run("--implementation", "fastest", "--timesteps", "1024", "--logdir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert "implementation: fastest" in (folder / "config.yml").read_text()
+    record = load_deployment(folder / "deployment.json")
+    target = get_target("cortex-a72")
+    assert_each_layer_adds_the_least(CostTable(target.backend(), target.search_space()), record.network, record.choices)
+    assert reevaluate(folder / "deployment.json").latency_ms == pytest.approx(record.totals["latency_ms"], rel=1e-12)
+
+
 def test_joint_search_with_the_predictor_reports_it_and_exports_measured_accuracy(tmp_path):
     args = ("--arch", "--proxy", "digits", "--supernet-epochs", "1", "--predictor-samples", "16", "--timesteps", "1024",
             "--logdir", str(tmp_path))
