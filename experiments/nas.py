@@ -337,13 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     randoms: list[Search | None] = [None] * len(plans)
     drawn: dict[tuple[str, str], Search] = {}  # searches with the same target and dataflow mode share their reference
     for i, plan in enumerate(plans):
+        key = (plan.target, plan.dataflow)
         if plan.architecture and architectures:
-            if (plan.target, plan.dataflow) not in drawn:
-                drawn[plan.target, plan.dataflow] = random_search(plan, oracle, architectures, db_path, args.tradeoff_ms)
-                best = drawn[plan.target, plan.dataflow]
-                print(f"   {count} random architectures for {plan.name}: choice {best.best['latency_ms']:.3f} ms, "
-                      f"{100 * best.best['accuracy']:.2f}% ({best.seconds:.0f} s)", flush=True)
-            randoms[i] = drawn[plan.target, plan.dataflow]
+            if key not in drawn:
+                drawn[key] = reference = random_search(plan, oracle, architectures, db_path, args.tradeoff_ms)
+                print(f"   {count} random architectures for {plan.name}: choice {reference.best['latency_ms']:.3f} ms, "
+                      f"{100 * reference.best['accuracy']:.2f}% ({reference.seconds:.0f} s)", flush=True)
+            randoms[i] = drawn[key]
     if npu:
         per_layer_best = search_env(NPU_SEARCHES[0], oracle, db_path, args.tradeoff_ms)()
         comparison = compare_npu(searches, per_layer_best, randoms)
