@@ -289,10 +289,13 @@ def enable_wal(conn: sqlite3.Connection, timeout_s: float = BUSY_TIMEOUT_S) -> N
 def _open_checked(path: Path) -> sqlite3.Connection | None:
     """Open an existing file read-only and check its schema; None when it holds no tables yet.
 
-    Read-only, so a file that turns out not to be ours is never written to.
+    Read-only, so a file that turns out not to be ours is never written to. SQLite still creates
+    `-wal` and `-shm` files beside one whose header says WAL; those it created are removed on refusal.
     """
     if path.is_dir():
         raise DatabaseError(f"{path} is a directory, not a DeployGym measurement database")
+    beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+    created = [p for p in beside if not p.exists()]
     conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
@@ -305,6 +308,8 @@ def _open_checked(path: Path) -> sqlite3.Connection | None:
     if conn is not None:
         conn.close()
     if problem is not None:
+        for p in created:
+            p.unlink(missing_ok=True)
         raise DatabaseError(f"{path}: {problem}; the file was left unchanged")
     return None
 

@@ -251,6 +251,8 @@ def _meta_only_sqlite(path: Path) -> None:
         pytest.param(lambda p: p.write_bytes(os.urandom(4096)), id="random-bytes"),
         pytest.param(lambda p: p.write_text("latency_ms,choice\n1.0,direct\n"), id="text"),
         pytest.param(lambda p: p.write_bytes(b"SQLite format 3\x00" + os.urandom(4080)), id="corrupt-sqlite"),
+        # a header that says WAL (read and write versions 2): SQLite opens -wal and -shm files even read-only
+        pytest.param(lambda p: p.write_bytes(b"SQLite format 3\x00\x10\x00\x02\x02" + os.urandom(4076)), id="corrupt-wal-header"),
         pytest.param(_foreign_sqlite, id="other-schema"),
         pytest.param(_meta_only_sqlite, id="meta-only"),
     ],
