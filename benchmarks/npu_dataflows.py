@@ -11,14 +11,19 @@ three). Goal: >= 2.0x lower latency than each fixed dataflow. `all_macs_busy_bou
 network with every MAC busy every cycle (pools and adds as modelled): no dataflow can beat it, so
 `largest_possible_speedup` caps what any per-layer choice could gain over a fixed one. For transparency the JSON also gives
 the fixed designs' spatial unrolling with a searched temporal mapping (`fixed_spatial_only`).
-Simulations are cached in a database under benchmarks/out/, so a second run only reads it.
+`array_sweep` repeats the comparison on the same NPU with other PE arrays (8x8, Eyeriss's own 12x14,
+the presets' 16x16, 32x32), because what per-layer dataflows gain depends on how well a fixed
+unrolling fills the array; the goal is judged on the presets' array only. Simulations are cached in
+a database under benchmarks/out/, so a second run only reads it.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from deploy.deployment import evaluate, uniform_choices  # noqa: E402
 from deploy.flow_optimizer import best_dataflows  # noqa: E402
+from deploy.npu_hardware import load_preset, write_npu_spec  # noqa: E402
 from deploy.zigzag_sim import ZIGZAG_VERSION, SimulationSettings  # noqa: E402
 from envs.make import make_cost_table, resolve_network  # noqa: E402
 from envs.space import Choice, NpuDataflow  # noqa: E402
@@ -42,12 +48,16 @@ SPATIAL_ONLY = {"NVDLA-like spatial, searched temporal (ws:auto)": NpuDataflow("
 """Not the goal's baselines: the fixed designs' spatial unrolling with ZigZag's temporal mapping search,
 to show how much of the gain is the spatial choice and how much the temporal mapping."""
 GOAL = 2.0
+PRESET = "npu-eyeriss"
+ARRAYS = ((8, 8), (12, 14), (16, 16), (32, 32))
+"""PE arrays (rows, cols) of the sweep: 12x14 is Eyeriss's own, 16x16 the presets', 32x32 the 1024 MACs
+of a larger mobile NPU core; buffers, bandwidths and clock stay the presets'."""
 
 
-def compare(net_name: str, settings: SimulationSettings) -> dict:
-    """Latency and energy of the three deployments of one network."""
+def compare(net_name: str, settings: SimulationSettings, target: str = PRESET) -> dict:
+    """Latency and energy of the three deployments of one network on the NPU `target` (a name or YAML file)."""
     network = resolve_network(net_name)
-    costs = make_cost_table("npu-eyeriss", OUT / "npu_dataflows.sqlite", settings=settings)
+    costs = make_cost_table(target, OUT / "npu_dataflows.sqlite", settings=settings)
     start = time.perf_counter()
     before = costs.backend.simulations
     rows = best_dataflows(network, costs, QUANT, "latency")
@@ -88,9 +98,30 @@ def compare(net_name: str, settings: SimulationSettings) -> dict:
     return result
 
 
-def plot(results: dict, path: Path) -> None:
+def array_sweep(settings: SimulationSettings) -> list[dict]:
+    """Per-layer best's speedup over each fixed dataflow, and its all-MACs-busy cap, on every array of `ARRAYS`."""
+    preset = load_preset(PRESET)
+    sweep = []
+    with tempfile.TemporaryDirectory() as folder:
+        for rows, cols in ARRAYS:
+            same = (rows, cols) == (preset.rows, preset.cols)
+            spec = preset if same else replace(preset, name=f"npu-{rows}x{cols}", rows=rows, cols=cols,
+                                               description=f"{PRESET}'s hardware with a {rows}x{cols} PE array")
+            path = write_npu_spec(spec, Path(folder) / f"{spec.name}.yaml")
+            networks = {}
+            for net in NETWORKS:
+                fixed = compare(net, settings, str(path))["fixed"]
+                networks[net] = {label: {"speedup_of_per_layer_best": f["speedup_of_per_layer_best"],
+                                         "largest_possible_speedup": f["largest_possible_speedup"]} for label, f in fixed.items()}
+            met = all(f["speedup_of_per_layer_best"] >= GOAL for r in networks.values() for f in r.values())
+            sweep.append({"array": f"{rows}x{cols}", "macs": rows * cols, "presets_array": same,
+                          "networks": networks, "goal_met": met})
+    return sweep
+
+
+def plot(results: dict, sweep: list[dict], path: Path) -> None:
     labels = ["per-layer best", *FIXED]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     width = 0.26
     x = np.arange(len(results))
     for ax, key, unit in ((axes[0], "latency_ms", "latency (ms)"), (axes[1], "energy_mj", "energy (mJ)")):
@@ -104,7 +135,23 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xticks(x, list(results))
         ax.set_ylabel(unit)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Same 16x16 int8 NPU: per-layer best dataflow vs fixed dataflows (ZigZag {ZIGZAG_VERSION})")
+    ax = axes[2]
+    macs = [s["macs"] for s in sweep]
+    for i, (net, label) in enumerate((net, label) for net in NETWORKS for label in FIXED):
+        ax.plot(macs, [s["networks"][net][label]["speedup_of_per_layer_best"] for s in sweep], "o-", color=f"C{i}",
+                label=f"{net} vs {label.split(' (')[0]}")
+        ax.plot(macs, [s["networks"][net][label]["largest_possible_speedup"] for s in sweep], ":", color=f"C{i}")
+    ax.axhline(GOAL, color="k", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(macs, [s["array"] for s in sweep])
+    ax.set_yscale("log", base=2)
+    ticks = [1, 1.5, 2, 3, 4, 6, 8]
+    ax.set_yticks(ticks, [f"{t:g}x" for t in ticks])
+    ax.set_xlabel("PE array (same buffers, bandwidth, clock)")
+    ax.set_ylabel("per-layer best's speedup (dotted: cap)")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"Same int8 NPU: per-layer best dataflow vs fixed dataflows (ZigZag {ZIGZAG_VERSION}); "
+                 f"bars on the presets' 16x16 array")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -113,6 +160,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     settings = SimulationSettings()
     results = {net: compare(net, settings) for net in NETWORKS}
+    sweep = array_sweep(settings)
     doc = {
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
         "zigzag": ZIGZAG_VERSION,
@@ -121,14 +169,19 @@ def main() -> None:
         "goal_speedup": GOAL,
         "networks": results,
         "goal_met": all(f["speedup_of_per_layer_best"] >= GOAL for r in results.values() for f in r["fixed"].values()),
+        "array_sweep": sweep,
     }
     (OUT / "npu_dataflows.json").write_text(json.dumps(doc, indent=2) + "\n")
-    plot(results, OUT / "npu_dataflows.png")
+    plot(results, sweep, OUT / "npu_dataflows.png")
     for net, r in results.items():
         ratios = ", ".join(f"{label}: {f['speedup_of_per_layer_best']:.2f}x"
                            for label, f in {**r["fixed"], **r["fixed_spatial_only"]}.items())
         print(f"{net}: per-layer best {r['per_layer_best']['latency_ms']:.3f} ms ({r['seconds']} s, "
               f"{r['simulations_run']} simulations); {ratios}")
+    for s in sweep:
+        print(f"{s['array']}: " + "; ".join(f"{net} vs {label.split(' (')[0]} {f['speedup_of_per_layer_best']:.2f}x "
+                                            f"(cap {f['largest_possible_speedup']:.2f}x)"
+                                            for net, r in s["networks"].items() for label, f in r.items()))
 
 
 if __name__ == "__main__":

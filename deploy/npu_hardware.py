@@ -161,6 +161,13 @@ def load_npu_spec(path: str | Path) -> NpuSpec:
         raise NpuSpecError(f"{path}: {err}") from None
 
 
+def write_npu_spec(spec: NpuSpec, path: str | Path) -> Path:
+    """Write `spec` as a YAML description that `load_npu_spec` reads back equal; returns the path."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return path
+
+
 def npu_spec_from_dict(data: Any) -> NpuSpec:
     """The NPU described by a parsed YAML mapping (see `deploy/data/npu/npu-eyeriss.yaml`)."""
     root = _Fields(data, "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from deploy.cost import ChoiceRejected, Cost
 from deploy.deployment import best_choices, evaluate
 from deploy.flow_optimizer import best_dataflows
 from deploy.npu_backend import ZigZagBackend
-from deploy.npu_hardware import PRESET_DIR, NpuSpecError, load_npu_spec, load_preset, preset_names
+from deploy.npu_hardware import PRESET_DIR, NpuSpecError, load_npu_spec, load_preset, preset_names, write_npu_spec
 from deploy.targets import NpuTarget, get_target
 from deploy.zigzag_sim import ZIGZAG_VERSION, SimulationSettings, simulate, zigzag_inputs
 from envs.make import make_cost_table, make_deployment_env
@@ -145,6 +146,15 @@ def test_any_npu_yaml_file_is_a_target(tmp_path):
     assert {q for q, _ in space.quant_algos} == {"int8", "fp16"}
     assert space.baseline_choice() == direct("int8 ws:stationary")
     assert len(space.dataflows) == 8
+
+
+def test_a_written_npu_description_reads_back_equal(tmp_path):
+    spec = replace(load_preset("npu-eyeriss"), name="npu-32x14", rows=32, cols=14, dataflow="ws:auto")
+    path = write_npu_spec(spec, tmp_path / "npu-32x14.yaml")
+    assert load_npu_spec(path) == spec
+    target = get_target(str(path))
+    assert target.spec.hardware["array"] == {"rows": 32, "cols": 14}
+    assert target.search_space().baseline_choice() == direct("int8 ws:auto")
 
 
 def test_the_presets_are_the_same_hardware_with_their_own_dataflow():
