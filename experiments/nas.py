@@ -1,6 +1,7 @@
 """Latency-aware NAS with deployment in the loop: joint search of architecture and precision, equal budgets.
 
     python experiments/nas.py --target npu-eyeriss     # (a) per-layer best vs (b) NVDLA-like vs (c) Eyeriss-like dataflow
+    python experiments/nas.py --target my_npu.yaml     # the same on the hardware a YAML file describes
     python experiments/nas.py --target cortex-a72      # joint search vs the fixed MobileNetV2
 
 On an NPU three searches run on the same hardware with the same agent, seed, step budget and accuracy
@@ -20,7 +21,8 @@ level, what a search that had tried exactly those networks would gain from per-l
 each network's own gain; on a CPU, how much of the random front each joint search's front dominates.
 
 Writes <out>/nas-<target>.json (every search's choice, Pareto front and settings; the comparison)
-and nas-<target>.png (the fronts and the choices); TensorBoard runs go to <out>/nas-<target>/.
+and nas-<target>.png (the fronts and the choices), <target> being the target's name; TensorBoard runs
+go to <out>/nas-<target>/, with the fixed-dataflow descriptions of an NPU given as a YAML file.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -41,6 +43,7 @@ from deploy.cli import run_main
 from deploy.db import MeasurementDB
 from deploy.deployment import best_choices
 from deploy.export import write_json
+from deploy.npu_hardware import preset_names, write_npu_spec
 from deploy.targets import NpuTarget, get_target
 from envs.env import DeploymentEnv
 from envs.make import make_cost_table, make_deployment_env, resolve_network
@@ -61,17 +64,34 @@ class SearchPlan(NamedTuple):
     """who picks algorithm and dataflow: the agent, or the environment (fastest)"""
 
 
-NPU_SEARCHES = (
-    SearchPlan("a: per-layer best dataflow", "npu-eyeriss", "latency", True),
-    SearchPlan("b: fixed NVDLA-like (ws)", "npu-nvdla", "fixed", True),
-    SearchPlan("c: fixed Eyeriss-like (rs)", "npu-eyeriss", "fixed", True),
-)
 CPU_SEARCHES = (
     SearchPlan("joint: the agent chooses all four levels", "cortex-a72", "agent", True),
     SearchPlan("joint, fastest implementation: the agent chooses architecture + quantization", "cortex-a72", "agent", True, "fastest"),
     SearchPlan("fixed MobileNetV2: deployment only", "cortex-a72", "agent", False),
 )
-"""An NPU experiment runs its hardware's presets; a CPU one, joint searches against the fixed network."""
+"""A CPU experiment: joint searches against the fixed network."""
+FIXED_NPU_DATAFLOWS = {"nvdla": "ws:stationary", "eyeriss": "rs:stationary"}
+"""The fixed dataflows an NPU experiment compares with: NVDLA-like and Eyeriss-like."""
+
+
+def npu_searches(target: str, folder: Path) -> tuple[SearchPlan, ...]:
+    """(a) per-layer best, (b) fixed NVDLA-like and (c) fixed Eyeriss-like dataflow on the hardware of
+    the NPU `target`: the presets for a preset, else its YAML description with each fixed dataflow
+    (written to `folder`, where the report can point to them)."""
+    if target in preset_names():
+        nvdla, eyeriss = "npu-nvdla", "npu-eyeriss"
+    else:
+        spec = get_target(target).spec
+        folder.mkdir(parents=True, exist_ok=True)
+        nvdla, eyeriss = (
+            str(write_npu_spec(replace(spec, name=f"{spec.name}-{design}-like", dataflow=flow), folder / f"{spec.name}-{design}-like.yaml"))
+            for design, flow in FIXED_NPU_DATAFLOWS.items()
+        )
+    return (
+        SearchPlan("a: per-layer best dataflow", eyeriss, "latency", True),
+        SearchPlan("b: fixed NVDLA-like (ws)", nvdla, "fixed", True),
+        SearchPlan("c: fixed Eyeriss-like (rs)", eyeriss, "fixed", True),
+    )
 
 
 @dataclass
@@ -94,7 +114,7 @@ class Search:
         keep = ("latency_ms", "accuracy", "energy_mj", "speedup", "architecture", "network", "latency_provenance", "choices")
         plan = self.plan
         return {
-            "name": plan.name, "target": plan.target, "dataflow": plan.dataflow, "architecture_searched": plan.architecture,
+            "name": plan.name, "target": get_target(plan.target).name, "dataflow": plan.dataflow, "architecture_searched": plan.architecture,
             "implementation": plan.implementation,
             "episodes": self.episodes, "seconds": round(self.seconds, 1),
             "choice": {k: self.best.get(k) for k in keep},
@@ -302,7 +322,8 @@ def figure(searches: list[Search], randoms: list[Search | None], title: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="npu-eyeriss", help="npu-eyeriss (any NPU preset: the three dataflows) or cortex-a72")
+    parser.add_argument("--target", default="npu-eyeriss",
+                        help="npu-eyeriss (any NPU preset: the presets' hardware), an NPU's YAML file (its hardware), or cortex-a72")
     parser.add_argument("--timesteps", type=int, default=30_000, help="environment steps per search (equal for all)")
     parser.add_argument("--seed", type=int, default=0, help="agent seed (the same for every search)")
     parser.add_argument("--tradeoff-ms", type=float, help="target latency of the trade-off reward (default: each environment's)")
@@ -313,9 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs", help="output folder (also holds the measurement database)")
     args = parser.parse_args(argv)
 
-    npu = isinstance(get_target(args.target), NpuTarget)
+    target = get_target(args.target)
+    npu = isinstance(target, NpuTarget)
     if not npu and args.target != "cortex-a72":
-        raise ValueError(f"--target {args.target!r}: use an NPU preset (npu-eyeriss, npu-nvdla, npu-tpu) or cortex-a72")
+        raise ValueError(f"--target {args.target!r}: use an NPU preset (npu-eyeriss, npu-nvdla, npu-tpu), an NPU's YAML file or cortex-a72")
     if args.random_architectures is not None and args.random_architectures < 0:
         raise ValueError(f"--random-architectures {args.random_architectures}: use 0 (none) or more")
     out = Path(args.out)
@@ -323,11 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     oracle = supernet_oracle_for(resolve_network("mobilenet_v2"), epochs=args.supernet_epochs, proxy=args.proxy)
     db_path = out / "measurements.sqlite"
     oracle.use_database(MeasurementDB(db_path))
-    plans = NPU_SEARCHES if npu else CPU_SEARCHES
+    stem = out / f"nas-{target.name}"
+    plans = npu_searches(args.target, stem) if npu else CPU_SEARCHES
     searches = []
     for plan in plans:
         print(f"== {plan.name} on {plan.target} ({args.timesteps} steps)", flush=True)
-        searches.append(run_search(plan, oracle, args.timesteps, args.seed, db_path, out / f"nas-{args.target}", args.tradeoff_ms))
+        searches.append(run_search(plan, oracle, args.timesteps, args.seed, db_path, stem, args.tradeoff_ms))
         best = searches[-1].best
         print(f"   choice {best['latency_ms']:.3f} ms, {100 * best['accuracy']:.2f}% "
               f"({searches[-1].episodes} episodes, {searches[-1].seconds:.0f} s)", flush=True)
@@ -345,12 +368,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{100 * reference.best['accuracy']:.2f}% ({reference.seconds:.0f} s)", flush=True)
             randoms[i] = drawn[key]
     if npu:
-        per_layer_best = search_env(NPU_SEARCHES[0], oracle, db_path, args.tradeoff_ms)()
+        per_layer_best = search_env(plans[0], oracle, db_path, args.tradeoff_ms)()
         comparison = compare_npu(searches, per_layer_best, randoms)
     else:
         comparison = compare_cpu(searches, randoms[0])
     report = {
-        "experiment": f"latency-aware NAS of MobileNetV2 on {args.target}, MaskablePPO, trade-off reward",
+        "experiment": f"latency-aware NAS of MobileNetV2 on {target.name}, MaskablePPO, trade-off reward",
+        "target": target.describe(),
         "timesteps_per_search": args.timesteps,
         "seed": args.seed,
         "accuracy": {"provenance": oracle.provenance, "supernet": oracle.weights_id,
@@ -359,11 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         "random_architectures": [s.to_dict() for s in drawn.values()],
         "comparison": comparison,
     }
-    write_json(out / f"nas-{args.target}.json", report)
-    title = f"NAS on {args.target}: {args.timesteps} steps per search, seed {args.seed}"
-    figure(searches, randoms, title).savefig(out / f"nas-{args.target}.png", dpi=120)
+    write_json(stem.with_suffix(".json"), report)
+    title = f"NAS on {target.name}: {args.timesteps} steps per search, seed {args.seed}"
+    figure(searches, randoms, title).savefig(stem.with_suffix(".png"), dpi=120)
     print(json.dumps(comparison, indent=2))
-    print(f"wrote {out / f'nas-{args.target}.json'} and .png")
+    print(f"wrote {stem.with_suffix('.json')} and .png")
     return 0
 
 

@@ -6,9 +6,13 @@ import importlib.util
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from deploy.npu_hardware import load_preset, write_npu_spec
+from deploy.targets import get_target
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +31,7 @@ def test_cpu_experiment_writes_fronts_choices_and_an_honest_dominance_verdict(tm
     assert all(len(p["architecture"]) == 17 for p in joint["accuracy_latency_front"] + fastest["accuracy_latency_front"])
     assert all(p["architecture"] is None for p in fixed["accuracy_latency_front"])
     assert report["accuracy"]["provenance"].endswith("/supernet")
+    assert report["target"]["target"] == "cortex-a72" and report["target"]["tvm_target"]["mcpu"] == "cortex-a72"
     # the reference: as many random architectures as the first search had episodes, each deployed in int8, drawn once
     (random,) = report["random_architectures"]
     assert random["episodes"] == joint["episodes"] and len(random["pareto"]["points"]) == joint["episodes"]
@@ -70,6 +75,23 @@ def load_nas():
     sys.modules["nas"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def test_an_npu_experiment_compares_dataflows_on_its_own_hardware(tmp_path):
+    nas = load_nas()
+    assert [(p.target, p.dataflow) for p in nas.npu_searches("npu-tpu", tmp_path)] == [
+        ("npu-eyeriss", "latency"), ("npu-nvdla", "fixed"), ("npu-eyeriss", "fixed")]
+    spec = replace(load_preset("npu-tpu"), name="big", rows=32, cols=32)
+    path = write_npu_spec(spec, tmp_path / "big.yaml")
+    plans = nas.npu_searches(str(path), tmp_path / "nas-big")
+    targets = [get_target(p.target) for p in plans]
+    assert all(t.spec.hardware == spec.hardware for t in targets)
+    assert [(t.name, str(t.spec.fixed_dataflow.key), p.dataflow) for t, p in zip(targets, plans)] == [
+        ("big-eyeriss-like", "npu:rs:stationary", "latency"),
+        ("big-nvdla-like", "npu:ws:stationary", "fixed"),
+        ("big-eyeriss-like", "npu:rs:stationary", "fixed"),
+    ]
+    assert all(Path(p.target).parent == tmp_path / "nas-big" for p in plans)
 
 
 def test_random_reference_compares_the_same_networks_at_every_accuracy_level():
