@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("list", "export", "merge"))
     parser.add_argument("--db", default="runs/measurements.sqlite", help="the measurement database")
-    parser.add_argument("--target", help="export / merge only this target's measurements")
+    parser.add_argument("--target", help="export: this target's measurements; merge: a source holding only this target's (a file with any other target is refused)")
     parser.add_argument("--out", help="export: the JSON file to write")
     parser.add_argument("--source", help="merge: the database to copy from (only read)")
     args = parser.parse_args(argv)
