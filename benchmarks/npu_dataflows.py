@@ -98,19 +98,23 @@ def compare(net_name: str, settings: SimulationSettings, target: str = PRESET) -
     return result
 
 
-def array_sweep(settings: SimulationSettings) -> list[dict]:
-    """Per-layer best's speedup over each fixed dataflow, and its all-MACs-busy cap, on every array of `ARRAYS`."""
+def array_sweep(settings: SimulationSettings, presets: dict[str, dict]) -> list[dict]:
+    """Per-layer best's speedup over each fixed dataflow, and its all-MACs-busy cap, on every array of `ARRAYS`
+    (`presets`: `compare`'s results on the presets' array, reused for it)."""
     preset = load_preset(PRESET)
     sweep = []
     with tempfile.TemporaryDirectory() as folder:
         for rows, cols in ARRAYS:
             same = (rows, cols) == (preset.rows, preset.cols)
-            spec = preset if same else replace(preset, name=f"npu-{rows}x{cols}", rows=rows, cols=cols,
-                                               description=f"{PRESET}'s hardware with a {rows}x{cols} PE array")
-            path = write_npu_spec(spec, Path(folder) / f"{spec.name}.yaml")
+            results = presets
+            if not same:
+                spec = replace(preset, name=f"npu-{rows}x{cols}", rows=rows, cols=cols,
+                               description=f"{PRESET}'s hardware with a {rows}x{cols} PE array")
+                path = write_npu_spec(spec, Path(folder) / f"{spec.name}.yaml")
+                results = {net: compare(net, settings, str(path)) for net in NETWORKS}
             networks = {}
             for net in NETWORKS:
-                fixed = compare(net, settings, str(path))["fixed"]
+                fixed = results[net]["fixed"]
                 networks[net] = {label: {"speedup_of_per_layer_best": f["speedup_of_per_layer_best"],
                                          "largest_possible_speedup": f["largest_possible_speedup"]} for label, f in fixed.items()}
             met = all(f["speedup_of_per_layer_best"] >= GOAL for r in networks.values() for f in r.values())
@@ -160,7 +164,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     settings = SimulationSettings()
     results = {net: compare(net, settings) for net in NETWORKS}
-    sweep = array_sweep(settings)
+    sweep = array_sweep(settings, results)
     doc = {
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
         "zigzag": ZIGZAG_VERSION,

@@ -43,7 +43,7 @@ from deploy.cli import run_main
 from deploy.db import MeasurementDB
 from deploy.deployment import best_choices
 from deploy.export import write_json
-from deploy.npu_hardware import preset_names, write_npu_spec
+from deploy.npu_hardware import load_preset, preset_names, write_npu_spec
 from deploy.targets import NpuTarget, get_target
 from envs.env import DeploymentEnv
 from envs.make import make_cost_table, make_deployment_env, resolve_network
@@ -70,8 +70,8 @@ CPU_SEARCHES = (
     SearchPlan("fixed MobileNetV2: deployment only", "cortex-a72", "agent", False),
 )
 """A CPU experiment: joint searches against the fixed network."""
-FIXED_NPU_DATAFLOWS = {"nvdla": "ws:stationary", "eyeriss": "rs:stationary"}
-"""The fixed dataflows an NPU experiment compares with: NVDLA-like and Eyeriss-like."""
+FIXED_NPU_PRESETS = {"nvdla": "npu-nvdla", "eyeriss": "npu-eyeriss"}
+"""The presets whose own dataflows an NPU experiment compares with: NVDLA-like and Eyeriss-like."""
 
 
 def npu_searches(target: str, folder: Path) -> tuple[SearchPlan, ...]:
@@ -79,13 +79,14 @@ def npu_searches(target: str, folder: Path) -> tuple[SearchPlan, ...]:
     the NPU `target`: the presets for a preset, else its YAML description with each fixed dataflow
     (written to `folder`, where the report can point to them)."""
     if target in preset_names():
-        nvdla, eyeriss = "npu-nvdla", "npu-eyeriss"
+        nvdla, eyeriss = FIXED_NPU_PRESETS.values()
     else:
         spec = get_target(target).spec
         folder.mkdir(parents=True, exist_ok=True)
         nvdla, eyeriss = (
-            str(write_npu_spec(replace(spec, name=f"{spec.name}-{design}-like", dataflow=flow), folder / f"{spec.name}-{design}-like.yaml"))
-            for design, flow in FIXED_NPU_DATAFLOWS.items()
+            str(write_npu_spec(replace(spec, name=f"{spec.name}-{design}-like", dataflow=load_preset(preset).dataflow),
+                               folder / f"{spec.name}-{design}-like.yaml"))
+            for design, preset in FIXED_NPU_PRESETS.items()
         )
     return (
         SearchPlan("a: per-layer best dataflow", eyeriss, "latency", True),

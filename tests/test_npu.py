@@ -157,6 +157,11 @@ def test_a_written_npu_description_reads_back_equal(tmp_path):
     assert target.search_space().baseline_choice() == direct("int8 ws:auto")
 
 
+def test_the_shipped_32x32_npu_is_the_presets_hardware_with_a_larger_array():
+    big = load_npu_spec(PRESET_DIR.parents[2] / "benchmarks" / "npu-32x32.yaml")
+    assert big.hardware == replace(load_preset("npu-eyeriss"), rows=32, cols=32).hardware
+
+
 def test_the_presets_are_the_same_hardware_with_their_own_dataflow():
     assert preset_names() == ["npu-eyeriss", "npu-nvdla", "npu-tpu"]
     specs = {name: load_preset(name) for name in preset_names()}
