@@ -42,7 +42,9 @@ from envs.space import Choice, NpuDataflow  # noqa: E402
 OUT = Path(__file__).resolve().parent / "out"
 NETWORKS = ("mobilenet_v2", "resnet18")
 QUANT = "int8"
-FIXED = {"NVDLA-like (ws:stationary)": NpuDataflow("ws", "stationary"), "Eyeriss-like (rs:stationary)": NpuDataflow("rs", "stationary")}
+FIXED = {f"{design} ({load_preset(preset).dataflow})": load_preset(preset).fixed_dataflow
+         for design, preset in (("NVDLA-like", "npu-nvdla"), ("Eyeriss-like", "npu-eyeriss"))}
+"""The goal's baselines: the dataflows of the presets that define them, labelled with them."""
 SPATIAL_ONLY = {"NVDLA-like spatial, searched temporal (ws:auto)": NpuDataflow("ws", "auto"),
                 "Eyeriss-like spatial, searched temporal (rs:auto)": NpuDataflow("rs", "auto")}
 """Not the goal's baselines: the fixed designs' spatial unrolling with ZigZag's temporal mapping search,
