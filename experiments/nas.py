@@ -12,7 +12,8 @@ and (c) at equal or better accuracy: the fastest network (a) evaluated whose acc
 that of (b)'s (or (c)'s) choice. On a CPU two joint searches run against the same search with the
 architecture fixed to MobileNetV2: one whose agent chooses all four levels, one whose agent chooses
 architecture and quantization while the environment deploys each layer with its fastest algorithm
-and dataflow (`implementation="fastest"`); each joint Pareto front is checked to dominate the fixed one.
+and dataflow (`implementation="fastest"`); each joint Pareto front is checked to dominate the fixed one,
+and the fixed network's fastest int8 deployment (so the verdict does not rest on the fixed search).
 
 Random architectures are the reference of every architecture search: `--random-architectures` of
 them, drawn once, each deployed as fast as its search allows in int8 (dynamic programming over the
@@ -160,11 +161,12 @@ def run_search(
 
 def random_search(
     plan: SearchPlan, oracle: SupernetOracle, architectures: list[tuple[str, ...]], db_path: Path, tradeoff_ms: float | None,
+    name: str = "random architectures",
 ) -> Search:
     """Every architecture of `architectures` (block labels) deployed as fast as the search `plan`'s
     dataflow mode may in int8 and scored as one episode of its environment; the choice is the
-    highest-reward one."""
-    plan = SearchPlan(f"random architectures, {plan.name}", plan.target, plan.dataflow, True)
+    highest-reward one. The result is named `name`, then the plan's name."""
+    plan = SearchPlan(f"{name}, {plan.name}", plan.target, plan.dataflow, True)
     env = search_env(plan, oracle, db_path, tradeoff_ms)()
     own = env.space.baseline_choice().dataflow
 
@@ -235,13 +237,17 @@ def dominated(front: list[Point], by: list[Point]) -> list[bool]:
     return [any(b.accuracy >= f.accuracy and b.latency_ms <= f.latency_ms for b in by) for f in front]
 
 
-def compare_cpu(searches: list[Search], random: Search | None = None) -> dict[str, Any]:
+def compare_cpu(searches: list[Search], random: Search | None = None, original_int8: Search | None = None) -> dict[str, Any]:
     """For each joint search: does its front dominate (weakly) every point of the fixed-architecture
-    search's front, and how much of the random architectures' front?"""
+    search's front, how much of the random architectures' front, and does it dominate the fixed
+    network's fastest int8 deployment (`original_int8`, so that the verdict does not rest on how well
+    the fixed search deployed it)?"""
     (fixed,) = [s for s in searches if not s.plan.architecture]
     fixed_front = accuracy_latency_front(fixed)
     random_front = [] if random is None else accuracy_latency_front(random)
     verdict: dict[str, Any] = {"fixed_front_points": len(fixed_front)}
+    if original_int8 is not None:
+        verdict["fixed_network_int8_fastest"] = {k: original_int8.best[k] for k in ("latency_ms", "accuracy")}
     if random is not None:
         verdict["random_architectures"] = {"networks": random.episodes, "front_points": len(random_front)}
     verdict["joint_searches"] = rows = {}
@@ -257,6 +263,9 @@ def compare_cpu(searches: list[Search], random: Search | None = None) -> dict[st
         }
         if random is not None:
             rows[joint.name]["random_points_dominated"] = sum(dominated(random_front, front))
+        if original_int8 is not None:
+            (beats_int8,) = dominated(accuracy_latency_front(original_int8), front)
+            rows[joint.name]["dominates_fixed_network_int8_fastest"] = beats_int8
     return verdict
 
 
@@ -287,8 +296,9 @@ def random_reference(ours: Search, theirs: Search) -> dict[str, Any]:
     }
 
 
-def figure(searches: list[Search], randoms: list[Search | None], title: str):
-    """Every search's Pareto front, with its choice starred, and its random architectures' front dashed."""
+def figure(searches: list[Search], randoms: list[Search | None], title: str, marks: tuple[Search, ...] = ()):
+    """Every search's Pareto front, with its choice starred, its random architectures' front dashed, and
+    the choices of `marks` (single deployments, e.g. the fixed network's fastest in int8) crossed."""
     import matplotlib
     import matplotlib.ticker
 
@@ -308,6 +318,9 @@ def figure(searches: list[Search], randoms: list[Search | None], title: str):
             front = accuracy_latency_front(reference)
             ax.step([p.latency_ms for p in front], [100 * p.accuracy for p in front], "--", where="post", color=f"C{i}",
                     linewidth=1, label=f"{reference.episodes} random architectures, int8, fastest")
+    for mark in marks:
+        ax.scatter([mark.best["latency_ms"]], [100 * mark.best["accuracy"]], marker="X", s=90, color="black", zorder=3,
+                   label=mark.name.split(",")[0] + ", int8, fastest")
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -372,8 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     if npu:
         per_layer_best = search_env(plans[0], oracle, db_path, args.tradeoff_ms)()
         comparison = compare_npu(searches, per_layer_best, randoms)
+        marks: tuple[Search, ...] = ()
     else:
-        comparison = compare_cpu(searches, randoms[0])
+        (fixed_plan,) = [p for p in plans if not p.architecture]
+        marks = (random_search(fixed_plan, oracle, [space.labels(space.ORIGINAL)], db_path, args.tradeoff_ms, name="fixed MobileNetV2"),)
+        print(f"   fixed MobileNetV2, int8, fastest: {marks[0].best['latency_ms']:.3f} ms, {100 * marks[0].best['accuracy']:.2f}%", flush=True)
+        comparison = compare_cpu(searches, randoms[0], marks[0])
     report = {
         "experiment": f"latency-aware NAS of MobileNetV2 on {target.name}, MaskablePPO, trade-off reward",
         "target": target.describe(),
@@ -383,11 +400,12 @@ def main(argv: list[str] | None = None) -> int:
                      "original_mobilenet_v2_fp32": oracle.baseline_accuracy},
         "searches": [s.to_dict() for s in searches],
         "random_architectures": [s.to_dict() for s in drawn.values()],
+        "references": [s.to_dict() for s in marks],
         "comparison": comparison,
     }
     write_json(stem.with_suffix(".json"), report)
     title = f"NAS on {target.name}: {args.timesteps} steps per search, seed {args.seed}"
-    figure(searches, randoms, title).savefig(stem.with_suffix(".png"), dpi=120)
+    figure(searches, randoms, title, marks).savefig(stem.with_suffix(".png"), dpi=120)
     print(json.dumps(comparison, indent=2))
     print(f"wrote {stem.with_suffix('.json')} and .png")
     return 0

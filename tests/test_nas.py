@@ -44,7 +44,12 @@ def test_cpu_experiment_writes_fronts_choices_and_an_honest_dominance_verdict(tm
         return [any(b["accuracy"] >= p["accuracy"] and b["latency_ms"] <= p["latency_ms"] for b in by["accuracy_latency_front"])
                 for p in points]
 
+    # the fixed network deployed as fast as possible in int8: MobileNetV2's own blocks, every layer int8
+    (original,) = report["references"]
+    assert original["episodes"] == 1 and original["choice"]["architecture"] == ["k3e1"] + ["k3e6"] * 16
+    assert all(c["quant"] == "int8" for c in original["choice"]["choices"].values())
     verdict = report["comparison"]
+    assert verdict["fixed_network_int8_fastest"] == {k: original["choice"][k] for k in ("latency_ms", "accuracy")}
     assert verdict["fixed_front_points"] == len(fixed["accuracy_latency_front"])
     assert verdict["random_architectures"] == {"networks": joint["episodes"], "front_points": len(front)}
     assert list(verdict["joint_searches"]) == [joint["name"], fastest["name"]]
@@ -54,6 +59,7 @@ def test_cpu_experiment_writes_fronts_choices_and_an_honest_dominance_verdict(tm
         assert row["fixed_points_dominated"] == sum(fixed_covered) and row["dominates_fixed"] == all(fixed_covered)
         assert row["choice_speedup_over_fixed_choice"] == fixed["choice"]["latency_ms"] / search["choice"]["latency_ms"]
         assert row["random_points_dominated"] == sum(covered(front, search))
+        assert row["dominates_fixed_network_int8_fastest"] == covered([original["choice"]], search)[0]
     # the environment deployed every layer of the fastest-implementation search: one dataflow of many is not a coincidence
     fastest_choices = [c for p in fastest["pareto"]["front"] for c in p["choices"].values()]
     assert len({json.dumps(c["dataflow"], sort_keys=True) for c in fastest_choices}) > 1
