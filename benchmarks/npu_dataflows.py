@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from deploy.deployment import evaluate, uniform_choices  # noqa: E402
 from deploy.flow_optimizer import best_dataflows  # noqa: E402
-from deploy.npu_hardware import load_preset, write_npu_spec  # noqa: E402
+from deploy.npu_hardware import FIXED_DATAFLOW_DESIGNS, load_preset, write_npu_spec  # noqa: E402
 from deploy.zigzag_sim import ZIGZAG_VERSION, SimulationSettings  # noqa: E402
 from envs.make import make_cost_table, resolve_network  # noqa: E402
 from envs.space import Choice, NpuDataflow  # noqa: E402
@@ -42,9 +42,9 @@ from envs.space import Choice, NpuDataflow  # noqa: E402
 OUT = Path(__file__).resolve().parent / "out"
 NETWORKS = ("mobilenet_v2", "resnet18")
 QUANT = "int8"
-FIXED = {f"{design} ({load_preset(preset).dataflow})": load_preset(preset).fixed_dataflow
-         for design, preset in (("NVDLA-like", "npu-nvdla"), ("Eyeriss-like", "npu-eyeriss"))}
-"""The goal's baselines: the dataflows of the presets that define them, labelled with them."""
+FIXED = {f"{design} ({spec.dataflow})": spec.fixed_dataflow
+         for design, spec in ((design, load_preset(preset)) for design, preset in FIXED_DATAFLOW_DESIGNS.items())}
+"""The goal's baselines: the dataflows of the presets that carry them, labelled with them."""
 SPATIAL_ONLY = {"NVDLA-like spatial, searched temporal (ws:auto)": NpuDataflow("ws", "auto"),
                 "Eyeriss-like spatial, searched temporal (rs:auto)": NpuDataflow("rs", "auto")}
 """Not the goal's baselines: the fixed designs' spatial unrolling with ZigZag's temporal mapping search,

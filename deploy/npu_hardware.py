@@ -247,6 +247,10 @@ class _Fields:
         return Buffer(size, width, fields.positive("read_pj"), fields.positive("write_pj"))
 
 
+FIXED_DATAFLOW_DESIGNS = {"NVDLA-like": "npu-nvdla", "Eyeriss-like": "npu-eyeriss"}
+"""The designs whose fixed dataflows per-layer best is compared with, and the preset that carries each."""
+
+
 def preset_names() -> list[str]:
     """Names of the NPU presets that ship with DeployGym."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))

@@ -44,7 +44,7 @@ from deploy.cli import run_main
 from deploy.db import MeasurementDB
 from deploy.deployment import best_choices
 from deploy.export import write_json
-from deploy.npu_hardware import load_preset, preset_names, write_npu_spec
+from deploy.npu_hardware import FIXED_DATAFLOW_DESIGNS, load_preset, preset_names, write_npu_spec
 from deploy.targets import NpuTarget, get_target
 from envs.env import DeploymentEnv
 from envs.make import make_cost_table, make_deployment_env, resolve_network
@@ -71,8 +71,6 @@ CPU_SEARCHES = (
     SearchPlan("fixed MobileNetV2: deployment only", "cortex-a72", "agent", False),
 )
 """A CPU experiment: joint searches against the fixed network."""
-FIXED_NPU_PRESETS = {"nvdla": "npu-nvdla", "eyeriss": "npu-eyeriss"}
-"""The presets whose own dataflows an NPU experiment compares with: NVDLA-like and Eyeriss-like."""
 
 
 def npu_searches(target: str, folder: Path) -> tuple[SearchPlan, ...]:
@@ -80,14 +78,14 @@ def npu_searches(target: str, folder: Path) -> tuple[SearchPlan, ...]:
     the NPU `target`: the presets for a preset, else its YAML description with each fixed dataflow
     (written to `folder`, where the report can point to them)."""
     if target in preset_names():
-        nvdla, eyeriss = FIXED_NPU_PRESETS.values()
+        nvdla, eyeriss = FIXED_DATAFLOW_DESIGNS.values()
     else:
         spec = get_target(target).spec
         folder.mkdir(parents=True, exist_ok=True)
         nvdla, eyeriss = (
-            str(write_npu_spec(replace(spec, name=f"{spec.name}-{design}-like", dataflow=load_preset(preset).dataflow),
-                               folder / f"{spec.name}-{design}-like.yaml"))
-            for design, preset in FIXED_NPU_PRESETS.items()
+            str(write_npu_spec(replace(spec, name=f"{spec.name}-{design.lower()}", dataflow=load_preset(preset).dataflow),
+                               folder / f"{spec.name}-{design.lower()}.yaml"))
+            for design, preset in FIXED_DATAFLOW_DESIGNS.items()
         )
     return (
         SearchPlan("a: per-layer best dataflow", eyeriss, "latency", True),
@@ -245,6 +243,7 @@ def compare_cpu(searches: list[Search], random: Search | None = None, original_i
     (fixed,) = [s for s in searches if not s.plan.architecture]
     fixed_front = accuracy_latency_front(fixed)
     random_front = [] if random is None else accuracy_latency_front(random)
+    original_front = [] if original_int8 is None else accuracy_latency_front(original_int8)
     verdict: dict[str, Any] = {"fixed_front_points": len(fixed_front)}
     if original_int8 is not None:
         verdict["fixed_network_int8_fastest"] = {k: original_int8.best[k] for k in ("latency_ms", "accuracy")}
@@ -264,7 +263,7 @@ def compare_cpu(searches: list[Search], random: Search | None = None, original_i
         if random is not None:
             rows[joint.name]["random_points_dominated"] = sum(dominated(random_front, front))
         if original_int8 is not None:
-            (beats_int8,) = dominated(accuracy_latency_front(original_int8), front)
+            (beats_int8,) = dominated(original_front, front)
             rows[joint.name]["dominates_fixed_network_int8_fastest"] = beats_int8
     return verdict
 
