@@ -295,9 +295,9 @@ def random_reference(ours: Search, theirs: Search) -> dict[str, Any]:
     }
 
 
-def figure(searches: list[Search], randoms: list[Search | None], title: str, marks: tuple[Search, ...] = ()):
+def figure(searches: list[Search], randoms: list[Search | None], title: str, marks: dict[str, Search] | None = None):
     """Every search's Pareto front, with its choice starred, its random architectures' front dashed, and
-    the choices of `marks` (single deployments, e.g. the fixed network's fastest in int8) crossed."""
+    the choices of `marks` (single deployments by label, e.g. the fixed network's fastest in int8) crossed."""
     import matplotlib
     import matplotlib.ticker
 
@@ -317,9 +317,9 @@ def figure(searches: list[Search], randoms: list[Search | None], title: str, mar
             front = accuracy_latency_front(reference)
             ax.step([p.latency_ms for p in front], [100 * p.accuracy for p in front], "--", where="post", color=f"C{i}",
                     linewidth=1, label=f"{reference.episodes} random architectures, int8, fastest")
-    for mark in marks:
+    for label, mark in (marks or {}).items():
         ax.scatter([mark.best["latency_ms"]], [100 * mark.best["accuracy"]], marker="X", s=90, color="black", zorder=3,
-                   label=mark.name.split(",")[0] + ", int8, fastest")
+                   label=label)
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -384,12 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     if npu:
         per_layer_best = search_env(plans[0], oracle, db_path, args.tradeoff_ms)()
         comparison = compare_npu(searches, per_layer_best, randoms)
-        marks: tuple[Search, ...] = ()
+        marks: dict[str, Search] = {}
     else:
         (fixed_plan,) = [p for p in plans if not p.architecture]
-        marks = (random_search(fixed_plan, oracle, [space.labels(space.ORIGINAL)], db_path, args.tradeoff_ms, name="fixed MobileNetV2"),)
-        print(f"   fixed MobileNetV2, int8, fastest: {marks[0].best['latency_ms']:.3f} ms, {100 * marks[0].best['accuracy']:.2f}%", flush=True)
-        comparison = compare_cpu(searches, randoms[0], marks[0])
+        original = random_search(fixed_plan, oracle, [space.labels(space.ORIGINAL)], db_path, args.tradeoff_ms, name="fixed MobileNetV2")
+        marks = {"fixed MobileNetV2, int8, fastest": original}
+        print(f"   fixed MobileNetV2, int8, fastest: {original.best['latency_ms']:.3f} ms, {100 * original.best['accuracy']:.2f}%", flush=True)
+        comparison = compare_cpu(searches, randoms[0], original)
     report = {
         "experiment": f"latency-aware NAS of MobileNetV2 on {target.name}, MaskablePPO, trade-off reward",
         "target": target.describe(),
@@ -399,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                      "original_mobilenet_v2_fp32": oracle.baseline_accuracy},
         "searches": [s.to_dict() for s in searches],
         "random_architectures": [s.to_dict() for s in drawn.values()],
-        "references": [s.to_dict() for s in marks],
+        "references": [s.to_dict() for s in marks.values()],
         "comparison": comparison,
     }
     write_json(stem.with_suffix(".json"), report)
