@@ -388,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         (fixed_plan,) = [p for p in plans if not p.architecture]
         original = random_search(fixed_plan, oracle, [space.labels(space.ORIGINAL)], db_path, args.tradeoff_ms, name="fixed MobileNetV2")
-        marks = {"fixed MobileNetV2, int8, fastest": original}
-        print(f"   fixed MobileNetV2, int8, fastest: {original.best['latency_ms']:.3f} ms, {100 * original.best['accuracy']:.2f}%", flush=True)
+        label = "fixed MobileNetV2, int8, fastest"
+        marks = {label: original}
+        print(f"   {label}: {original.best['latency_ms']:.3f} ms, {100 * original.best['accuracy']:.2f}%", flush=True)
         comparison = compare_cpu(searches, randoms[0], original)
     report = {
         "experiment": f"latency-aware NAS of MobileNetV2 on {target.name}, MaskablePPO, trade-off reward",
