@@ -123,7 +123,7 @@ class DeploymentTensorBoard(BaseCallback):
         if self.arch_labels:
             known = [label for label in info["architecture"] if label in self.arch_labels]  # not fixed blocks
             self._choices["block"].extend(self.arch_labels.index(label) for label in known)
-        self.pareto.add(Point(info["accuracy"], info["latency_ms"], info.get("energy_mj"), info["choices"], info.get("architecture")))
+        self.pareto.add(Point.from_info(info))
         self._baseline = (info["baseline_latency_ms"], info["baseline_accuracy"])
         if episode_reward > self.best.reward:
             self.best = BestDeployment(episode_reward, dict(info))

@@ -28,6 +28,12 @@ class Point:
     architecture: list[str] | None = field(default=None, compare=False)
     """Every block's setting label, when the search chose the architecture too."""
 
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "Point":
+        """The point of an evaluated deployment's `info` (as `DeploymentEnv.step` and `replay` give it,
+        or a front point of `ParetoFront.to_dict`)."""
+        return cls(info["accuracy"], info["latency_ms"], info.get("energy_mj"), info["choices"], info.get("architecture"))
+
     def dominates(self, other: "Point") -> bool:
         """At least as good in every objective and better in one (energy only when both have it)."""
         mine = [self.accuracy, -self.latency_ms]
@@ -58,6 +64,18 @@ class ParetoFront:
         self.changes += 1
         return True
 
+    def accuracy_latency(self) -> list[Point]:
+        """The points no other evaluated point beats in both accuracy and latency, by latency (the front
+        also weighs energy; every point of this one is on it)."""
+
+        def beaten(p: Point) -> bool:
+            return any(
+                q.accuracy >= p.accuracy and q.latency_ms <= p.latency_ms and (q.accuracy, q.latency_ms) != (p.accuracy, p.latency_ms)
+                for q in self.front
+            )
+
+        return [p for p in self.front if not beaten(p)]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every point evaluated, and the front with each point's choices."""
         return {
@@ -78,9 +96,7 @@ class ParetoFront:
         """Inverse of `to_dict` (a resumed search goes on from the front it had)."""
         front = cls()
         front.points = [tuple(p) for p in d["points"]]  # type: ignore[misc]
-        front.front = [
-            Point(p["accuracy"], p["latency_ms"], p["energy_mj"], p["choices"], p.get("architecture")) for p in d["front"]
-        ]
+        front.front = [Point.from_info(p) for p in d["front"]]
         return front
 
     def figure(self, references: dict[str, tuple[float, float]] | None = None) -> Figure:

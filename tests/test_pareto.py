@@ -41,3 +41,20 @@ def test_json_round_trip_and_figure():
     assert [p.choices for p in again.front] == [{"l": "a"}, {"l": "b"}]
     figure = front.figure({"baseline": (25.0, 0.9)})
     assert figure.axes[0].get_xlabel() == "latency (ms)"
+
+
+def test_accuracy_latency_front_is_the_two_objective_front_of_every_point_added():
+    rng = np.random.default_rng(1)
+    latency = rng.choice(30, 300) + 1.0
+    accuracy = (latency + rng.choice(10, 300)) / 40  # slower points tend to be more accurate: a trade-off
+    points = [Point(float(a), float(l), float(e)) for a, l, e in zip(accuracy, latency, rng.choice(10, 300) + 1.0)]
+    front = ParetoFront()
+    for p in points:
+        front.add(p)
+    two = front.accuracy_latency()
+    expected = {(p.accuracy, p.latency_ms) for p in points
+                if not any(q.accuracy >= p.accuracy and q.latency_ms <= p.latency_ms and (q.accuracy, q.latency_ms) != (p.accuracy, p.latency_ms)
+                           for q in points)}
+    assert {(p.accuracy, p.latency_ms) for p in two} == expected
+    assert len(front.front) > len(expected)  # energy keeps more points on the three-objective front
+    assert [p.latency_ms for p in two] == sorted(p.latency_ms for p in two)
