@@ -114,6 +114,13 @@ class ArchSpace:
         """A uniformly random valid setting of every block."""
         return tuple(options[rng.integers(len(options))] for options in map(self.options, range(self.blocks)))
 
+    def neighbour(self, blocks: tuple, rng: np.random.Generator) -> tuple:
+        """`blocks` with one block, drawn uniformly among those with a choice, set to another of its options."""
+        free = [i for i in range(self.blocks) if len(self.options(i)) > 1]
+        block = free[rng.integers(len(free))]
+        others = [o for o in self.options(block) if o != blocks[block]]
+        return (*blocks[:block], others[rng.integers(len(others))], *blocks[block + 1:])
+
 
 class MobileNetV2ArchSpace(ArchSpace):
     """MobileNetV2's blocks: kernel x expansion, or skip (see the module docstring)."""

@@ -71,3 +71,15 @@ def test_resnet_width_and_depth():
     assert [bool(space.mask(i)[-1]) for i in range(8)] == [False, True] * 4
     rng = np.random.default_rng(1)
     assert len({space.network(tuple(map(float, space.sample(rng))), 32, 10).name for _ in range(5)}) == 5
+
+
+def test_a_neighbour_changes_one_free_block_to_another_valid_option():
+    rng = np.random.default_rng(0)
+    changed = set()
+    for _ in range(300):
+        blocks = SPACE.sample(rng)
+        near = SPACE.neighbour(blocks, rng)
+        SPACE.check(near)
+        (block,) = [i for i, (a, b) in enumerate(zip(blocks, near)) if a != b]
+        changed.add(block)
+    assert changed == set(range(1, SPACE.blocks))  # every block but the fixed first one is reached
