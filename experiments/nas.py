@@ -7,7 +7,11 @@
 On an NPU three searches run on the same hardware with the same agent, seed, step budget and accuracy
 oracle (the MobileNetV2 supernet): (a) every layer takes its best dataflow (FlowOptimizer), (b) every
 layer keeps the NVDLA-like weight-stationary dataflow, (c) every layer keeps the Eyeriss-like
-row-stationary one. Each search's choice is its highest-reward deployment; (a) is compared with (b)
+row-stationary one. After PPO, each search spends `--local-search` more evaluations on networks one
+block away from its front (`agents.local_search`), each deployed in int8 as fast as the search's
+dataflow mode allows (as the random reference is): a settled policy seldom tries the neighbours of
+its own choice, which differ from it by an image or two of accuracy.
+Each search's choice is its highest-reward deployment; (a) is compared with (b)
 and (c) at equal or better accuracy: the fastest network (a) evaluated whose accuracy is at least
 that of (b)'s (or (c)'s) choice. On a CPU two joint searches run against the same search with the
 architecture fixed to MobileNetV2: one whose agent chooses all four levels, one whose agent chooses
@@ -33,11 +37,12 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from agents.callbacks import DeploymentTensorBoard
+from agents.local_search import Deploy, refine_front
 from agents.pareto import ParetoFront, Point
 from agents.ppo import load_hyperparams, make_agent, make_vec_env
 from deploy.cli import run_main
@@ -51,6 +56,10 @@ from envs.make import make_cost_table, make_deployment_env, resolve_network
 from envs.space import Choice
 from envs.subnet_accuracy import PROXIES, SupernetOracle, supernet_oracle_for
 from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
+
+NPU_LOCAL_SEARCH = 500
+"""Local-search evaluations per NPU search after PPO (an eighth of its ~4,000 episodes at the default steps)."""
+
 
 class SearchPlan(NamedTuple):
     """What one search may choose (see `DeploymentEnv`)."""
@@ -105,6 +114,11 @@ class Search:
     seconds: float
     samples: list[Point] = field(default_factory=list)
     """A random search's networks, in the order drawn (the same order in every random search)."""
+    reward: float = -np.inf
+    """The choice's reward."""
+    refinement: dict[str, Any] | None = None
+    """What `refine_search` added: evaluations, front changes, seconds, and the choice (with its reward)
+    before and the reward after."""
 
     @property
     def name(self) -> str:
@@ -116,11 +130,11 @@ class Search:
         return {
             "name": plan.name, "target": get_target(plan.target).name, "dataflow": plan.dataflow, "architecture_searched": plan.architecture,
             "implementation": plan.implementation,
-            "episodes": self.episodes, "seconds": round(self.seconds, 1),
+            "episodes": self.episodes, "seconds": round(self.seconds, 1), "refinement": self.refinement,
             "choice": {k: self.best.get(k) for k in keep},
             "accuracy_latency_front": [
                 {"latency_ms": p.latency_ms, "accuracy": p.accuracy, "architecture": p.architecture}
-                for p in accuracy_latency_front(self)
+                for p in self.front.accuracy_latency()
             ],
             "pareto": self.front.to_dict(),
         }
@@ -154,51 +168,62 @@ def run_search(
                "implementation": plan.implementation, "timesteps": timesteps}
     callback = DeploymentTensorBoard(hparams, arch_labels=labels)
     agent.learn(timesteps, callback=callback, tb_log_name=plan.name.split(":")[0])
-    return Search(plan, callback.pareto, callback.best.info, callback.episodes, time.perf_counter() - start)
+    return Search(plan, callback.pareto, callback.best.info, callback.episodes, time.perf_counter() - start,
+                  reward=callback.best.reward)
 
 
-def random_search(
-    plan: SearchPlan, oracle: SupernetOracle, architectures: list[tuple[str, ...]], db_path: Path, tradeoff_ms: float | None,
-    name: str = "random architectures",
-) -> Search:
-    """Every architecture of `architectures` (block labels) deployed as fast as the search `plan`'s
-    dataflow mode may in int8 and scored as one episode of its environment; the choice is the
-    highest-reward one. The result is named `name`, then the plan's name."""
-    plan = SearchPlan(f"{name}, {plan.name}", plan.target, plan.dataflow, True)
+def int8_deployer(plan: SearchPlan, oracle: SupernetOracle, db_path: Path, tradeoff_ms: float | None) -> Deploy:
+    """Deploys a network (block labels) as fast as the search `plan`'s dataflow mode may in int8
+    (dynamic programming over its allowed choices) and scores it as one episode of its environment."""
     env = search_env(plan, oracle, db_path, tradeoff_ms)()
     own = env.space.baseline_choice().dataflow
 
     def allowed(choice: Choice) -> bool:
         return choice.quant == "int8" and (plan.dataflow != "fixed" or choice.dataflow == own)
 
+    def deploy(labels: Sequence[str]) -> tuple[float, dict[str, Any]]:
+        network = env.arch.network_of(env.arch_space.parse(labels))
+        return env.replay(best_choices(network, env.costs, allowed), labels)
+
+    return deploy
+
+
+def random_search(
+    plan: SearchPlan, oracle: SupernetOracle, architectures: list[tuple[str, ...]], db_path: Path, tradeoff_ms: float | None,
+    name: str = "random architectures",
+) -> Search:
+    """Every architecture of `architectures` (block labels) deployed by `int8_deployer`; the choice is
+    the highest-reward one. The result is named `name`, then the plan's name."""
+    plan = SearchPlan(f"{name}, {plan.name}", plan.target, plan.dataflow, True)
+    deploy = int8_deployer(plan, oracle, db_path, tradeoff_ms)
     start = time.perf_counter()
     front, samples, best = ParetoFront(), [], (-np.inf, {})
     for labels in architectures:
-        network = env.arch.network_of(env.arch_space.parse(labels))
-        reward, info = env.replay(best_choices(network, env.costs, allowed), labels)
-        point = Point(info["accuracy"], info["latency_ms"], info.get("energy_mj"), info["choices"], info["architecture"])
+        reward, info = deploy(labels)
+        point = Point.from_info(info)
         front.add(point)
         samples.append(point)
         best = max(best, (reward, info), key=lambda b: b[0])
-    return Search(plan, front, best[1], len(architectures), time.perf_counter() - start, samples)
+    return Search(plan, front, best[1], len(architectures), time.perf_counter() - start, samples, best[0])
 
 
-def accuracy_latency_front(search: Search) -> list[Point]:
-    """The points no other evaluated point beats in both accuracy and latency, by latency (the search's
-    front also weighs energy; every point of this one is on it)."""
-
-    def beaten(p: Point) -> bool:
-        return any(
-            q.accuracy >= p.accuracy and q.latency_ms <= p.latency_ms and (q.accuracy, q.latency_ms) != (p.accuracy, p.latency_ms)
-            for q in search.front.front
-        )
-
-    return sorted((p for p in search.front.front if not beaten(p)), key=lambda p: p.latency_ms)
+def refine_search(search: Search, oracle: SupernetOracle, evaluations: int, seed: int, db_path: Path, tradeoff_ms: float | None) -> None:
+    """Spend `evaluations` more on networks one block away from `search`'s front (`refine_front`),
+    deployed in int8 by `int8_deployer`; its choice becomes the highest-reward network of both."""
+    start = time.perf_counter()
+    deploy = int8_deployer(search.plan, oracle, db_path, tradeoff_ms)
+    evaluated, changes = len(search.front.points), search.front.changes
+    before = {k: search.best[k] for k in ("latency_ms", "accuracy")} | {"reward": search.reward}
+    found = refine_front(search.front, deploy, oracle.space, evaluations, np.random.default_rng(seed))
+    if found is not None and found[0] > search.reward:
+        search.reward, search.best = found
+    search.refinement = {"evaluations": len(search.front.points) - evaluated, "front_changes": search.front.changes - changes,
+                         "seconds": round(time.perf_counter() - start, 1), "choice_before_local_search": before, "choice_reward": search.reward}
 
 
 def fastest_at_least(search: Search, accuracy: float) -> Point | None:
     """The fastest point `search` evaluated with at least `accuracy` (None if it has none)."""
-    points = [p for p in accuracy_latency_front(search) if p.accuracy >= accuracy]
+    points = [p for p in search.front.accuracy_latency() if p.accuracy >= accuracy]
     return min(points, key=lambda p: p.latency_ms) if points else None
 
 
@@ -207,7 +232,7 @@ def compare_npu(searches: list[Search], per_layer_best: DeploymentEnv, randoms: 
     dataflow gives from what the architecture gives, the other's chosen network (same architecture and
     precisions) with per-layer best dataflows (`per_layer_best` replays it); with the random
     architectures of each search (`randoms`, in the same order; None when none were drawn), their
-    `random_reference`."""
+    `random_reference`; and (a) at every accuracy level of the other's front (`across_front`)."""
     best, *fixed = searches
     rows = {}
     for i, other in enumerate(fixed, start=1):
@@ -224,10 +249,21 @@ def compare_npu(searches: list[Search], per_layer_best: DeploymentEnv, randoms: 
             "our_accuracy": None if mine is None else mine.accuracy,
             "our_architecture": None if mine is None else mine.architecture,
             "speedup": None if mine is None else theirs["latency_ms"] / mine.latency_ms,
+            "across_their_front": across_front(best, other),
         }
         if randoms[0] is not None:
             rows[other.name]["random_architectures"] = random_reference(randoms[0], randoms[i])
     return {"per-layer best vs fixed, at equal or better accuracy": rows}
+
+
+def across_front(ours: Search, theirs: Search) -> dict[str, Any]:
+    """The speedup of `ours` at every accuracy level of `theirs`' front, summarised: one choice each
+    differs from the other by an image or two of held-out accuracy, the whole front less."""
+    speedups = np.array([level["speedup"] for level in gains_across_front(ours, theirs) if level["speedup"] is not None])
+    summary: dict[str, Any] = {"levels": len(theirs.front.accuracy_latency()), "levels_we_reach": len(speedups)}
+    if len(speedups):
+        summary["speedup_at_equal_or_better_accuracy"] = spread(speedups)
+    return summary
 
 
 def dominated(front: list[Point], by: list[Point]) -> list[bool]:
@@ -241,9 +277,9 @@ def compare_cpu(searches: list[Search], random: Search | None = None, original_i
     network's fastest int8 deployment (`original_int8`, so that the verdict does not rest on how well
     the fixed search deployed it)?"""
     (fixed,) = [s for s in searches if not s.plan.architecture]
-    fixed_front = accuracy_latency_front(fixed)
-    random_front = [] if random is None else accuracy_latency_front(random)
-    original_front = [] if original_int8 is None else accuracy_latency_front(original_int8)
+    fixed_front = fixed.front.accuracy_latency()
+    random_front = [] if random is None else random.front.accuracy_latency()
+    original_front = [] if original_int8 is None else original_int8.front.accuracy_latency()
     verdict: dict[str, Any] = {"fixed_front_points": len(fixed_front)}
     if original_int8 is not None:
         verdict["fixed_network_int8_fastest"] = {k: original_int8.best[k] for k in ("latency_ms", "accuracy")}
@@ -253,7 +289,7 @@ def compare_cpu(searches: list[Search], random: Search | None = None, original_i
     for joint in searches:
         if joint is fixed:
             continue
-        front = accuracy_latency_front(joint)
+        front = joint.front.accuracy_latency()
         covered = dominated(fixed_front, front)
         rows[joint.name] = {
             "fixed_points_dominated": sum(covered),
@@ -273,18 +309,27 @@ def spread(values: np.ndarray) -> dict[str, float]:
     return {"min": float(values.min()), "median": float(np.median(values)), "max": float(values.max())}
 
 
+def gains_across_front(ours: Search, theirs: Search) -> list[dict[str, Any]]:
+    """At every accuracy level of `theirs`' accuracy-latency front, the fastest point of `ours` at least
+    as accurate and its speedup (None where `ours` has no point that accurate)."""
+    levels = []
+    for p in theirs.front.accuracy_latency():
+        mine = fastest_at_least(ours, p.accuracy)
+        levels.append({
+            "accuracy": p.accuracy, "their_latency_ms": p.latency_ms,
+            "our_latency_ms": None if mine is None else mine.latency_ms, "our_accuracy": None if mine is None else mine.accuracy,
+            "speedup": None if mine is None else p.latency_ms / mine.latency_ms,
+            "same_architecture": mine is not None and mine.architecture == p.architecture,
+        })
+    return levels
+
+
 def random_reference(ours: Search, theirs: Search) -> dict[str, Any]:
     """Per-layer best dataflows (`ours`) against a fixed dataflow (`theirs`) on the same random networks:
-    at every accuracy level of `theirs`' front, the fastest of `ours` at least as accurate; and the gain
-    on each network itself. A search that tried exactly these networks could gain no more."""
-    levels = []
-    for p in accuracy_latency_front(theirs):
-        mine = fastest_at_least(ours, p.accuracy)  # the same network is always a candidate
-        levels.append({
-            "accuracy": p.accuracy, "their_latency_ms": p.latency_ms, "our_latency_ms": mine.latency_ms,
-            "our_accuracy": mine.accuracy, "speedup": p.latency_ms / mine.latency_ms,
-            "same_architecture": mine.architecture == p.architecture,
-        })
+    at every accuracy level of `theirs`' front, the fastest of `ours` at least as accurate (the same
+    network is always a candidate); and the gain on each network itself. A search that tried exactly
+    these networks could gain no more."""
+    levels = gains_across_front(ours, theirs)
     gains = np.array([t.latency_ms / o.latency_ms for o, t in zip(ours.samples, theirs.samples)])
     speedups = np.array([level["speedup"] for level in levels])
     return {
@@ -304,17 +349,21 @@ def figure(searches: list[Search], randoms: list[Search | None], title: str, mar
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5.4))
     for i, s in enumerate(searches):
         reference = randoms[i] if randoms[i] is not None and randoms[i] not in randoms[:i] else None  # drawn once
-        front = accuracy_latency_front(s)
+        front = s.front.accuracy_latency()
         evaluated = s.front.points
         ax.scatter([p[1] for p in evaluated], [100 * p[0] for p in evaluated], s=3, color=f"C{i}", alpha=0.15)
+        local = f" + {s.refinement['evaluations']} local" if s.refinement else ""
         ax.step([p.latency_ms for p in front], [100 * p.accuracy for p in front], "o-", where="post", color=f"C{i}",
-                markersize=3, label=f"{s.name} ({s.episodes} episodes)")
+                markersize=3, label=f"{s.name} ({s.episodes} episodes{local})")
         ax.scatter([s.best["latency_ms"]], [100 * s.best["accuracy"]], marker="*", s=160, color=f"C{i}", zorder=3)
+        if s.refinement:
+            ppo = s.refinement["choice_before_local_search"]
+            ax.scatter([ppo["latency_ms"]], [100 * ppo["accuracy"]], marker="*", s=160, facecolors="none", edgecolors=f"C{i}", zorder=3)
         if reference is not None:
-            front = accuracy_latency_front(reference)
+            front = reference.front.accuracy_latency()
             ax.step([p.latency_ms for p in front], [100 * p.accuracy for p in front], "--", where="post", color=f"C{i}",
                     linewidth=1, label=f"{reference.episodes} random architectures, int8, fastest")
     for label, mark in (marks or {}).items():
@@ -326,7 +375,9 @@ def figure(searches: list[Search], randoms: list[Search | None], title: str, mar
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("latency (ms, log scale)")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title(title + "\n(dots: every deployment evaluated; line: its accuracy-latency front; star: its choice;\n"
+    hollow = ", hollow star: PPO's choice before local search" if any(s.refinement for s in searches) else ""
+    ax.set_title(title + "\n(dots: every deployment evaluated; line: its accuracy-latency front;\n"
+                 f"star: its choice{hollow};\n"
                  "dashed: the front of random architectures, each deployed as fast as that search allows in int8)", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -343,8 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tradeoff-ms", type=float, help="target latency of the trade-off reward (default: each environment's)")
     parser.add_argument("--supernet-epochs", type=int, default=DEFAULT_SUPERNET_EPOCHS, help="supernet training epochs")
     parser.add_argument("--proxy", default=PROXIES[0], choices=PROXIES, help="the supernet's proxy data")
+    parser.add_argument("--local-search", type=int,
+                        help=f"after PPO, evaluations of networks one block away from each search's front (the same for every search; "
+                             f"default {NPU_LOCAL_SEARCH} on an NPU, 0 on a CPU, whose fixed-MobileNetV2 search has no architecture to vary)")
     parser.add_argument("--random-architectures", type=int,
-                        help="random architectures as every architecture search's reference (default: as many as the first search's episodes; 0: none)")
+                        help="random architectures as every architecture search's reference (default: as many as the first search evaluated; 0: none)")
     parser.add_argument("--out", default="runs", help="output folder (also holds the measurement database)")
     args = parser.parse_args(argv)
 
@@ -354,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--target {args.target!r}: use an NPU preset (npu-eyeriss, npu-nvdla, npu-tpu), an NPU's YAML file or cortex-a72")
     if args.random_architectures is not None and args.random_architectures < 0:
         raise ValueError(f"--random-architectures {args.random_architectures}: use 0 (none) or more")
+    local_search = (NPU_LOCAL_SEARCH if npu else 0) if args.local_search is None else args.local_search
+    if local_search < 0 or (local_search and not npu):
+        raise ValueError(f"--local-search {args.local_search}: use 0 or more on an NPU; on a CPU only 0 (the fixed MobileNetV2 has no neighbours)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     oracle = supernet_oracle_for(resolve_network("mobilenet_v2"), epochs=args.supernet_epochs, proxy=args.proxy)
@@ -365,10 +422,15 @@ def main(argv: list[str] | None = None) -> int:
     for plan in plans:
         print(f"== {plan.name} on {plan.target} ({args.timesteps} steps)", flush=True)
         searches.append(run_search(plan, oracle, args.timesteps, args.seed, db_path, stem, args.tradeoff_ms))
-        best = searches[-1].best
-        print(f"   choice {best['latency_ms']:.3f} ms, {100 * best['accuracy']:.2f}% "
-              f"({searches[-1].episodes} episodes, {searches[-1].seconds:.0f} s)", flush=True)
-    count = searches[0].episodes if args.random_architectures is None else args.random_architectures
+        search = searches[-1]
+        print(f"   choice {search.best['latency_ms']:.3f} ms, {100 * search.best['accuracy']:.2f}% "
+              f"({search.episodes} episodes, {search.seconds:.0f} s)", flush=True)
+        if local_search:
+            refine_search(search, oracle, local_search, args.seed, db_path, args.tradeoff_ms)
+            print(f"   after {search.refinement['evaluations']} local-search evaluations: choice {search.best['latency_ms']:.3f} ms, "
+                  f"{100 * search.best['accuracy']:.2f}% ({search.refinement['front_changes']} front changes, "
+                  f"{search.refinement['seconds']:.0f} s)", flush=True)
+    count = len(searches[0].front.points) if args.random_architectures is None else args.random_architectures
     space, rng = oracle.space, np.random.default_rng(args.seed)
     architectures = [space.labels(space.sample(rng)) for _ in range(count)]
     randoms: list[Search | None] = [None] * len(plans)
@@ -396,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "experiment": f"latency-aware NAS of MobileNetV2 on {target.name}, MaskablePPO, trade-off reward",
         "target": target.describe(),
         "timesteps_per_search": args.timesteps,
+        "local_search_evaluations_per_search": local_search,
         "seed": args.seed,
         "accuracy": {"provenance": oracle.provenance, "supernet": oracle.weights_id,
                      "original_mobilenet_v2_fp32": oracle.baseline_accuracy},

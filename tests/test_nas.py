@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deploy.npu_hardware import load_preset, write_npu_spec
@@ -73,6 +74,9 @@ def test_bad_arguments_are_named(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "nas.py"), "--target", "cortex-a72", "--random-architectures", "-5",
                            "--out", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 2 and "--random-architectures -5: use 0 (none) or more" in done.stderr
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "nas.py"), "--target", "cortex-a72", "--local-search", "5",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2 and "--local-search 5: use 0 or more on an NPU; on a CPU only 0" in done.stderr
 
 
 def load_nas():
@@ -122,3 +126,37 @@ def test_random_reference_compares_the_same_networks_at_every_accuracy_level():
     # where a more accurate network of ours is also faster, it is the one compared, and named as different
     levels = nas.random_reference(search((1.0, 3.0, 2.5)), theirs)["levels"]
     assert [(l["our_latency_ms"], l["our_accuracy"], l["same_architecture"]) for l in levels] == [(2.5, 0.9, False), (2.5, 0.9, True)]
+
+
+def test_local_search_adds_its_networks_to_a_search_and_keeps_the_best_reward_as_its_choice(supernet_oracle, tmp_path):
+    nas = load_nas()
+    plan = nas.CPU_SEARCHES[1]  # architecture searched, each layer deployed by the environment
+    space, rng = supernet_oracle.space, np.random.default_rng(3)
+    start = nas.random_search(plan, supernet_oracle, [space.labels(space.sample(rng)) for _ in range(4)], tmp_path / "m.sqlite", None)
+    before = (start.reward, start.best["latency_ms"], len(start.front.points))
+    nas.refine_search(start, supernet_oracle, 12, 0, tmp_path / "m.sqlite", None)
+    assert start.refinement["evaluations"] == 12 and len(start.front.points) == before[2] + 12
+    assert start.refinement["front_changes"] >= 1
+    # the choice is the highest reward of all 16 networks: replaying every front point cannot beat it
+    deploy = nas.int8_deployer(plan, supernet_oracle, tmp_path / "m.sqlite", None)
+    assert start.reward >= before[0]
+    assert all(deploy(p.architecture)[0] <= start.reward + 1e-12 for p in start.front.front)
+    assert deploy(start.best["architecture"])[0] == pytest.approx(start.reward)
+    assert start.to_dict()["refinement"] == start.refinement
+
+
+def test_across_a_front_every_accuracy_level_is_compared_and_levels_we_do_not_reach_are_counted():
+    nas = load_nas()
+
+    def search(points):
+        front = nas.ParetoFront()
+        for accuracy, latency in points:
+            front.add(nas.Point(accuracy, latency, architecture=[f"{accuracy}"]))
+        return nas.Search(nas.SearchPlan("s", "npu", "fixed", True), front, {}, len(points), 0.0)
+
+    ours, theirs = search([(0.80, 1.0), (0.85, 2.0)]), search([(0.79, 2.5), (0.84, 3.0), (0.90, 9.0)])
+    levels = nas.gains_across_front(ours, theirs)
+    assert [l["speedup"] for l in levels] == [2.5, 1.5, None]
+    assert nas.across_front(ours, theirs) == {
+        "levels": 3, "levels_we_reach": 2, "speedup_at_equal_or_better_accuracy": {"min": 1.5, "median": 2.0, "max": 2.5}}
+    assert nas.across_front(search([(0.5, 1.0)]), theirs) == {"levels": 3, "levels_we_reach": 0}
