@@ -222,9 +222,13 @@ class Measurer:
     def measure_many(
         self, kernels: Sequence[tuple[Any, Sequence[ArgSpec], int]]
     ) -> list[Measurement | MeasurementError]:
-        """Compile all kernels in parallel, then time them one at a time; a failure is returned in its place."""
+        """Compile all kernels in parallel, then time them one at a time; a failure is returned in its place.
+        While the device is down nothing is compiled: each kernel gets the error that says so."""
         import tvm
 
+        down = self._down()
+        if down is not None:
+            return [down] * len(kernels)
         paths = self.in_compilers(
             _compile, [(tvm.ir.save_json(k[0]), self.target, self._kernel_path()) for k in kernels], "compile"
         )
@@ -245,12 +249,19 @@ class Measurer:
         suffix = ".so" if self.device.kind == "local" else ".tar"
         return str(Path(self._dir.name) / f"kernel{next(self._ids)}{suffix}")
 
+    def _down(self) -> MeasurementError | None:
+        """The error for a run while the device is in its cool-off after failing (None when it is up)."""
+        if time.monotonic() >= self._down_until:
+            return None
+        return MeasurementError(
+            f"run on {self.device.name} skipped: it failed {self._down_error}; tried again "
+            f"{self._down_until - time.monotonic():.0f} s from now"
+        )
+
     def _run(self, path: str, args: list[ArgSpec], threads: int) -> Measurement | MeasurementError:
-        if time.monotonic() < self._down_until:
-            return MeasurementError(
-                f"run on {self.device.name} skipped: it failed {self._down_error}; tried again "
-                f"{self._down_until - time.monotonic():.0f} s from now"
-            )
+        down = self._down()
+        if down is not None:
+            return down
         if self.device.kind == "local":
             call = (_run_local, (path, args, threads, self.settings))
         else:

@@ -91,6 +91,8 @@ def test_unreachable_address_fails_clearly_within_the_timeout():
         again = time.monotonic()
         with pytest.raises(MeasurementError, match="skipped: it failed .* tried again"):
             measurer.measure(module, args, threads=1)  # the dead device costs one timeout, not one per kernel
+        errors = measurer.measure_many([(module, args, 1)] * 3)  # nor a compilation per kernel
+        assert all(isinstance(e, MeasurementError) and "skipped" in str(e) for e in errors)
         assert time.monotonic() - again < 5
 
 
