@@ -4,8 +4,9 @@ A query names an architecture (a setting of every block) and one precision per s
 that sub-network. The sub-network is extracted with the supernet's weights, its batch-norm
 statistics are recalibrated on `RECALIBRATION_IMAGES` training images, and it is then scored exactly
 as a fixed network is (`envs.accuracy.AccuracyOracle`: batch norm folded, per-layer fake quant,
-held-out top-1). Results are cached by (architecture, precisions), in memory and optionally in the
-measurement database; the prepared oracles of the `KEPT` most recent architectures stay in memory.
+held-out top-1 minus the KL divergence from the fp32 sub-network). Results are cached by
+(architecture, precisions), in memory and optionally in the measurement database; the prepared
+oracles of the `KEPT` most recent architectures stay in memory.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import Sequence
 
 from envs.accuracy import (
+    ACCURACY_SIGNAL,
     FAKE_QUANT_SCHEME,
     AccuracyOracle,
     CachedAccuracies,
     Dataset,
+    Fidelity,
     shifted_digits_dataset,
     digits_dataset,
     image_folder_dataset,
@@ -53,7 +56,7 @@ class SupernetOracle(CachedAccuracies):
         self.weights_id = weights_id
         self.calibration_batches = calibration_batches
         self.provenance = f"measured:heldout/{dataset.name}@{len(dataset.y_test)}/supernet"
-        self.key = f"{weights_id}-recal{RECALIBRATION_IMAGES}-{FAKE_QUANT_SCHEME}-cal{calibration_batches}"
+        self.key = f"{weights_id}-recal{RECALIBRATION_IMAGES}-{FAKE_QUANT_SCHEME}-cal{calibration_batches}-{ACCURACY_SIGNAL}"
         self._oracles: OrderedDict[tuple, AccuracyOracle] = OrderedDict()
         self._init_cache()
 
@@ -80,8 +83,9 @@ class SupernetOracle(CachedAccuracies):
         return oracle
 
     def accuracy(self, precisions: Sequence[str], blocks: tuple | None = None) -> float:
-        """Held-out top-1 accuracy in [0, 1] of sub-network `blocks` (default: the original network)
-        with one precision per searchable layer of it, cached by (architecture, precisions)."""
+        """Accuracy in [0, 1] of sub-network `blocks` (default: the original network) with one precision
+        per searchable layer of it (its fp32 held-out top-1 minus the KL of the deployment from it, as
+        `AccuracyOracle.accuracy`), cached by (architecture, precisions)."""
         blocks = self.space.ORIGINAL if blocks is None else tuple(blocks)
         key = self.space.labels(blocks) + tuple(precisions)
         cached = self._cached(key)  # only checked queries are ever stored
@@ -89,6 +93,13 @@ class SupernetOracle(CachedAccuracies):
             return cached
         self.space.check(blocks)
         return self._remember(key, self.oracle(blocks).accuracy(precisions))
+
+    def measure(self, precisions: Sequence[str], blocks: tuple | None = None) -> Fidelity:
+        """Accuracy, held-out top-1, KL divergence and SQNR of sub-network `blocks` (default: the
+        original network) deployed with `precisions` (never cached)."""
+        blocks = self.space.ORIGINAL if blocks is None else tuple(blocks)
+        self.space.check(blocks)
+        return self.oracle(blocks).measure(precisions)
 
     @property
     def baseline_accuracy(self) -> float:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from envs.accuracy import recalibrate_batch_norm
+from envs.proxy_training import recalibrate_batch_norm
 from envs.arch_space import ArchSpace
 from envs.network import Network
 from envs.torch_build import NetworkModule, build_module

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from envs.accuracy import TRAIN_BATCH_SIZE, Dataset, _save_atomically, default_cache_dir
+from envs.accuracy import Dataset, _save_atomically, default_cache_dir
+from envs.proxy_training import TRAIN_BATCH_SIZE
 from envs.arch_space import ArchSpace
 from envs.supernet import Supernet
 
