@@ -20,7 +20,8 @@ from scipy.stats import spearmanr
 from deploy.cost_table import CostTable
 from deploy.db import MeasurementDB
 from deploy.cpu_model import CpuLatencyModel, CpuModelParams
-from deploy.deployment import best_choices, evaluate
+from deploy.deployment import evaluate
+from deploy.optimum import best_choices
 from envs.network import Layer, Network
 from envs.space import Choice, SearchSpace
 

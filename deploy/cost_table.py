@@ -56,7 +56,7 @@ class CostTable:
         self._states: tuple[list[tuple[TensorFormat, int]], np.ndarray] | None = None
         self._layers: dict[str, dict[str, Cost]] = {}
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._fixed: dict[tuple, Cost] = {}
+        self._fixed: dict[tuple, Cost | np.ndarray] = {}
         self._rejected: dict[str, dict[str, str]] = {}
         """Per layer signature: choices the backend rejected for good, with the reason (loaded with the layer)."""
         self.backend_calls = 0
@@ -162,6 +162,26 @@ class CostTable:
         if hit is None:
             hit = self._fixed[key] = self.backend.conversion_cost(elements, src, dst, threads)
         return hit
+
+    def conversion_matrix(self, elements: int) -> np.ndarray:
+        """[source state, reader state] (`states`) latency of converting a tensor of `elements` into the
+        reader's format on the reader's threads (memoised)."""
+        key = ("conversions", elements)
+        matrix = self._fixed.get(key)
+        if matrix is None:
+            states = self.states()[0]
+            matrix = self._fixed[key] = np.array(
+                [[self.conversion_cost(elements, f, g, t).latency_ms for g, t in states] for f, _ in states]
+            )
+        return matrix
+
+    def fixed_layer_vector(self, layer: Layer) -> np.ndarray:
+        """Latency of a non-searchable layer run in each state's format and threads (memoised)."""
+        key = ("fixed-vector", layer.signature)
+        vector = self._fixed.get(key)
+        if vector is None:
+            vector = self._fixed[key] = np.array([self.fixed_layer_cost(layer, f, t).latency_ms for f, t in self.states()[0]])
+        return vector
 
     def _load(self, layer: Layer) -> dict[str, Cost]:
         known = self._layers.get(layer.signature)

@@ -112,6 +112,10 @@ class Assembler:
         self._formats: dict[str, tuple[TensorFormat, int]] = {NETWORK_INPUT: (NETWORK_IO_FORMAT, 1)}
         self._peak_activation = 0.0
 
+    def format_of(self, tensor: str) -> tuple[TensorFormat, int] | None:
+        """The (format, threads) a tensor priced so far is stored in (None if not produced yet)."""
+        return self._formats.get(tensor)
+
     @property
     def done(self) -> bool:
         """True once every searchable layer has a choice."""
@@ -227,56 +231,3 @@ def fastest_per_state(latency_ms: np.ndarray, state_of: np.ndarray, n_states: in
         if len(candidates):
             best[s] = candidates[np.argmin(latency_ms[candidates])]
     return best
-
-
-def best_choices(
-    network: Network, table: CostTable, allow: Callable[[Choice], bool] | None = None
-) -> dict[str, Choice]:
-    """Fastest deployment (among choices `allow` admits), by dynamic programming over the layer chain.
-
-    The state between consecutive searchable layers is the activation format and thread count, so
-    conversions and the layers between them are priced exactly along the chain; skip connections are
-    priced when the result is evaluated.
-    """
-    all_choices = table.choices
-    admitted = np.array([allow(c) if allow else True for c in all_choices])
-    states, state_of = table.states()
-    assembler = Assembler(network, table)
-    value = np.full(len(states), np.inf)  # best latency so far ending in each state
-    value[states.index((NETWORK_IO_FORMAT, 1))] = 0.0  # the image
-    back: list[np.ndarray] = []
-    best_in_state: list[np.ndarray] = []
-    for i, segment in enumerate(assembler.segments):
-        head, between = segment[0], segment[1:]
-        latency, _ = table.latency_array(head)
-        best = fastest_per_state(np.where(admitted, latency, np.nan), state_of, len(states))
-        elements = int(np.prod(network.producer_shape(head.inputs[0])))
-        new_value = np.full(len(states), np.inf)
-        arg = np.full(len(states), -1)
-        for s, (fmt, threads) in enumerate(states):
-            if best[s] < 0:
-                continue
-            enter = value + np.array([table.conversion_cost(elements, f, fmt, threads).latency_ms for f, _ in states])
-            arg[s] = int(np.argmin(enter))
-            new_value[s] = enter[arg[s]] + latency[best[s]]
-        # the non-searchable layers after this one run in its format
-        new_value = new_value + np.array(
-            [sum(table.fixed_layer_cost(l, f, t).latency_ms for l in between) for f, t in states]
-        )
-        if i == len(assembler.segments) - 1:
-            out = network.layers[-1].out_elements
-            new_value = new_value + np.array(
-                [table.conversion_cost(out, f, NETWORK_IO_FORMAT, t).latency_ms for f, t in states]
-            )
-        value = new_value
-        back.append(arg)
-        best_in_state.append(best)
-    if not np.isfinite(value).any():
-        raise ValueError(f"no admitted deployment exists for {network.name!r}")
-    s = int(np.argmin(value))
-    picks: list[Choice] = []
-    for i in range(len(assembler.segments) - 1, -1, -1):
-        picks.append(all_choices[best_in_state[i][s]])
-        s = back[i][s]
-    heads = [seg[0].name for seg in assembler.segments]
-    return dict(zip(heads, reversed(picks)))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
 from deploy.cost_table import CostTable
-from deploy.deployment import LayerCost, best_choices, evaluate
+from deploy.deployment import LayerCost, evaluate
+from deploy.optimum import best_choices
 from deploy.targets import get_target
 from envs import zoo
 from envs.network import Network

@@ -6,7 +6,8 @@ import pytest
 
 from deploy.cost_table import CostTable
 from deploy.db import MeasurementDB
-from deploy.deployment import Assembler, best_choices, evaluate, uniform_choices
+from deploy.deployment import Assembler, evaluate, uniform_choices
+from deploy.optimum import best_choices
 from envs.space import Choice, CpuSchedule
 
 

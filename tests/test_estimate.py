@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.deployment import best_choices, evaluate, uniform_choices
+from deploy.deployment import evaluate, uniform_choices
+from deploy.optimum import best_choices
 from deploy.estimate import estimate_latency
 from envs import zoo
 from tests.test_torch_import import SmallNet, TorchMobileNetV2
