@@ -15,7 +15,7 @@ from deploy.deployment import Assembler, NetworkCost, evaluate, uniform_choices
 from deploy.flow_optimizer import CRITERIA, best_dataflow
 from envs.arch_space import ArchSpace
 from envs.arch_state import ArchitectureState
-from envs.network import Layer, Network, Op
+from envs.network import NETWORK_INPUT, Layer, Network, Op
 from envs.reward import RewardConfig
 from envs.space import ALGORITHMS, QUANTS, Choice, SearchSpace
 
@@ -61,14 +61,15 @@ class DeploymentEnv(gym.Env):
     """Choose, layer by layer, how a CNN is deployed on a target; score accuracy against latency.
 
     ## Action space
-    `MultiDiscrete([n_arch, n_quant_algo, n_dataflow])` (see `envs.space.SearchSpace`): the
-    architecture variant, the (quantization, algorithm) pair, and the dataflow (on a CPU the loop
-    schedule: register tile, loop order, vectorised axis, parallel axis, threads) of the current layer.
-    On an NPU the dataflow is the spatial unrolling and temporal mapping (`envs.space.NpuDataflow`).
+    `MultiDiscrete([n_arch, n_quant_algo, *dataflow components])` (see `envs.space.SearchSpace`): the
+    architecture variant, the (quantization, algorithm) pair, and the dataflow of the current layer:
+    on a CPU its loop schedule (register tile, loop order, vectorised axis, parallel axis) and its
+    thread count; on an NPU its spatial unrolling x temporal mapping (`envs.space.NpuDataflow`).
     With `dataflow="latency"`, `"energy"` or `"edp"` (FlowOptimizer mode) the environment picks each
-    layer's best dataflow by that criterion itself: only the first dataflow entry is unmasked, and
-    the agent chooses the other levels. With `dataflow="fixed"` every layer keeps the target's own
-    dataflow (e.g. an NPU's fixed one): only that entry is unmasked. With `implementation="fastest"`
+    layer's best dataflow by that criterion itself: only the first entry of each dataflow component
+    is unmasked, and the agent chooses the other levels. With
+    `dataflow="fixed"` every layer keeps the target's own dataflow (e.g. an NPU's fixed one): only its
+    entries are unmasked. With `implementation="fastest"`
     the agent chooses only the architecture and the quantization (the second component is valid at one
     entry per quantization the layer admits), and the environment deploys the layer with the algorithm
     and dataflow that add the least latency given the formats so far (`Assembler.fastest_next`):
@@ -90,18 +91,23 @@ class DeploymentEnv(gym.Env):
     layers still to come, change as blocks are decided; undecided blocks are the original ones.
 
     ## Observation space
-    `Box(0, 100, (27,), float32)` describing the current layer and the deployment so far:
+    `Box(0, 100, (33,), float32)` describing the current layer and the deployment so far:
     op one-hot (conv, pointwise, depthwise, dense) [4]; log2 of in-channels, out-channels, output
     height, output width, kernel height, stride, groups (/10) and log10 MACs (/10) [8]; position
     (layer index / layers) [1]; the previous layer's quantization one-hot [3], algorithm one-hot [5] and
     threads / max threads [1]; latency so far / reference, and the fastest possible latency of the
-    remaining layers / reference [2] (both clipped at 100); fraction of layers so far in fp16 and in int8 [2]; is last layer [1].
-    The reference latency is the budget (budget mode) or the trade-off target.
+    remaining layers / reference [2] (both clipped at 100); fraction of layers so far in fp16 and in int8 [2]; is last layer [1];
+    the tensor that waits for a later layer while this one runs (a residual block's input, which its
+    add reads): present [1], its quantization one-hot [3], channel-packed layout [1], threads / max
+    threads [1] (zeros when none waits). With it the observation holds every format a later conversion
+    depends on. The reference latency is the budget (budget mode) or the trade-off target.
 
     ## Rewards
-    See `envs.reward.RewardConfig`: budget mode pays a small negative reward per layer proportional
-    to its latency and, at the end, 100 x accuracy minus one point per 1% over budget; trade-off mode
-    pays 100 x accuracy x (latency / target) ** -0.07 at the end only.
+    In accuracy points (`envs.reward.RewardConfig`). Budget mode: each step pays `-points_per_ms` times
+    the milliseconds its layer added (its own latency, the conversions into it and the layers up to the
+    next searchable one), and the last step adds 100 x accuracy minus one point per 1% over budget, so
+    an episode's return is 100 x accuracy - points_per_ms x latency - the overrun penalty. Trade-off
+    mode pays 100 x accuracy x (latency / target) ** -0.07 at the end only.
 
     ## Starting state
     The first searchable layer, nothing chosen. Resetting is deterministic; `reset(seed=)` seeds
@@ -167,7 +173,7 @@ class DeploymentEnv(gym.Env):
         self.layers: tuple[Layer, ...] = network.searchable_layers
         self._nvec = np.array(space.nvec if arch_space is None else (len(arch_space.OPTIONS), *space.nvec[1:]))
         self.action_space = spaces.MultiDiscrete(self._nvec)
-        self.observation_space = spaces.Box(0.0, OBS_HIGH, shape=(27,), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, OBS_HIGH, shape=(33,), dtype=np.float32)
         self._max_threads = max(d.threads for d in space.dataflows)
         self._offsets = np.cumsum((0,) + tuple(self._nvec[:-1]))
         self._features: dict[str, np.ndarray] = {}
@@ -196,7 +202,7 @@ class DeploymentEnv(gym.Env):
             raise RuntimeError("step() called after the episode ended; call reset()")
         action = np.asarray(action, dtype=np.int64).reshape(-1)
         layer = self.layers[self._t]
-        if action.shape != (3,) or (action < 0).any() or (action >= self._nvec).any() or not self.action_masks()[self._offsets + action].all():
+        if action.shape != self._nvec.shape or (action < 0).any() or (action >= self._nvec).any() or not self.action_masks()[self._offsets + action].all():
             reason = self._invalid_reason(layer, action)
             self._t = len(self.layers)
             return self._observation(), INVALID_ACTION_REWARD, True, False, {"invalid_action": reason, "layer": layer.name}
@@ -210,7 +216,7 @@ class DeploymentEnv(gym.Env):
                 info.update(layer=layer.name, latency_ms=self._assembler.latency_ms)
                 return self._observation(), 0.0, False, False, info
             layer = self.layers[self._t]
-        choice = self.space.decode(np.array([0, action[1], action[2]]))
+        choice = self.space.decode(np.concatenate([[0], action[1:]]))
         try:
             if self.dataflow_mode in CRITERIA:
                 choice = self._best_dataflow(layer, choice)
@@ -255,10 +261,10 @@ class DeploymentEnv(gym.Env):
             action = self.space.encode(choices.get(layer.name, self.space.baseline_choice()))
             action[0] = 0 if block is None else self.arch_space.OPTIONS.index(blocks[block])
             if self.dataflow_mode != "agent":  # the environment picks the dataflow again
-                action[2] = self._fixed_dataflow if self.dataflow_mode == "fixed" else 0
+                action[2:] = self.space.dataflow_entries(self._fixed_dataflow if self.dataflow_mode == "fixed" else 0)
             if self.implementation == "fastest":  # and the algorithm: only the quantization is the agent's
                 quant = choices[layer.name].quant if layer.name in choices else self.space.baseline_choice().quant
-                action[1:] = self._quant_entry(quant), 0
+                action[1], action[2:] = self._quant_entry(quant), 0
             _, reward, done, _, info = self.step(action)
             total += reward
         return total, info
@@ -287,6 +293,23 @@ class DeploymentEnv(gym.Env):
             self.layers = network.searchable_layers
         fastest = np.array([self._fastest_ms(layer) for layer in self.layers])
         self._remaining_lower_bound = np.concatenate([np.cumsum(fastest[::-1])[::-1], [0.0]])
+        self._waiting = self._waiting_tensors(network)
+
+    @staticmethod
+    def _waiting_tensors(network: Network) -> list[str | None]:
+        """Per searchable layer, the most recent tensor produced before it, other than its input, that a
+        layer at or after it still reads (None if there is none)."""
+        last_read: dict[str, int] = {}
+        for i, layer in enumerate(network.layers):
+            for src in layer.inputs:
+                last_read[src] = i
+        waiting, produced = [], [NETWORK_INPUT]
+        for i, layer in enumerate(network.layers):
+            if layer.op.searchable:
+                live = [t for t in produced if last_read.get(t, -1) >= i and t not in layer.inputs]
+                waiting.append(live[-1] if live else None)
+            produced.append(layer.name)
+        return waiting
 
     def _fastest_ms(self, layer: Layer) -> float:
         """The layer's fastest latency over every choice (memoised by shape)."""
@@ -339,9 +362,7 @@ class DeploymentEnv(gym.Env):
             mask = self.space.mask(layer).copy()
             flows = self.space.nvec[0] + self.space.nvec[1]
             if self.dataflow_mode != "agent" or self.implementation == "fastest":
-                keep = self._fixed_dataflow if self.dataflow_mode == "fixed" else 0
-                mask[flows:] = False
-                mask[flows + keep] = True
+                mask[flows:] = self.space.dataflow_mask(self._fixed_dataflow if self.dataflow_mode == "fixed" else 0)
             if self.implementation == "fastest":
                 pairs = mask[self.space.nvec[0] : flows]
                 for quant in QUANTS:
@@ -370,7 +391,7 @@ class DeploymentEnv(gym.Env):
         mask[action[1] + (self.space.nvec[0] if self.arch is None else 0)] = False
 
     def _invalid_reason(self, layer: Layer, action: np.ndarray) -> str:
-        if action.shape != (3,) or (action < 0).any() or (action >= self._nvec).any():
+        if action.shape != self._nvec.shape or (action < 0).any() or (action >= self._nvec).any():
             return f"action {action.tolist()} is outside {self.action_space}"
         block = self.arch.decision(layer) if self.arch is not None else None
         if block is not None and not self.arch_space.mask(block)[action[0]]:
@@ -379,7 +400,7 @@ class DeploymentEnv(gym.Env):
             return f"block {self.arch_space.block_name(block)} cannot be {option}; its options are {valid}"
         if self.arch is not None and block is None and action[0] != 0:
             return f"layer {layer.name!r} decides no block: the architecture entry must be 0, got {action[0]}"
-        choice = self.space.decode(np.array([0, action[1], action[2]]))
+        choice = self.space.decode(np.concatenate([[0], action[1:]]))
         try:
             self.space.check(layer, choice)
         except ValueError as err:
@@ -427,4 +448,10 @@ class DeploymentEnv(gym.Env):
             dtype=np.float32,
         )
         position = np.array([t / len(self.layers)], dtype=np.float32)
-        return np.concatenate([self._layer_features(self.layers[t]), position, prev, dynamic])
+        waits = np.zeros(6, dtype=np.float32)
+        stored = self._assembler.format_of(self._waiting[t]) if self._waiting[t] else None
+        if stored is not None:
+            fmt, threads = stored
+            waits[0], waits[1 + QUANTS.index(fmt.quant)] = 1.0, 1.0
+            waits[4], waits[5] = float(fmt.layout != "NCHW"), threads / self._max_threads
+        return np.concatenate([self._layer_features(self.layers[t]), position, prev, dynamic, waits])

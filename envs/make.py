@@ -9,7 +9,8 @@ from pathlib import Path
 
 from deploy.cost_table import CostTable
 from deploy.db import MeasurementDB
-from deploy.deployment import best_choices, evaluate
+from deploy.deployment import evaluate
+from deploy.optimum import best_choices
 from deploy.targets import get_target
 from deploy.tvm_measure import Device, MeasureSettings
 from deploy.zigzag_sim import SimulationSettings
@@ -77,6 +78,7 @@ def make_deployment_env(
     dataflow: str = "agent",
     architecture: bool = False,
     implementation: str = "agent",
+    points_per_ms: float | None = None,
 ) -> DeploymentEnv:
     """Build the environment.
 
@@ -97,6 +99,8 @@ def make_deployment_env(
             space's supernet (`envs.subnet_accuracy`, trained once and cached).
         implementation: "agent" (the agent chooses each layer's algorithm and dataflow) or "fastest"
             (the environment picks the fastest for the agent's quantization; see `DeploymentEnv`).
+        points_per_ms: budget mode: accuracy points one millisecond costs (default: the whole budget
+            costs `envs.reward.DEFAULT_BUDGET_POINTS`).
     """
     net = resolve_network(network)
     arch_space = arch_space_for(net.name) if architecture else None
@@ -128,7 +132,7 @@ def make_deployment_env(
                 f"({fastest:.3f} ms, {costs.backend.provenance}): no deployment can meet it; "
                 f"use --budget-ms >= {fastest:.3f} or --tradeoff"
             )
-        reward = RewardConfig("budget", budget_ms=budget)
+        reward = RewardConfig("budget", budget_ms=budget, points_per_ms=points_per_ms)
     else:
         reward = RewardConfig(mode, target_ms=default if target_ms is None else float(target_ms))
     if accuracy is None and arch_space is not None:

@@ -1,12 +1,18 @@
 """The per-layer search space: what a layer's deployment can be, and which of it is valid.
 
 A `Choice` fixes the four levels for one layer: architecture variant, quantization, algorithm and
-dataflow (on a CPU, the loop schedule). The action that selects it is a MultiDiscrete triple
-`(arch, quant x algorithm, dataflow)`. SB3-contrib masks MultiDiscrete actions per component, which is
-exact only if the valid set of a layer is a Cartesian product of per-component sets; the encoding is
-chosen so that it is: everything that could constrain validity jointly sits inside the one
-`quant x algorithm` component, and every dataflow is valid for every algorithm (each algorithm reads
-tile, order, axes and threads in its own way). int8 Winograd works in an int16 transform domain, as
+dataflow (on a CPU, the loop schedule). The action that selects it is MultiDiscrete
+`(arch, quant x algorithm, *dataflow components)`: on a CPU the loop schedule (register tile, loop
+order, vectorised and parallel axes: 24 entries, which interact) and the thread count, which scales
+whichever schedule runs; on an NPU one component of its spatial unrollings x temporal mappings.
+Splitting only the thread count off worked best for PPO (benchmarks/README.md): with every field a
+component of its own, interacting fields locked into poor combinations on some seeds (tile 4x16 with
+input-outer order and spatial vectors on nearly every layer); with all 72 dataflows one component it
+learnt slower. SB3-contrib
+masks MultiDiscrete actions per component, which is exact only if the valid set of a layer is a
+Cartesian product of per-component sets; the encoding is chosen so that it is: everything that could
+constrain validity jointly sits inside the one `quant x algorithm` component, and every dataflow is
+valid for every algorithm (each algorithm reads tile, order, axes and threads in its own way). int8 Winograd works in an int16 transform domain, as
 ncnn's winograd23/43 int8 kernels do (the F(4x4,3x3) input transform grows values at most 100x). `SearchSpace.mask`
 returns exact masks; `SearchSpace.check` explains an invalid choice.
 
@@ -200,8 +206,24 @@ def why_invalid(layer: Layer, quant: str, algo: str) -> str | None:
     return None
 
 
+def dataflow_components(dataflows: Sequence[Dataflow]) -> tuple[int, ...]:
+    """The sizes of the action components that select a dataflow: (loop schedules, thread counts) when
+    `dataflows` runs every schedule at every thread count, thread counts varying fastest (as
+    `cpu_schedules` lists them); otherwise one component of all of them."""
+    counts = tuple(dict.fromkeys(d.threads for d in dataflows))
+    k, n = len(counts), len(dataflows)
+    if k < 2 or n % k:
+        return (n,)
+    for start in range(0, n, k):
+        block = dataflows[start : start + k]
+        shapes = {tuple(v for name, v in d.to_dict().items() if name != "threads") for d in block}
+        if tuple(d.threads for d in block) != counts or len(shapes) != 1:
+            return (n,)
+    return (n // k, k)
+
+
 class SearchSpace:
-    """The action encoding for one target: MultiDiscrete `(arch, quant x algorithm, dataflow)`.
+    """The action encoding for one target: MultiDiscrete `(arch, quant x algorithm, *dataflow components)`.
 
     Args:
         dataflows: the target's dataflow options (CPU schedules or NPU dataflows).
@@ -230,7 +252,9 @@ class SearchSpace:
         self.arch_options = tuple(arch_options)
         self.quant_algos = tuple(itertools.product(quants, algorithms))
         self._baseline = baseline or Choice("fp32", "im2col", CpuSchedule(threads=max(d.threads for d in self.dataflows)))
-        self.nvec = (len(self.arch_options), len(self.quant_algos), len(self.dataflows))
+        self.dataflow_radix = dataflow_components(self.dataflows)
+        """Sizes of the action's dataflow components (after the first two; `dataflow_components`)."""
+        self.nvec = (len(self.arch_options), len(self.quant_algos), *self.dataflow_radix)
         self._dataflow_index = {d: i for i, d in enumerate(self.dataflows)}
         self._qa_index = {qa: i for i, qa in enumerate(self.quant_algos)}
         self._mask_cache: dict[str, np.ndarray] = {}
@@ -247,28 +271,28 @@ class SearchSpace:
 
     def decode(self, action: Sequence[int]) -> Choice:
         """Action -> Choice (no validity check)."""
-        a, qa, d = (int(x) for x in action)
+        a, qa, *fields = (int(x) for x in action)
         quant, algo = self.quant_algos[qa]
-        return Choice(quant, algo, self.dataflows[d], self.arch_options[a])
+        dataflow = self.dataflows[int(np.ravel_multi_index(fields, self.dataflow_radix))]
+        return Choice(quant, algo, dataflow, self.arch_options[a])
 
     def encode(self, choice: Choice) -> np.ndarray:
         """Choice -> action; raises InvalidChoice if the choice is outside this space."""
         try:
-            return np.array(
-                [
-                    self.arch_options.index(choice.arch),
-                    self._qa_index[(choice.quant, choice.algo)],
-                    self._dataflow_index[choice.dataflow],
-                ],
-                dtype=np.int64,
-            )
+            head = [self.arch_options.index(choice.arch), self._qa_index[(choice.quant, choice.algo)]]
+            return np.array(head + list(self.dataflow_entries(self._dataflow_index[choice.dataflow])), dtype=np.int64)
         except (KeyError, ValueError) as err:
             raise InvalidChoice(f"choice {choice.key} is outside this search space") from err
 
-    def flat_index(self, action: Sequence[int]) -> int:
-        """Row-major index of an action, for per-layer cost tables."""
-        a, qa, d = (int(x) for x in action)
-        return (a * self.nvec[1] + qa) * self.nvec[2] + d
+    def dataflow_entries(self, index: int) -> np.ndarray:
+        """The dataflow components of the action that selects `dataflows[index]`."""
+        return np.array(np.unravel_index(index, self.dataflow_radix), dtype=np.int64)
+
+    def dataflow_mask(self, only: int | None = None) -> np.ndarray:
+        """The dataflow components' masks: every entry, or only those selecting `dataflows[only]`."""
+        if only is None:
+            return np.ones(sum(self.dataflow_radix), dtype=bool)
+        return np.concatenate([np.arange(n) == i for n, i in zip(self.dataflow_radix, self.dataflow_entries(only))])
 
     def qa_mask(self, layer: Layer) -> np.ndarray:
         """Which `quant x algorithm` entries are valid for the layer."""
@@ -279,9 +303,7 @@ class SearchSpace:
         key = layer.signature
         cached = self._mask_cache.get(key)
         if cached is None:
-            cached = np.concatenate(
-                [np.ones(self.nvec[0], bool), self.qa_mask(layer), np.ones(self.nvec[2], bool)]
-            )
+            cached = np.concatenate([np.ones(self.nvec[0], bool), self.qa_mask(layer), self.dataflow_mask()])
             self._mask_cache[key] = cached
         return cached
 

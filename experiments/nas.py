@@ -47,7 +47,7 @@ from agents.pareto import ParetoFront, Point
 from agents.ppo import load_hyperparams, make_agent, make_vec_env
 from deploy.cli import run_main
 from deploy.db import MeasurementDB
-from deploy.deployment import best_choices
+from deploy.optimum import best_choices
 from deploy.export import write_json
 from deploy.npu_hardware import FIXED_DATAFLOW_DESIGNS, load_preset, preset_names, write_npu_spec
 from deploy.targets import NpuTarget, get_target
@@ -158,7 +158,7 @@ def run_search(
 ) -> Search:
     """One MaskablePPO search of MobileNetV2 (trade-off reward), returning its front and choice."""
     make_env = search_env(plan, oracle, db_path, tradeoff_ms)
-    hp = load_hyperparams("mobilenet_v2")
+    hp = load_hyperparams("nas")
     start = time.perf_counter()
     env = make_vec_env(make_env, hp.n_envs)
     agent = make_agent(env, hp, seed, str(tb_dir))

@@ -9,7 +9,8 @@ import pytest
 from deploy.cost import ChoiceRejected
 from deploy.cost_table import CostTable
 from deploy.cpu_model import CpuLatencyModel
-from deploy.deployment import Assembler, best_choices, evaluate
+from deploy.deployment import Assembler, evaluate
+from deploy.optimum import best_choices
 from envs.make import make_deployment_env
 from envs.space import QUANTS, Choice, why_invalid
 
@@ -24,7 +25,8 @@ def quant_episode(env, quants) -> dict:
         mask = env.action_masks()
         pairs = np.flatnonzero(mask[offsets[1] : offsets[2]])
         entry = next(i for i in pairs if env.space.quant_algos[i][0] == quants(env._t))
-        action = np.array([np.flatnonzero(mask[: offsets[1]])[step % 2 - 1], entry, 0])
+        flows = [0] * (len(env.action_space.nvec) - 2)  # the environment picks the dataflow
+        action = np.array([np.flatnonzero(mask[: offsets[1]])[step % 2 - 1], entry, *flows])
         _, _, done, _, info = env.step(action)
         assert "invalid_action" not in info and "measurement_error" not in info, info
         step += 1
@@ -67,7 +69,8 @@ def test_the_agent_chooses_only_the_quantization(env):
         valid = [(q, a) for q, a in env.space.quant_algos if why_invalid(layer, q, a) is None]
         kept = [env.space.quant_algos[i] for i in np.flatnonzero(pairs)]
         assert kept == [next(qa for qa in valid if qa[0] == q) for q in QUANTS]  # one entry per quantization
-        assert flows.tolist() == [True] + [False] * (env.space.nvec[2] - 1)
+        assert flows.tolist() == env.space.dataflow_mask(0).tolist()  # the first entry of every dataflow component
+        assert flows.sum() == len(env.space.dataflow_radix)
 
 
 def test_each_layer_gets_the_implementation_that_adds_the_least_latency(env, tiny):
@@ -130,11 +133,11 @@ def test_a_quantization_the_backend_rejects_entirely_ends_the_episode_and_is_mas
     env = make_deployment_env(tiny, "cortex-a72", "tradeoff", accuracy=tiny_oracle, costs=costs, implementation="fastest")
     env.reset()
     int8 = next(i for i, (q, _) in enumerate(env.space.quant_algos) if q == "int8" and env.action_masks()[env.space.nvec[0] + i])
-    _, reward, terminated, _, info = env.step(np.array([0, int8, 0]))
+    _, reward, terminated, _, info = env.step(np.array([0, int8, 0, 0]))
     assert terminated and reward == -100.0 and "no admitted choice" in info["measurement_error"]
     env.reset()
     assert not env.action_masks()[env.space.nvec[0] + int8]
-    assert env.action_masks()[env.space.nvec[0] :].sum() == 2 + 1  # fp32 and fp16 left; one dataflow entry
+    assert env.action_masks()[env.space.nvec[0] :].sum() == 2 + 2  # fp32 and fp16 left; one entry per dataflow component
 
 
 def test_joint_search_picks_the_fastest_implementation_of_the_network_it_builds(supernet_oracle):

@@ -138,7 +138,8 @@ def test_local_search_adds_its_networks_to_a_search_and_keeps_the_best_reward_as
     assert start.refinement["evaluations"] == 12 and len(start.front.points) == before[2] + 12
     assert start.refinement["front_changes"] >= 1
     # the choice is the highest reward of all 16 networks: replaying every front point cannot beat it
-    deploy = nas.int8_deployer(plan, supernet_oracle, tmp_path / "m.sqlite", None)
+    # (deployed as the search deployed them: the random reference's plan deploys by dynamic programming)
+    deploy = nas.int8_deployer(start.plan, supernet_oracle, tmp_path / "m.sqlite", None)
     assert start.reward >= before[0]
     assert all(deploy(p.architecture)[0] <= start.reward + 1e-12 for p in start.front.front)
     assert deploy(start.best["architecture"])[0] == pytest.approx(start.reward)
