@@ -4,7 +4,8 @@ Scalars (averaged over the episodes a rollout completed, written at each rollout
 `deploy/episode_reward`, `deploy/latency_ms`, `deploy/accuracy`, `deploy/speedup`,
 `deploy/feasible_fraction`, `deploy/memory_mb`, `deploy/energy_mj`; episodes that ended on an
 invalid action or a failed measurement: `deploy/invalid_episodes`, `deploy/measurement_failures`;
-best so far (by reward): `best/reward`, `best/latency_ms`, `best/accuracy`, `best/speedup`.
+best so far (by reward): `best/reward`, `best/latency_ms`, `best/accuracy`, `best/speedup`, and
+`best/latency_vs_minimum` (over the exact minimum latency, when given).
 Histograms of the chosen options: `choices/quant`, `choices/algo`, and on a CPU `choices/threads`,
 `choices/tile`, on an NPU `choices/spatial`, `choices/temporal` (option indices; threads as counts);
 in joint search `choices/block` (every searched block's option index in `arch_labels`). The run's
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -50,6 +52,7 @@ class DeploymentTensorBoard(BaseCallback):
         pareto_every: draw the Pareto front at most every this many rollouts (drawing takes ~0.1 s).
         pareto: the front of an earlier session of the same run (when resuming).
         arch_labels: in joint search, the labels of the architecture space's options.
+        minimum_latency_ms: the network's exact minimum latency, to log the best latency against.
     """
 
     def __init__(
@@ -60,8 +63,12 @@ class DeploymentTensorBoard(BaseCallback):
         pareto_every: int = 10,
         pareto: ParetoFront | None = None,
         arch_labels: Sequence[str] = (),
+        minimum_latency_ms: float | None = None,
     ) -> None:
         super().__init__()
+        self.minimum_latency_ms = minimum_latency_ms
+        self.curve: list[tuple[int, int, float, float]] = []
+        """(timesteps, episodes, reward, latency_ms) each time the best deployment improved."""
         self.arch_labels = list(arch_labels)
         self.hparams = hparams
         self.on_best = on_best
@@ -127,6 +134,7 @@ class DeploymentTensorBoard(BaseCallback):
         self._baseline = (info["baseline_latency_ms"], info["baseline_accuracy"])
         if episode_reward > self.best.reward:
             self.best = BestDeployment(episode_reward, dict(info))
+            self.curve.append((self.num_timesteps, self.episodes, episode_reward, info["latency_ms"]))
             if self.on_best:
                 self.on_best(self.best.info)
 
@@ -136,6 +144,8 @@ class DeploymentTensorBoard(BaseCallback):
             self.logger.record("best/latency_ms", self.best.info["latency_ms"])
             self.logger.record("best/accuracy", self.best.info["accuracy"])
             self.logger.record("best/speedup", self.best.info["speedup"])
+            if self.minimum_latency_ms:
+                self.logger.record("best/latency_vs_minimum", self.best.info["latency_ms"] / self.minimum_latency_ms)
         self.logger.record("deploy/episodes", self.episodes)
         self._rollouts += 1
         if self._rollouts % self.pareto_every == 0:
@@ -157,4 +167,22 @@ class DeploymentTensorBoard(BaseCallback):
         references = {"baseline": self._baseline} if self._baseline else None
         self.logger.record("pareto/front", Figure(self.pareto.figure(references), close=True),
                            exclude=("stdout", "log", "json", "csv"))
+        return True
+
+
+class Checkpoints(BaseCallback):
+    """Saves the agent as `folder/<prefix>_<timesteps>_steps<suffix>` each time `every` more timesteps have passed."""
+
+    def __init__(self, every: int, folder: Path, prefix: str, suffix: str) -> None:
+        super().__init__()
+        self.every, self.folder, self.prefix, self.suffix = max(every, 1), Path(folder), prefix, suffix
+        self._saved_at = 0
+
+    def _on_training_start(self) -> None:
+        self._saved_at = self.num_timesteps = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self._saved_at >= self.every:
+            self.model.save(self.folder / f"{self.prefix}_{self.num_timesteps}_steps{self.suffix}")
+            self._saved_at = self.num_timesteps
         return True

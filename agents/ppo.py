@@ -1,4 +1,9 @@
-"""Building the PPO agent (MaskablePPO, as the environment masks invalid choices) from YAML."""
+"""Building the Stable-Baselines3 agents (MaskablePPO, PPO, A2C) from hyperparameters in YAML.
+
+MaskablePPO uses the environment's action masks; PPO and A2C cannot, and search through
+`agents.valid_actions.ValidActions`. Hyperparameters come from sections of `ppo.yml`: `default`,
+updated by each section asked for that exists (e.g. the target's, then the target's and network's).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,13 @@ from typing import Any, Callable
 import gymnasium as gym
 import yaml
 from sb3_contrib import MaskablePPO
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+from agents.self_imitation import SelfImitationPPO
+from agents.valid_actions import ValidActions
 
 DEFAULT_HYPERPARAMS = Path(__file__).with_name("ppo.yml")
 
@@ -21,28 +31,34 @@ class HyperparamError(ValueError):
 
 @dataclass(frozen=True)
 class PPOHyperparams:
-    """The MaskablePPO settings the experiments use (see agents/ppo.yml)."""
+    """The Stable-Baselines3 agents' settings (see agents/ppo.yml); A2C and PPO ignore what is MaskablePPO's."""
 
-    n_envs: int = 16
+    n_envs: int = 8
     """environments stepped together to fill a rollout"""
-    n_steps: int = 64
+    n_steps: int = 32
     """steps per environment per rollout"""
-    batch_size: int = 256
+    batch_size: int = 128
     """minibatch size"""
-    n_epochs: int = 4
+    n_epochs: int = 10
     """optimisation epochs per rollout"""
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     """Adam learning rate"""
     gamma: float = 1.0
     """discount (1: the return is the deployment's score)"""
-    gae_lambda: float = 0.95
+    gae_lambda: float = 0.8
     """GAE lambda"""
-    ent_coef: float = 0.01
+    ent_coef: float = 0.0
     """entropy bonus"""
     clip_range: float = 0.2
     """PPO clip range"""
     net_arch: tuple[int, ...] = (128, 128)
     """hidden layers of the policy and value networks"""
+    sil_steps: int = 16
+    """maskable_ppo: self-imitation gradient steps after each update (0: plain MaskablePPO)"""
+    buffer_episodes: int = 16
+    """maskable_ppo: best episodes kept for self-imitation"""
+    sil_batch_size: int = 128
+    """maskable_ppo: transitions per self-imitation step"""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for config files and TensorBoard hparams)."""
@@ -51,8 +67,12 @@ class PPOHyperparams:
         return d
 
 
-def load_hyperparams(network: str, path: str | Path = DEFAULT_HYPERPARAMS) -> PPOHyperparams:
-    """The `default` section of the YAML updated by the network's own section (if any)."""
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"maskable_ppo": SelfImitationPPO, "ppo": PPO, "a2c": A2C}
+"""The Stable-Baselines3 agents, by name (`maskable_ppo` self-imitates; `sil_steps: 0` turns that off)."""
+
+
+def load_hyperparams(*sections: str, path: str | Path = DEFAULT_HYPERPARAMS) -> PPOHyperparams:
+    """The `default` section of the YAML at `path`, updated by each of `sections` it has, in order."""
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
@@ -60,10 +80,11 @@ def load_hyperparams(network: str, path: str | Path = DEFAULT_HYPERPARAMS) -> PP
     if not isinstance(doc, dict) or not isinstance(doc.get("default"), dict):
         raise HyperparamError(f"{path}: expected a mapping with a 'default' section of hyperparameters")
     merged = dict(doc["default"])
-    section = doc.get(network, {})
-    if not isinstance(section, dict):
-        raise HyperparamError(f"{path}: section {network!r} must be a mapping, got {type(section).__name__}")
-    merged.update(section)
+    for name in sections:
+        section = doc.get(name, {})
+        if not isinstance(section, dict):
+            raise HyperparamError(f"{path}: section {name!r} must be a mapping, got {type(section).__name__}")
+        merged.update(section)
     known = {f.name: f for f in fields(PPOHyperparams)}
     unknown = sorted(set(merged) - set(known))
     if unknown:
@@ -87,27 +108,26 @@ def load_hyperparams(network: str, path: str | Path = DEFAULT_HYPERPARAMS) -> PP
     return PPOHyperparams(**values)
 
 
-def make_vec_env(make_env: Callable[[], gym.Env], n_envs: int) -> VecEnv:
-    """`n_envs` monitored copies of the environment, stepped in this process."""
-    return DummyVecEnv([lambda: Monitor(make_env()) for _ in range(n_envs)])
+def make_vec_env(make_env: Callable[[], gym.Env], n_envs: int, valid_actions: bool = False) -> VecEnv:
+    """`n_envs` monitored copies of the environment, stepped in this process (wrapped in
+    `ValidActions` for an agent that cannot mask)."""
+    wrap = ValidActions if valid_actions else (lambda env: env)
+    return DummyVecEnv([lambda: Monitor(wrap(make_env())) for _ in range(n_envs)])
 
 
-def make_agent(env: VecEnv, hp: PPOHyperparams, seed: int, tensorboard_log: str | None) -> MaskablePPO:
-    """A fresh MaskablePPO agent for the environment."""
-    return MaskablePPO(
-        "MlpPolicy",
-        env,
-        n_steps=hp.n_steps,
-        batch_size=hp.batch_size,
-        n_epochs=hp.n_epochs,
-        learning_rate=hp.learning_rate,
-        gamma=hp.gamma,
-        gae_lambda=hp.gae_lambda,
-        ent_coef=hp.ent_coef,
-        clip_range=hp.clip_range,
-        policy_kwargs={"net_arch": list(hp.net_arch)},
-        tensorboard_log=tensorboard_log,
-        seed=seed,
-        device="cpu",
-        verbose=0,
+def make_agent(
+    env: VecEnv, hp: PPOHyperparams, seed: int, tensorboard_log: str | None, algorithm: str = "maskable_ppo"
+) -> BaseAlgorithm:
+    """A fresh agent of `algorithm` (a key of `ALGORITHMS`) for the environment. A2C makes one update
+    per rollout: it has no use for `batch_size`, `n_epochs` and `clip_range`."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+    shared = dict(
+        n_steps=hp.n_steps, learning_rate=hp.learning_rate, gamma=hp.gamma, gae_lambda=hp.gae_lambda,
+        ent_coef=hp.ent_coef, policy_kwargs={"net_arch": list(hp.net_arch)},
     )
+    if algorithm != "a2c":
+        shared.update(batch_size=hp.batch_size, n_epochs=hp.n_epochs, clip_range=hp.clip_range)
+    if algorithm == "maskable_ppo":
+        shared.update(sil_steps=hp.sil_steps, buffer_episodes=hp.buffer_episodes, sil_batch_size=hp.sil_batch_size)
+    return ALGORITHMS[algorithm]("MlpPolicy", env, **shared, tensorboard_log=tensorboard_log, seed=seed, device="cpu", verbose=0)

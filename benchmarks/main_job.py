@@ -90,7 +90,7 @@ def ppo_timesteps_per_second(db: MeasurementDB, timesteps: int = 16_384) -> dict
     network = zoo.get_network("mobilenet_v2")
     oracle = oracle_for(network)
     reused = oracle.use_database(db)
-    hp = load_hyperparams("mobilenet_v2")
+    hp = load_hyperparams("cortex-a72", "cortex-a72/mobilenet_v2")
     env = make_vec_env(lambda: make_deployment_env(network, "cortex-a72", accuracy=oracle), hp.n_envs)
     agent = make_agent(env, hp, seed=0, tensorboard_log=None)
     start = time.perf_counter()

@@ -1,6 +1,7 @@
-"""Search a per-layer deployment of a CNN on a target with MaskablePPO; export the best one.
+"""Search a per-layer deployment of a CNN on a target (MaskablePPO by default); export the best one.
 
     python experiments/run_ppo.py --target cortex-a72                 # MobileNetV2, default budget
+    python experiments/run_ppo.py --agent evolution                    # or qlearning, random, ppo, a2c
     python experiments/run_ppo.py --net resnet18 --budget-ms 120
     python experiments/run_ppo.py --net mobilenet_v1 --tradeoff 40     # MnasNet-style trade-off
     python experiments/run_ppo.py --resume runs/mobilenet_v2-cortex-a72-s0-...   # continue a run
@@ -17,6 +18,9 @@ targets (npu-eyeriss, npu-nvdla, npu-tpu, or an NPU's YAML file) are simulated w
 Each run writes one folder: config.yml, command.txt, tb/ (TensorBoard), checkpoints/,
 best_deployment.json (kept up to date), deployment.json, pareto.json / pareto.png (the accuracy-latency
 front of every deployment evaluated, with the choices of each point on it) and summary.txt at the end.
+The summary and deployment.json also hold the deployment's references (`envs.references`): the exact
+fastest deployment with its precisions, the exact minimum-latency deployment, the best one known,
+and a bound on the reward.
 """
 
 from __future__ import annotations
@@ -32,21 +36,25 @@ from typing import Any
 
 import yaml
 
-from agents.callbacks import BestDeployment, DeploymentTensorBoard
+from agents.callbacks import BestDeployment, Checkpoints, DeploymentTensorBoard
 from agents.pareto import ParetoFront
-from agents.ppo import DEFAULT_HYPERPARAMS, load_hyperparams, make_agent, make_vec_env
+from agents.ppo import DEFAULT_HYPERPARAMS, load_hyperparams
+from agents.registry import AGENTS, check_agent, checkpoint_suffix, load_search_agent, make_search_agent
 from deploy.cli import run_main
 from deploy.tvm_measure import Device
 from deploy.deployment import evaluate
+from deploy.optimum import best_choices
 from deploy.export import deployment_dict, load_deployment, write_json
 from deploy.npu_backend import ZigZagBackend
 from deploy.targets import NpuTarget, get_target
 from deploy.zigzag_sim import SimulationSettings
-from envs.accuracy import AccuracyOracle, oracle_for
+from envs.accuracy import AccuracyOracle, Fidelity, oracle_for
 from envs.env import DeploymentEnv
 from envs.make import make_cost_table, make_deployment_env, resolve_network
 from envs.space import Choice
 from envs.accuracy_predictor import PredictedAccuracy, fit_predictor
+from envs.references import MAX_PASSES, References, references
+from envs.reward import RewardConfig
 from envs.subnet_accuracy import PROXIES, SupernetOracle, supernet_oracle_for
 from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
 
@@ -59,10 +67,14 @@ class Config:
     """registered target (cortex-a72, host, npu-eyeriss, npu-nvdla, npu-tpu) or an NPU's YAML file"""
     net: str = "mobilenet_v2"
     """built-in network (mobilenet_v1, mobilenet_v2, mobilenet_v2_32, resnet18)"""
-    timesteps: int = 60_000
-    """environment steps to train for (one step = one layer)"""
+    agent: str = AGENTS[0]
+    """search agent: maskable_ppo (MaskablePPO with self-imitation), ppo, a2c, qlearning, evolution, random"""
+    timesteps: int = 120_000
+    """environment steps to train for (one step = one layer; MobileNetV2: 53 a deployment)"""
     budget_ms: float | None = None
     """latency budget in ms (default: 0.4 x the fp32 im2col baseline)"""
+    points_per_ms: float | None = None
+    """budget mode: accuracy points one millisecond costs (default: 7 points for the whole budget)"""
     tradeoff: float | None = None
     """use the MnasNet trade-off reward with this target latency in ms instead of a budget"""
     seed: int = 0
@@ -72,7 +84,7 @@ class Config:
     resume: str | None = None
     """run folder to continue from its last checkpoint (its config is reused)"""
     hyperparams: str = str(DEFAULT_HYPERPARAMS)
-    """YAML of PPO hyperparameters (keyed by network, with a default section)"""
+    """YAML of the Stable-Baselines3 agents' hyperparameters (a default section, updated by TARGET and TARGET/NET sections)"""
     checkpoint_every: int = 20_000
     """save the agent every this many steps"""
     image_folder: str | None = None
@@ -117,11 +129,16 @@ def parse_args(argv: list[str] | None = None) -> Config:
             parser.add_argument(flag, action="store_true", help=doc[f.name])
             continue
         kind = {
-            "timesteps": int, "seed": int, "checkpoint_every": int, "budget_ms": float, "tradeoff": float,
+            "timesteps": int, "seed": int, "checkpoint_every": int, "budget_ms": float, "tradeoff": float, "points_per_ms": float,
             "zigzag_lpf": int, "supernet_epochs": int, "predictor_samples": int,
         }.get(f.name, str)
         parser.add_argument(flag, type=kind, default=default, help=doc[f.name])
-    return Config(**vars(parser.parse_args(argv)))
+    config = Config(**vars(parser.parse_args(argv)))
+    try:
+        check_agent(config.agent)
+    except ValueError as err:
+        parser.error(str(err))
+    return config
 
 
 def run_folder(config: Config) -> Path:
@@ -148,18 +165,29 @@ def load_resumed(config: Config) -> Config:
     return Config(**saved)
 
 
-def summary(info: dict[str, Any], oracle: AccuracyOracle | SupernetOracle, folder: Path, baseline: str) -> str:
-    """One screen: the best deployment against the baseline (every layer deployed as `baseline`)."""
+def summary(
+    info: dict[str, Any], oracle: AccuracyOracle | SupernetOracle, fidelity: Fidelity, reward: RewardConfig,
+    refs: References, folder: Path, baseline: str,
+) -> str:
+    """One screen: the best deployment, what it was scored by, the baseline (every layer deployed as
+    `baseline`) and its references."""
+    if reward.mode == "budget":
+        over = info["latency_ms"] / reward.reference_ms - 1
+        budget = f"{reward.reference_ms:.2f} ms: " + ("met" if over <= 0 else f"exceeded by {100 * over:.1f}%")
+    else:
+        budget = f"none (trade-off target {reward.reference_ms:.2f} ms)"
     lines = [
         f"run folder           {folder}",
+        f"reward               {reward.describe()}",
         f"latency              {info['latency_ms']:.2f} ms  ({info['latency_provenance']})",
+        f"budget               {budget}",
         f"baseline             {info['baseline_latency_ms']:.2f} ms  -> speedup {info['speedup']:.2f}x  (every layer {baseline})",
-        f"accuracy             {100 * info['accuracy']:.2f}%  (fp32 {100 * oracle.baseline_accuracy:.2f}%, "
-        f"loss {100 * (oracle.baseline_accuracy - info['accuracy']):.2f} points; {info['accuracy_provenance']})",
+        f"accuracy             {100 * info['accuracy']:.3f}%  (the fp32 network's held-out top-1 {100 * oracle.baseline_accuracy:.2f}% "
+        f"minus {fidelity.kl_nats:.2e} nats of output change; {info['accuracy_provenance']})",
+        f"held-out top-1       {100 * fidelity.top1:.2f}%  (logits at {fidelity.sqnr_db:.1f} dB SQNR against fp32)",
         f"accuracy queries     {oracle.cache_info().misses} measured, {oracle.cache_info().hits} from cache",
         f"memory               {info['memory_bytes'] / 1e6:.2f} MB   energy "
         + (f"{info['energy_mj']:.1f} mJ ({info['latency_provenance']})" if info["energy_mj"] is not None else "n/a (measured latency only)"),
-        f"feasible             {info['feasible']}",
     ]
     counts: dict[str, int] = {}
     for c in info["choices"].values():
@@ -168,7 +196,7 @@ def summary(info: dict[str, Any], oracle: AccuracyOracle | SupernetOracle, folde
     lines.append("layers               " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
     if info.get("architecture"):
         lines.append(f"architecture         {' '.join(info['architecture'])}  ({info['network']})")
-    return "\n".join(lines)
+    return "\n".join(lines + refs.summary())
 
 
 def earlier_best(folder: Path, env: DeploymentEnv) -> BestDeployment | None:
@@ -186,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.resume:
         config = load_resumed(config)
     target = get_target(config.target)  # an unknown name or a bad NPU file fails here
-    hp = load_hyperparams(config.net, config.hyperparams)
+    hp = load_hyperparams(config.target, f"{config.target}/{config.net}", path=config.hyperparams)
 
     network = resolve_network(config.net)
     if config.arch:
@@ -217,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return make_deployment_env(
             network, config.target, mode, config.budget_ms, config.tradeoff, accuracy=search_accuracy, costs=costs,
             dataflow=config.dataflow, architecture=config.arch, implementation=config.implementation,
+            points_per_ms=config.points_per_ms,
         )
 
     probe = make_env()  # fails fast on an impossible budget, before any folder is written
@@ -225,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "config.yml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
         (folder / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
 
-    def save_best(info: dict[str, Any], name: str = "best_deployment.json") -> None:
+    def save_best(info: dict[str, Any], name: str = "best_deployment.json", refs: References | None = None) -> None:
         choices = {layer: Choice.from_dict(c) for layer, c in info["choices"].items()}
         chosen = network
         if info.get("architecture"):  # the network the search chose
@@ -243,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         if search_accuracy is not oracle:
             doc["totals"]["predicted_accuracy"] = info["accuracy"]
             doc["totals"]["predictor"] = search_accuracy.report.to_dict()
+        if refs is not None:
+            doc["references"] = refs.to_dict()
         if isinstance(costs.backend, ZigZagBackend):  # simulated layers: cycles and MAC utilisation too
             for entry in doc["layers"]:
                 if entry["choice"] is not None:
@@ -250,41 +281,47 @@ def main(argv: list[str] | None = None) -> int:
                     entry.update(costs.backend.figures(layer, costs.cost(layer, choices[layer.name])))
         write_json(folder / name, doc)
 
-    from sb3_contrib import MaskablePPO
-    from stable_baselines3.common.callbacks import CheckpointCallback
-
-    env = make_vec_env(make_env, hp.n_envs)
     checkpoints = folder / "checkpoints"
-    latest = sorted(checkpoints.glob("*.zip"), key=lambda p: p.stat().st_mtime)
+    suffix = checkpoint_suffix(config.agent)
+    latest = sorted(checkpoints.glob(f"*{suffix}"), key=lambda p: p.stat().st_mtime)
     if config.resume and latest:
-        agent = MaskablePPO.load(latest[-1], env=env, device="cpu", tensorboard_log=str(folder / "tb"))
+        agent = load_search_agent(config.agent, latest[-1], make_env, str(folder / "tb"), hp)
         print(f"resuming from {latest[-1]} at {agent.num_timesteps} steps")
     else:
-        agent = make_agent(env, hp, config.seed, str(folder / "tb"))
+        agent = make_search_agent(config.agent, make_env, config.seed, str(folder / "tb"), hp)
     hparams = {**asdict(config), **hp.to_dict(), "reward_mode": mode, "reference_ms": probe.reward_config.reference_ms}
     earlier_front = None
     if (folder / "pareto.json").is_file():  # a resumed run goes on from the front it had
         earlier_front = ParetoFront.from_dict(json.loads((folder / "pareto.json").read_text()))
     arch_labels = [probe.arch_space.label(o) for o in probe.arch_space.OPTIONS] if config.arch else []
     tensorboard = DeploymentTensorBoard(
-        hparams, on_best=save_best, best=earlier_best(folder, probe), pareto=earlier_front, arch_labels=arch_labels
+        hparams, on_best=save_best, best=earlier_best(folder, probe), pareto=earlier_front, arch_labels=arch_labels,
+        minimum_latency_ms=None if config.arch else evaluate(network, best_choices(network, costs), costs).latency_ms,
     )
-    checkpointing = CheckpointCallback(max(config.checkpoint_every // hp.n_envs, 1), str(checkpoints), name_prefix="ppo")
+    checkpointing = Checkpoints(config.checkpoint_every, checkpoints, config.agent, suffix)
     remaining = max(config.timesteps - agent.num_timesteps, 0)
     agent.learn(
         remaining, callback=[tensorboard, checkpointing], progress_bar=True,
-        reset_num_timesteps=not config.resume, tb_log_name="ppo",
+        reset_num_timesteps=not config.resume, tb_log_name=config.agent,
     )
-    agent.save(checkpoints / f"ppo_{agent.num_timesteps}_steps.zip")
-    if not tensorboard.best.info:
+    agent.save(checkpoints / f"{config.agent}_{agent.num_timesteps}_steps{suffix}")
+    best = tensorboard.best.info
+    if not best:
         print("no complete deployment was evaluated; train for more timesteps", file=sys.stderr)
         return 1
-    save_best(tensorboard.best.info, "deployment.json")
+    print("computing the references (exact optima by dynamic programming, coordinate descent over precisions)")
+    refs = references(probe, best, max_passes=MAX_PASSES if costs.backend.batch_friendly else 0)
+    for name, value in refs.scalars().items():
+        agent.logger.record(f"references/{name}", value)
+    agent.logger.dump(agent.num_timesteps)
+    save_best(best, "deployment.json", refs)
     (folder / "best_deployment.json").unlink(missing_ok=True)
     write_json(folder / "pareto.json", tensorboard.pareto.to_dict())
     figure = tensorboard.pareto.figure({"baseline": (probe.baseline.latency_ms, oracle.baseline_accuracy)})
     figure.savefig(folder / "pareto.png", dpi=120)
-    text = summary(tensorboard.best.info, oracle, folder, probe.space.baseline_choice().key)
+    fidelity = oracle.measure([c["quant"] for c in best["choices"].values()], *(
+        [probe.arch_space.parse(best["architecture"])] if best.get("architecture") else []))
+    text = summary(best, oracle, fidelity, probe.reward_config, refs, folder, probe.space.baseline_choice().key)
     (folder / "summary.txt").write_text(text + "\n")
     print(text)
     return 0

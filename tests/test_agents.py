@@ -9,9 +9,13 @@ from agents.ppo import HyperparamError, PPOHyperparams, load_hyperparams, make_a
 from envs.make import make_deployment_env
 
 
-def test_default_section_and_network_override():
-    assert load_hyperparams("resnet18") == PPOHyperparams()
-    assert load_hyperparams("mobilenet_v2").ent_coef == 0.005
+def test_default_section_and_overrides_in_order(tmp_path):
+    assert load_hyperparams() == load_hyperparams("no-such-section") == PPOHyperparams()
+    assert load_hyperparams("nas").sil_steps == 0  # nas.py keeps plain MaskablePPO with its own settings
+    path = tmp_path / "ppo.yml"
+    path.write_text("default: {n_steps: 8}\nnpu: {n_steps: 16, ent_coef: 0.5}\nnpu/net: {n_steps: 32}\n")
+    assert load_hyperparams("npu", "npu/net", path=path) == PPOHyperparams(n_steps=32, ent_coef=0.5)
+    assert load_hyperparams("npu/net", "npu", path=path) == PPOHyperparams(n_steps=16, ent_coef=0.5)
 
 
 @pytest.mark.parametrize(
@@ -29,7 +33,7 @@ def test_malformed_yaml_names_the_file_and_the_problem(tmp_path, text, message):
     path = tmp_path / "ppo.yml"
     path.write_text(text)
     with pytest.raises(HyperparamError) as err:
-        load_hyperparams("tiny", path)
+        load_hyperparams("tiny", path=path)
     assert str(path) in str(err.value) and message in str(err.value)
 
 

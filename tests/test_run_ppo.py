@@ -42,6 +42,20 @@ def test_default_run_beats_blas_fp32_twice_over_within_a_point_of_accuracy(defau
     assert doc["totals"]["accuracy_provenance"] == "measured:heldout/digits-32@360"
 
 
+def test_default_run_is_near_the_exact_optimum_of_its_objective(default_run):
+    """The main job's goals: within 2% of the fastest deployment with its precisions (exact, so no
+    deployment scores more with them), and within 5% of the minimum latency at no worse accuracy."""
+    refs = json.loads((default_run / "deployment.json").read_text())["references"]
+    assert refs["exact"] and refs["note"] == ""
+    assert refs["implementation_regret"] <= 1.02
+    assert refs["latency_vs_minimum"] <= 1.05 and refs["accuracy_vs_minimum_points"] >= 0
+    assert refs["for_its_precisions"]["latency_ms"] >= refs["minimum_latency"]["latency_ms"] - 1e-9
+    assert refs["found"]["reward"] <= refs["best_known"]["reward"] + 1e-9 <= refs["reward_bound"] + 1e-9
+    summary = (default_run / "summary.txt").read_text()
+    for line in ("reward               100 x accuracy - ", "vs its precisions", "vs minimum latency", "reward bound"):
+        assert line in summary
+
+
 def test_run_folder_holds_config_command_checkpoints_export_and_summary(default_run):
     assert (default_run / "config.yml").read_text().startswith("target: cortex-a72")
     assert "run_ppo.py" in (default_run / "command.txt").read_text()
@@ -101,10 +115,10 @@ def test_resume_continues_from_the_checkpoint_and_keeps_the_best(default_run):
     from envs.make import make_deployment_env
 
     before = load_deployment(default_run / "deployment.json")
-    result = run("--resume", str(default_run), "--timesteps", "62464", cwd=default_run)
+    result = run("--resume", str(default_run), "--timesteps", "122112", cwd=default_run)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming from" in result.stdout and "at 60416 steps" in result.stdout
-    assert (default_run / "checkpoints" / "ppo_62464_steps.zip").is_file()
+    assert "resuming from" in result.stdout and "at 120064 steps" in result.stdout
+    assert (default_run / "checkpoints" / "maskable_ppo_122112_steps.zip").is_file()
     after = load_deployment(default_run / "deployment.json")
     env = make_deployment_env(before.network, "cortex-a72", accuracy=oracle_for(before.network))
     assert env.replay(after.choices)[0] >= env.replay(before.choices)[0]  # a resumed run never loses its best

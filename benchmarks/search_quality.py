@@ -1,0 +1,312 @@
+"""How close every search agent gets to what the space holds, at equal budgets, on 3 seeds.
+
+Rows (the main job's reward, each network's default budget):
+- `mobilenet_v2@cortex-a72`, `resnet18@cortex-a72`: the A72 model; `mobilenet_v2@npu-eyeriss`: ZigZag.
+  Every agent gets the same number of episodes (the main job's timesteps over the network's searchable
+  layers). Each row has exact references (`envs.references`): the minimum latency, the best reward
+  known (coordinate descent over precisions, each deployed by dynamic programming) and a bound.
+- `mobilenet_v2_32@host`: measured with TVM on this machine, at a fixed budget of distinct kernels
+  (what a board's time goes to); the metric is the best measured deployment per kernel spent.
+  `maskable_ppo` there first learns on the host's latency model (no measurement), then on the board.
+
+For every agent and seed the best reward and latency are recorded after every improvement, so the
+curves are exact. `random` also runs `RANDOM_FACTOR` times the budget, which measures how many
+episodes it needs to reach 99% of the best known reward when it takes longer than the others' budget.
+
+    python benchmarks/search_quality.py                      # every row, agent and seed (~2 h on 2 cores)
+    python benchmarks/search_quality.py --rows mobilenet_v2@cortex-a72 --agents maskable_ppo random
+
+Writes benchmarks/out/search_quality.json and .png; measurements and accuracies are kept in
+benchmarks/out/search_quality.sqlite (not in git), so a rerun only computes what is new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "out"
+DB = OUT / "search_quality.sqlite"
+TIMESTEPS = 120_000
+"""The main job's default timesteps: a row's episode budget is this over its searchable layers."""
+RANDOM_FACTOR = 10
+"""Random search also runs this many times the budget (episodes to 99% when it needs more)."""
+KERNEL_BUDGET = 120
+"""Distinct kernels a search may have timed on the measured row."""
+PRETRAIN_STEPS = 30_000
+"""Steps maskable_ppo learns on the host's latency model before measuring (measured row)."""
+ROWS = ("mobilenet_v2@cortex-a72", "resnet18@cortex-a72", "mobilenet_v2@npu-eyeriss", "mobilenet_v2_32@host")
+AGENTS = ("maskable_ppo", "ppo", "a2c", "qlearning", "evolution", "random")
+MEASURED_AGENTS = ("maskable_ppo", "evolution", "random")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One search: a row, an agent, a seed and its budget."""
+
+    row: str
+    agent: str
+    seed: int
+    episodes: int
+    kernels: int | None = None
+
+
+def _environment(row: str, db: Path):
+    """The row's environment factory (shared cost table and oracle) and its probe environment."""
+    from deploy.tvm_measure import MeasureSettings
+    from envs.accuracy import oracle_for
+    from envs.make import make_cost_table, make_deployment_env, resolve_network
+
+    net, target = row.split("@")
+    network = resolve_network(net)
+    settings = MeasureSettings(repeats=5, min_repeat_ms=5) if target == "host" else None
+    costs = make_cost_table(target, db, settings=settings)
+    oracle = oracle_for(network)
+    oracle.use_database(costs.db)
+
+    def make_env():
+        return make_deployment_env(network, target, accuracy=oracle, costs=costs)
+
+    return make_env, make_env()
+
+
+class _Stop:
+    """Stops a search once it has deployed `episodes` complete deployments or used `kernels` distinct kernels."""
+
+    def __init__(self, episodes: int, kernels: int | None) -> None:
+        from agents.callbacks import DeploymentTensorBoard
+
+        self.episodes, self.kernels = episodes, kernels
+        self.used: set[tuple[str, str]] = set()
+        self.kernel_curve: list[tuple[int, float, float]] = []
+        outer = self
+
+        class Watch(DeploymentTensorBoard):
+            def _on_step(self) -> bool:
+                before = self.best.reward
+                super()._on_step()
+                for info, done in zip(self.locals["infos"], self.locals["dones"]):
+                    if done and "choices" in info:
+                        outer.used |= {(name, str(c)) for name, c in info["choices"].items()}
+                if self.best.reward > before and self.best.info:
+                    outer.kernel_curve.append((len(outer.used), self.best.reward, self.best.info["latency_ms"]))
+                if outer.kernels is not None and len(outer.used) >= outer.kernels:
+                    return False
+                return self.episodes < outer.episodes
+
+        self.callback = Watch({})
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """One search, in a worker process (one torch thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from agents.ppo import load_hyperparams
+    from agents.registry import make_search_agent
+
+    net, target = job.row.split("@")
+    make_env, probe = _environment(job.row, DB)
+    hp = load_hyperparams(target, f"{target}/{net}")
+    agent = make_search_agent(job.agent, make_env, job.seed, None, hp)
+    stop = _Stop(job.episodes, job.kernels)
+    start = time.perf_counter()
+    if job.kernels is not None and job.agent == "maskable_ppo":
+        _pretrain_on_model(agent, job.row, probe)
+    layers = len(probe.layers)
+    agent.learn(job.episodes * layers * 4, callback=stop.callback)  # the callback stops it at the budget
+    best = stop.callback.best
+    return {
+        "row": job.row, "agent": job.agent, "seed": job.seed, "budget_episodes": job.episodes,
+        "budget_kernels": job.kernels, "episodes": stop.callback.episodes, "kernels_used": len(stop.used),
+        "seconds": round(time.perf_counter() - start, 1),
+        "best_reward": best.reward, "best_latency_ms": best.info.get("latency_ms"),
+        "best_accuracy": best.info.get("accuracy"),
+        "curve": [{"episode": e, "reward": r, "latency_ms": l} for _, e, r, l in stop.callback.curve],
+        "kernel_curve": [{"kernels": k, "reward": r, "latency_ms": l} for k, r, l in stop.kernel_curve],
+        "best_choices": best.info.get("choices"),
+    }
+
+
+def _pretrain_on_model(agent, row: str, probe) -> None:
+    """Measured row: maskable_ppo learns `PRETRAIN_STEPS` on the target's latency model first."""
+    from agents.ppo import make_vec_env
+    from deploy.cost_table import CostTable
+    from deploy.targets import get_target
+    from envs.make import make_deployment_env
+
+    net, target = row.split("@")
+    tgt = get_target(target)
+    model_costs = CostTable(tgt.model(), tgt.search_space())
+    measured_env = agent.get_env()
+    agent.set_env(make_vec_env(lambda: make_deployment_env(probe.network, target, accuracy=probe.oracle, costs=model_costs), agent.n_envs))
+    agent.learn(PRETRAIN_STEPS)
+    agent.best_episodes.clear()  # returns on the model's scale
+    agent._open.clear()
+    agent.set_env(measured_env)
+
+
+def row_references(row: str) -> dict[str, Any]:
+    """The row's references (exact minimum latency, best known reward, bound), from the minimum-latency deployment."""
+    from deploy.optimum import best_choices
+    from envs.references import references
+
+    _, env = _environment(row, DB)
+    fastest = best_choices(env.network, env.costs)
+    _, info = env.replay(fastest)
+    refs = references(env, info, max_passes=0 if row.endswith("@host") else 3)
+    return {
+        "minimum_latency_ms": refs.minimum_latency.latency_ms,
+        "minimum_latency_accuracy": refs.minimum_latency.accuracy,
+        "best_known_reward": refs.best_known.reward,
+        "best_known_latency_ms": refs.best_known.latency_ms,
+        "best_known_accuracy": refs.best_known.accuracy,
+        "reward_bound": refs.reward_bound,
+        "exact": refs.exact,
+        "searchable_layers": len(env.layers),
+        "reward": env.reward_config.describe(),
+    }
+
+
+def episodes_to(curve: list[dict], reward: float) -> int | None:
+    """Episodes until the best reward first reached `reward` (None: never)."""
+    return next((p["episode"] for p in curve if p["reward"] >= reward), None)
+
+
+def summarise(results: list[dict], refs: dict[str, dict]) -> dict[str, Any]:
+    """Per row and agent: mean and spread over seeds of the final best, the regret, and episodes to 99%."""
+    table: dict[str, Any] = {}
+    for row, ref in refs.items():
+        target = ref["best_known_reward"] - 0.01 * abs(ref["best_known_reward"])
+        agents = {}
+        for agent in sorted({r["agent"] for r in results if r["row"] == row}):
+            runs = [r for r in results if r["row"] == row and r["agent"] == agent and r["budget_episodes"] == min(
+                x["budget_episodes"] for x in results if x["row"] == row)]
+            if not runs:
+                continue
+            rewards = np.array([r["best_reward"] for r in runs])
+            latencies = np.array([r["best_latency_ms"] for r in runs])
+            agents[agent] = {
+                "seeds": [r["seed"] for r in runs],
+                "best_reward_mean": float(rewards.mean()), "best_reward_min": float(rewards.min()), "best_reward_max": float(rewards.max()),
+                "best_latency_ms_mean": float(latencies.mean()), "best_latency_ms_min": float(latencies.min()),
+                "best_latency_ms_max": float(latencies.max()),
+                "latency_vs_minimum_mean": float(latencies.mean() / ref["minimum_latency_ms"]),
+                "reward_gap_to_best_known_mean": float(ref["best_known_reward"] - rewards.mean()),
+                "episodes_to_99pct": [episodes_to(r["curve"], target) for r in runs],
+            }
+        long_random = [r for r in results if r["row"] == row and r["agent"] == "random" and r["budget_episodes"] > min(
+            x["budget_episodes"] for x in results if x["row"] == row)]
+        if long_random:
+            agents["random_long"] = {
+                "budget_episodes": long_random[0]["budget_episodes"],
+                "episodes_to_99pct": [episodes_to(r["curve"], target) for r in long_random],
+                "best_reward_mean": float(np.mean([r["best_reward"] for r in long_random])),
+            }
+        table[row] = {"references": ref, "target_99pct_reward": target, "agents": agents}
+    return table
+
+
+def plot(results: list[dict], table: dict[str, Any], path: Path) -> None:
+    """Best reward vs episodes (kernels on the measured row), mean and range over seeds, per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(table)
+    fig, axes = plt.subplots(1, len(rows), figsize=(5.5 * len(rows), 4.5), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        measured = row.endswith("@host")
+        budget = min(r["budget_episodes"] for r in results if r["row"] == row)
+        for agent in AGENTS:
+            runs = [r for r in results if r["row"] == row and r["agent"] == agent and r["budget_episodes"] == budget]
+            if not runs:
+                continue
+            xmax = KERNEL_BUDGET if measured else budget
+            grid = np.linspace(1, xmax, 200)
+            curves = []
+            for r in runs:
+                points = r["kernel_curve"] if measured else r["curve"]
+                key = "kernels" if measured else "episode"
+                xs = np.array([p[key] for p in points]) if points else np.array([xmax])
+                ys = np.array([p["latency_ms"] for p in points]) if points else np.array([np.nan])
+                idx = np.searchsorted(xs, grid, side="right") - 1
+                curves.append(np.where(idx >= 0, ys[np.maximum(idx, 0)], np.nan))
+            curves = np.array(curves)
+            line, = ax.plot(grid, np.nanmean(curves, axis=0), label=agent)
+            ax.fill_between(grid, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=line.get_color(), alpha=0.15)
+        ref = table[row]["references"]
+        ax.axhline(ref["minimum_latency_ms"], color="k", ls="--", lw=1, label="exact minimum latency")
+        ax.set_xscale("log")
+        ax.set_xlabel("distinct kernels timed" if measured else "episodes")
+        ax.set_ylabel("best deployment's latency (ms)")
+        ax.set_title(row)
+        ax.legend(fontsize=7)
+    fig.suptitle("Best deployment found vs budget: mean and range over 3 seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def jobs_for(rows: list[str], agents: list[str], seeds: list[int]) -> tuple[list[Job], dict[str, dict]]:
+    """Every job of the benchmark, and each row's references (computed here, once)."""
+    refs = {row: row_references(row) for row in rows}
+    jobs = []
+    for row in rows:
+        episodes = TIMESTEPS // refs[row]["searchable_layers"]
+        measured = row.endswith("@host")
+        for agent in agents:
+            if measured and agent not in MEASURED_AGENTS:
+                continue
+            for seed in seeds:
+                if measured:
+                    jobs.append(Job(row, agent, seed, 10**9, KERNEL_BUDGET))
+                else:
+                    jobs.append(Job(row, agent, seed, episodes))
+                    if agent == "random":
+                        jobs.append(Job(row, agent, seed, RANDOM_FACTOR * episodes))
+    return jobs, refs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="searches run at once (one core each)")
+    parser.add_argument("--out", default=str(OUT / "search_quality.json"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    OUT.mkdir(parents=True, exist_ok=True)
+    jobs, refs = jobs_for(args.rows, args.agents, args.seeds)
+    start = time.perf_counter()
+    results = []
+    modelled = [j for j in jobs if j.kernels is None]
+    measured = [j for j in jobs if j.kernels is not None]  # alone: another search beside it would skew the timings
+    for batch, workers in ((modelled, args.jobs), (measured, 1)):
+        with ProcessPoolExecutor(workers) as pool:
+            for result in pool.map(run_job, batch):
+                results.append(result)
+                print(f"{result['row']:28s} {result['agent']:13s} seed {result['seed']} ({result['episodes']} episodes, "
+                      f"{result['kernels_used']} kernels): best {result['best_latency_ms']:.2f} ms, reward {result['best_reward']:.3f} "
+                      f"in {result['seconds']:.0f} s", flush=True)
+    table = summarise(results, refs)
+    document = {"command": "python benchmarks/search_quality.py " + " ".join(argv or []), "seconds": round(time.perf_counter() - start),
+                "timesteps": TIMESTEPS, "kernel_budget": KERNEL_BUDGET, "summary": table,
+                "runs": [{k: v for k, v in r.items() if k != "best_choices"} for r in results]}
+    Path(args.out).write_text(json.dumps(document, indent=1) + "\n")
+    plot(results, table, Path(args.out).with_suffix(".png"))
+    print(json.dumps({row: {a: {k: v for k, v in s.items() if k in ("best_latency_ms_mean", "best_reward_mean", "episodes_to_99pct")}
+                            for a, s in t["agents"].items()} for row, t in table.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
