@@ -176,12 +176,15 @@ def fit_to_layers(model: CpuLatencyModel, samples: Sequence[LayerSample], max_ev
 
 
 def layer_error_summary(model: CpuLatencyModel, samples: Sequence[LayerSample]) -> dict[str, float]:
-    """How well the model predicts measured layers: median and 90th-percentile |relative error|, and
-    the Spearman rank correlation (what a search needs most: the right order of choices)."""
-    errors = np.abs(np.exp(_layer_log_errors(model, samples)) - 1)
+    """How well the model predicts measured layers: the RMS log error (what `fit_to_layers` minimises),
+    median and 90th-percentile |relative error|, and the Spearman rank correlation (what a search needs
+    most: the right order of choices)."""
+    log_errors = _layer_log_errors(model, samples)
+    errors = np.abs(np.exp(log_errors) - 1)
     predicted = [model.layer_costs(s.layer, [s.choice])[0].latency_ms for s in samples]
     return {
         "samples": len(samples),
+        "rms_log_error": round(float(np.sqrt(np.mean(log_errors**2))), 4),
         "median_abs_error": round(float(np.median(errors)), 4),
         "p90_abs_error": round(float(np.percentile(errors, 90)), 4),
         "spearman": round(float(spearmanr(predicted, [s.latency_ms for s in samples]).statistic), 4),

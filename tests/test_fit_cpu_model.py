@@ -35,7 +35,9 @@ def test_fit_to_host_measurements_improves_the_model(tiny, tmp_path):
     assert doc["measurements"]["layers"] == 30 and len(doc["measurements"]["held_out_shapes"]) == 1
     before, after = doc["before"]["train"], doc["after"]["train"]
     assert after["samples"] == 24 and doc["after"]["held_out"]["samples"] == 6
-    assert after["median_abs_error"] < before["median_abs_error"]
+    # The fit minimises the RMS log error; the median of |error| may move either way with a 3-repeat
+    # measurement on a shared machine, so the test holds the fit to what it promises.
+    assert after["rms_log_error"] < 0.9 * before["rms_log_error"]
     assert "held out" in result.stdout
 
 
