@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import Figure, HParam
+from stable_baselines3.common.logger import Figure, HParam, TensorBoardOutputFormat
 
 from agents.pareto import ParetoFront, Point
 
@@ -160,8 +160,11 @@ class DeploymentTensorBoard(BaseCallback):
             self.logger.dump(self.num_timesteps)
 
     def _draw_pareto(self) -> bool:
-        """Log the front as an image if it changed since it was last drawn; True if drawn."""
+        """Log the front as an image if it changed since it was last drawn and TensorBoard is written
+        (only its writer closes the figure); True if drawn."""
         if self.pareto.changes == self._drawn_changes:
+            return False
+        if not any(isinstance(f, TensorBoardOutputFormat) for f in self.logger.output_formats):
             return False
         self._drawn_changes = self.pareto.changes
         references = {"baseline": self._baseline} if self._baseline else None
