@@ -62,6 +62,12 @@ class SelfImitationPPO(MaskablePPO):
         elif entry[:2] > self.best_episodes[0][:2]:
             heapq.heapreplace(self.best_episodes, entry)
 
+    def forget_episodes(self) -> None:
+        """Drop the kept and unfinished episodes (before learning on an environment whose returns are on
+        another scale, e.g. measured after modelled latencies)."""
+        self.best_episodes.clear()
+        self._open.clear()
+
     def collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps, use_masking=True) -> bool:  # type: ignore[override]
         complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps, use_masking)
         if complete:  # the rollout's steps, continuing each environment's open episode
