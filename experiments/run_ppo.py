@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from agents.callbacks import BestDeployment, Checkpoints, DeploymentTensorBoard
@@ -209,8 +210,14 @@ def earlier_best(folder: Path, env: DeploymentEnv) -> BestDeployment | None:
     return None
 
 
+SEARCH_THREADS = 1
+"""Torch threads of the search: the policy is a small MLP (one thread is as fast), and a fixed count
+makes a seeded run the same search on any number of cores."""
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    torch.set_num_threads(SEARCH_THREADS)
     if config.resume:
         config = load_resumed(config)
     target = get_target(config.target)  # an unknown name or a bad NPU file fails here
