@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test bench calibrate clean-venv
+.PHONY: run test bench bench-search calibrate clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(VENV)/.installed  ## the test suite (what CI runs)
 bench: $(VENV)/.installed  ## benchmark JSON + PNG into benchmarks/out/
 	$(PY) benchmarks/main_job.py
 	$(PY) benchmarks/npu_dataflows.py
+
+bench-search: $(VENV)/.installed  ## every agent against the exact references, 3 seeds (~2 h on 2 cores)
+	$(PY) benchmarks/search_quality.py
 
 calibrate: $(VENV)/.installed  ## refit the A72 model to the public figures (writes deploy/data/cortex_a72.json)
 	$(PY) experiments/calibrate_cpu_model.py

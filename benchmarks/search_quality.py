@@ -10,14 +10,18 @@ Rows (the main job's reward, each network's default budget):
   `maskable_ppo` there first learns on the host's latency model (no measurement), then on the board.
 
 For every agent and seed the best reward and latency are recorded after every improvement, so the
-curves are exact. `random` also runs `RANDOM_FACTOR` times the budget, which measures how many
-episodes it needs to reach 99% of the best known reward when it takes longer than the others' budget.
+curves are exact. `random` runs `RANDOM_FACTOR` times the budget, which measures how many episodes it
+needs to reach 99% of the best known reward when it takes longer than the others' budget; its draws do
+not depend on rewards, so it is screened with an upper bound of the accuracy (the fp32 network's) and
+only a deployment that could beat the best so far has its accuracy measured: the curve is still exact,
+and its first `budget` episodes are the equal-budget run.
 
     python benchmarks/search_quality.py                      # every row, agent and seed (~2 h on 2 cores)
     python benchmarks/search_quality.py --rows mobilenet_v2@cortex-a72 --agents maskable_ppo random
 
-Writes benchmarks/out/search_quality.json and .png; measurements and accuracies are kept in
-benchmarks/out/search_quality.sqlite (not in git), so a rerun only computes what is new.
+Writes benchmarks/out/search_quality.json and .png after every search; a rerun skips the searches the
+file holds (`--rerun` repeats them). Measurements and accuracies are kept in
+benchmarks/out/search_quality.sqlite (not in git), so a repeated search only computes what is new.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ TIMESTEPS = 120_000
 """The main job's default timesteps: a row's episode budget is this over its searchable layers."""
 RANDOM_FACTOR = 10
 """Random search also runs this many times the budget (episodes to 99% when it needs more)."""
-KERNEL_BUDGET = 120
+KERNEL_BUDGET = 200
 """Distinct kernels a search may have timed on the measured row."""
 PRETRAIN_STEPS = 30_000
 """Steps maskable_ppo learns on the host's latency model before measuring (measured row)."""
@@ -57,10 +61,28 @@ class Job:
     seed: int
     episodes: int
     kernels: int | None = None
+    equal_budget: int | None = None
+    """The screened random search: also report its first this many episodes (the others' budget)."""
 
 
-def _environment(row: str, db: Path):
-    """The row's environment factory (shared cost table and oracle) and its probe environment."""
+class _UpperBoundAccuracy:
+    """Every deployment at the fp32 network's accuracy, which none exceeds (accuracy = top-1 - KL)."""
+
+    def __init__(self, oracle) -> None:
+        self.oracle = oracle
+        self.provenance = f"upper-bound:{oracle.provenance}"
+
+    @property
+    def baseline_accuracy(self) -> float:
+        return self.oracle.baseline_accuracy
+
+    def accuracy(self, precisions) -> float:
+        return self.oracle.baseline_accuracy
+
+
+def _environment(row: str, db: Path, screened: bool = False):
+    """The row's environment factory (shared cost table and oracle) and its probe environment; `screened`:
+    with `_UpperBoundAccuracy` instead of the oracle."""
     from deploy.tvm_measure import MeasureSettings
     from envs.accuracy import oracle_for
     from envs.make import make_cost_table, make_deployment_env, resolve_network
@@ -72,30 +94,39 @@ def _environment(row: str, db: Path):
     oracle = oracle_for(network)
     oracle.use_database(costs.db)
 
+    accuracy = _UpperBoundAccuracy(oracle) if screened else oracle
+
     def make_env():
-        return make_deployment_env(network, target, accuracy=oracle, costs=costs)
+        return make_deployment_env(network, target, accuracy=accuracy, costs=costs)
 
     return make_env, make_env()
 
 
 class _Stop:
-    """Stops a search once it has deployed `episodes` complete deployments or used `kernels` distinct kernels."""
+    """Stops a search once it has deployed `episodes` complete deployments or used `kernels` distinct
+    kernels (a layer shape and a choice), counted at every step; `signatures` maps layer names to shapes."""
 
-    def __init__(self, episodes: int, kernels: int | None) -> None:
+    def __init__(self, episodes: int, kernels: int | None, signatures: dict[str, str]) -> None:
         from agents.callbacks import DeploymentTensorBoard
 
         self.episodes, self.kernels = episodes, kernels
         self.used: set[tuple[str, str]] = set()
+        """(layer signature, choice key) of every layer choice priced so far."""
         self.kernel_curve: list[tuple[int, float, float]] = []
+        self.episode_log: list[tuple[int, float, float, tuple[str, ...]]] = []
+        """(episode, reward, latency_ms, precisions) of every episode (kept for the screened random search)."""
         outer = self
 
         class Watch(DeploymentTensorBoard):
+            def _log_episode(self, episode_reward: float, info: dict) -> None:
+                super()._log_episode(episode_reward, info)
+                precisions = tuple(c["quant"] for c in info["choices"].values())
+                outer.episode_log.append((self.episodes, episode_reward, info["latency_ms"], precisions))
+
             def _on_step(self) -> bool:
                 before = self.best.reward
                 super()._on_step()
-                for info, done in zip(self.locals["infos"], self.locals["dones"]):
-                    if done and "choices" in info:
-                        outer.used |= {(name, str(c)) for name, c in info["choices"].items()}
+                outer.used |= {(signatures[i["layer"]], i["choice"]) for i in self.locals["infos"] if "choice" in i}
                 if self.best.reward > before and self.best.info:
                     outer.kernel_curve.append((len(outer.used), self.best.reward, self.best.info["latency_ms"]))
                 if outer.kernels is not None and len(outer.used) >= outer.kernels:
@@ -105,8 +136,9 @@ class _Stop:
         self.callback = Watch({})
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    """One search, in a worker process (one torch thread)."""
+def run_job(job: Job) -> list[dict[str, Any]]:
+    """One search, in a worker process (one torch thread): its result, and for the screened random
+    search also the result of its first `equal_budget` episodes."""
     import torch
 
     torch.set_num_threads(1)
@@ -114,26 +146,53 @@ def run_job(job: Job) -> dict[str, Any]:
     from agents.registry import make_search_agent
 
     net, target = job.row.split("@")
-    make_env, probe = _environment(job.row, DB)
+    screened = job.agent == "random" and job.kernels is None
+    make_env, probe = _environment(job.row, DB, screened)
     hp = load_hyperparams(target, f"{target}/{net}")
     agent = make_search_agent(job.agent, make_env, job.seed, None, hp)
-    stop = _Stop(job.episodes, job.kernels)
+    stop = _Stop(job.episodes, job.kernels, {layer.name: layer.signature for layer in probe.layers})
     start = time.perf_counter()
     if job.kernels is not None and job.agent == "maskable_ppo":
         _pretrain_on_model(agent, job.row, probe)
     layers = len(probe.layers)
     agent.learn(job.episodes * layers * 4, callback=stop.callback)  # the callback stops it at the budget
+    seconds = round(time.perf_counter() - start, 1)
+    common = {"row": job.row, "agent": job.agent, "seed": job.seed, "budget_kernels": job.kernels}
+    if screened:
+        curve = _exact_curve(stop.episode_log, probe)
+        return [
+            {**common, "budget_episodes": budget, "episodes": budget, "kernels_used": None, "seconds": seconds,
+             "best_reward": kept[-1]["reward"], "best_latency_ms": kept[-1]["latency_ms"],
+             "best_accuracy": kept[-1]["accuracy"], "curve": kept, "kernel_curve": [],
+             "accuracy_queries": sum(1 for p in curve if p["episode"] <= budget)}
+            for budget in (job.episodes, job.equal_budget) if budget
+            for kept in [[p for p in curve if p["episode"] <= budget]]
+        ]
     best = stop.callback.best
-    return {
-        "row": job.row, "agent": job.agent, "seed": job.seed, "budget_episodes": job.episodes,
-        "budget_kernels": job.kernels, "episodes": stop.callback.episodes, "kernels_used": len(stop.used),
-        "seconds": round(time.perf_counter() - start, 1),
-        "best_reward": best.reward, "best_latency_ms": best.info.get("latency_ms"),
+    return [{
+        **common, "budget_episodes": job.episodes, "episodes": stop.callback.episodes, "kernels_used": len(stop.used),
+        "seconds": seconds, "best_reward": best.reward, "best_latency_ms": best.info.get("latency_ms"),
         "best_accuracy": best.info.get("accuracy"),
         "curve": [{"episode": e, "reward": r, "latency_ms": l} for _, e, r, l in stop.callback.curve],
         "kernel_curve": [{"kernels": k, "reward": r, "latency_ms": l} for k, r, l in stop.kernel_curve],
-        "best_choices": best.info.get("choices"),
-    }
+    }]
+
+
+def _exact_curve(episode_log: list[tuple[int, float, float, tuple[str, ...]]], probe) -> list[dict[str, Any]]:
+    """The best-so-far curve of a search screened with `_UpperBoundAccuracy`: an episode whose screened
+    reward does not beat the best true reward so far cannot beat it; the others have their accuracy
+    measured and their reward corrected (accuracy enters only the final reward)."""
+    oracle, reward = probe.oracle.oracle, probe.reward_config  # probe.oracle is the _UpperBoundAccuracy
+    best, curve = -np.inf, []
+    for episode, bound, latency, precisions in episode_log:
+        if bound <= best:
+            continue
+        accuracy = oracle.accuracy(precisions)
+        true = bound + reward.total(accuracy, latency) - reward.total(oracle.baseline_accuracy, latency)
+        if true > best:
+            best = true
+            curve.append({"episode": episode, "reward": true, "latency_ms": latency, "accuracy": accuracy})
+    return curve
 
 
 def _pretrain_on_model(agent, row: str, probe) -> None:
@@ -149,8 +208,7 @@ def _pretrain_on_model(agent, row: str, probe) -> None:
     measured_env = agent.get_env()
     agent.set_env(make_vec_env(lambda: make_deployment_env(probe.network, target, accuracy=probe.oracle, costs=model_costs), agent.n_envs))
     agent.learn(PRETRAIN_STEPS)
-    agent.best_episodes.clear()  # returns on the model's scale
-    agent._open.clear()
+    agent.forget_episodes()  # their returns are on the model's scale
     agent.set_env(measured_env)
 
 
@@ -211,8 +269,32 @@ def summarise(results: list[dict], refs: dict[str, dict]) -> dict[str, Any]:
                 "episodes_to_99pct": [episodes_to(r["curve"], target) for r in long_random],
                 "best_reward_mean": float(np.mean([r["best_reward"] for r in long_random])),
             }
-        table[row] = {"references": ref, "target_99pct_reward": target, "agents": agents}
+        table[row] = {"references": ref, "target_99pct_reward": target, "agents": agents, "goals": goals(agents)}
     return table
+
+
+BASELINES = ("qlearning", "evolution", "random")
+
+
+def goals(agents: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goals on one row: maskable_ppo's mean best reward against each baseline's, and how many
+    times fewer episodes than random it needs to reach 99% of the best known reward (a lower bound, `>=`,
+    when random never reaches it in its long run)."""
+    ppo = agents.get("maskable_ppo")
+    if ppo is None:
+        return {}
+    margins = {a: ppo["best_reward_mean"] - agents[a]["best_reward_mean"] for a in BASELINES if a in agents}
+    result: dict[str, Any] = {"reward_margin_over_baselines": margins,
+                              "at_least_every_baseline": all(m >= 0 for m in margins.values())}
+    long = agents.get("random_long")
+    reached = [e for e in ppo["episodes_to_99pct"] if e is not None]
+    if long and len(reached) == len(ppo["episodes_to_99pct"]):
+        random_episodes = [e if e is not None else long["budget_episodes"] for e in long["episodes_to_99pct"]]
+        result["episodes_to_99pct_vs_random"] = {
+            "ratio": float(np.mean(random_episodes) / np.mean(reached)),
+            "lower_bound": any(e is None for e in long["episodes_to_99pct"]),
+        }
+    return result
 
 
 def plot(results: list[dict], table: dict[str, Any], path: Path) -> None:
@@ -222,7 +304,7 @@ def plot(results: list[dict], table: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(table)
+    rows = [row for row in table if any(r["row"] == row for r in results)]
     fig, axes = plt.subplots(1, len(rows), figsize=(5.5 * len(rows), 4.5), squeeze=False)
     for ax, row in zip(axes[0], rows):
         measured = row.endswith("@host")
@@ -254,6 +336,7 @@ def plot(results: list[dict], table: dict[str, Any], path: Path) -> None:
     fig.suptitle("Best deployment found vs budget: mean and range over 3 seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def jobs_for(rows: list[str], agents: list[str], seeds: list[int]) -> tuple[list[Job], dict[str, dict]]:
@@ -270,10 +353,31 @@ def jobs_for(rows: list[str], agents: list[str], seeds: list[int]) -> tuple[list
                 if measured:
                     jobs.append(Job(row, agent, seed, 10**9, KERNEL_BUDGET))
                 else:
-                    jobs.append(Job(row, agent, seed, episodes))
                     if agent == "random":
-                        jobs.append(Job(row, agent, seed, RANDOM_FACTOR * episodes))
+                        jobs.append(Job(row, agent, seed, RANDOM_FACTOR * episodes, equal_budget=episodes))
+                    else:
+                        jobs.append(Job(row, agent, seed, episodes))
     return jobs, refs
+
+
+def _key(run: dict[str, Any]) -> tuple:
+    return run["row"], run["agent"], run["seed"], run["budget_episodes"], run["budget_kernels"]
+
+
+def _job_keys(job: Job) -> list[tuple]:
+    """The keys of the results `run_job(job)` returns."""
+    budgets = [job.episodes] + ([job.equal_budget] if job.equal_budget else [])
+    return [(job.row, job.agent, job.seed, b, job.kernels) for b in budgets]
+
+
+def save(out: Path, results: list[dict], refs: dict[str, dict], started: float) -> dict[str, Any]:
+    """Write the runs so far, their summary and the plot; the summary."""
+    table = summarise(results, refs)
+    document = {"command": "python benchmarks/search_quality.py", "seconds_this_session": round(time.perf_counter() - started),
+                "timesteps": TIMESTEPS, "kernel_budget": KERNEL_BUDGET, "summary": table, "runs": results}
+    out.write_text(json.dumps(document, indent=1) + "\n")
+    plot(results, table, out.with_suffix(".png"))
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -283,29 +387,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="searches run at once (one core each)")
     parser.add_argument("--out", default=str(OUT / "search_quality.json"))
+    parser.add_argument("--rerun", action="store_true", help="run again the searches already in --out")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     OUT.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
     jobs, refs = jobs_for(args.rows, args.agents, args.seeds)
-    start = time.perf_counter()
-    results = []
-    modelled = [j for j in jobs if j.kernels is None]
+    results: list[dict] = []
+    if out.exists():  # every search is saved as it ends: a rerun goes on from there
+        earlier = json.loads(out.read_text())
+        for row, entry in earlier["summary"].items():
+            refs.setdefault(row, entry["references"])
+        fresh = {k for j in jobs for k in _job_keys(j)} if args.rerun else set()
+        results = [r for r in earlier["runs"] if _key(r) not in fresh]
+    done = {_key(r) for r in results}
+    jobs = [j for j in jobs if not set(_job_keys(j)) <= done]
+    started = time.perf_counter()
+    modelled = sorted((j for j in jobs if j.kernels is None), key=lambda j: j.agent not in ("maskable_ppo", "ppo", "a2c"))
     measured = [j for j in jobs if j.kernels is not None]  # alone: another search beside it would skew the timings
+    table = save(out, results, refs, started) if results else {}
     for batch, workers in ((modelled, args.jobs), (measured, 1)):
         with ProcessPoolExecutor(workers) as pool:
-            for result in pool.map(run_job, batch):
-                results.append(result)
-                print(f"{result['row']:28s} {result['agent']:13s} seed {result['seed']} ({result['episodes']} episodes, "
-                      f"{result['kernels_used']} kernels): best {result['best_latency_ms']:.2f} ms, reward {result['best_reward']:.3f} "
-                      f"in {result['seconds']:.0f} s", flush=True)
-    table = summarise(results, refs)
-    document = {"command": "python benchmarks/search_quality.py " + " ".join(argv or []), "seconds": round(time.perf_counter() - start),
-                "timesteps": TIMESTEPS, "kernel_budget": KERNEL_BUDGET, "summary": table,
-                "runs": [{k: v for k, v in r.items() if k != "best_choices"} for r in results]}
-    Path(args.out).write_text(json.dumps(document, indent=1) + "\n")
-    plot(results, table, Path(args.out).with_suffix(".png"))
-    print(json.dumps({row: {a: {k: v for k, v in s.items() if k in ("best_latency_ms_mean", "best_reward_mean", "episodes_to_99pct")}
-                            for a, s in t["agents"].items()} for row, t in table.items()}, indent=1))
+            for job_results in pool.map(run_job, batch):
+                results.extend(job_results)
+                table = save(out, results, refs, started)
+                for r in job_results:
+                    print(f"{r['row']:28s} {r['agent']:13s} seed {r['seed']} ({r['episodes']} episodes, "
+                          f"{r['kernels_used']} kernels): best {r['best_latency_ms']:.2f} ms, reward {r['best_reward']:.3f} "
+                          f"in {r['seconds']:.0f} s", flush=True)
+    print(json.dumps({row: t["goals"] for row, t in table.items()}, indent=1))
 
 
 if __name__ == "__main__":
