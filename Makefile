@@ -23,7 +23,7 @@ bench: $(VENV)/.installed  ## benchmark JSON + PNG into benchmarks/out/
 	$(PY) benchmarks/main_job.py
 	$(PY) benchmarks/npu_dataflows.py
 
-bench-search: $(VENV)/.installed  ## every agent against the exact references, 3 seeds (~2 h on 2 cores)
+bench-search: $(VENV)/.installed  ## every agent against the exact references, 3 seeds (hours; resumable)
 	$(PY) benchmarks/search_quality.py
 
 calibrate: $(VENV)/.installed  ## refit the A72 model to the public figures (writes deploy/data/cortex_a72.json)

@@ -16,7 +16,7 @@ not depend on rewards, so it is screened with an upper bound of the accuracy (th
 only a deployment that could beat the best so far has its accuracy measured: the curve is still exact,
 and its first `budget` episodes are the equal-budget run.
 
-    python benchmarks/search_quality.py                      # every row, agent and seed (~2 h on 2 cores)
+    python benchmarks/search_quality.py                      # every row, agent and seed (hours on 2 cores; resumable)
     python benchmarks/search_quality.py --rows mobilenet_v2@cortex-a72 --agents maskable_ppo random
 
 Writes benchmarks/out/search_quality.json and .png after every search; a rerun skips the searches the
