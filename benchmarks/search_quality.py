@@ -159,12 +159,12 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     seconds = round(time.perf_counter() - start, 1)
     common = {"row": job.row, "agent": job.agent, "seed": job.seed, "budget_kernels": job.kernels}
     if screened:
-        curve = _exact_curve(stop.episode_log, probe)
+        curve, measured = _exact_curve(stop.episode_log, probe)
         return [
             {**common, "budget_episodes": budget, "episodes": budget, "kernels_used": None, "seconds": seconds,
              "best_reward": kept[-1]["reward"], "best_latency_ms": kept[-1]["latency_ms"],
              "best_accuracy": kept[-1]["accuracy"], "curve": kept, "kernel_curve": [],
-             "accuracy_queries": sum(1 for p in curve if p["episode"] <= budget)}
+             "accuracies_measured": sum(1 for e in measured if e <= budget)}
             for budget in (job.episodes, job.equal_budget) if budget
             for kept in [[p for p in curve if p["episode"] <= budget]]
         ]
@@ -178,21 +178,25 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     }]
 
 
-def _exact_curve(episode_log: list[tuple[int, float, float, tuple[str, ...]]], probe) -> list[dict[str, Any]]:
-    """The best-so-far curve of a search screened with `_UpperBoundAccuracy`: an episode whose screened
-    reward does not beat the best true reward so far cannot beat it; the others have their accuracy
-    measured and their reward corrected (accuracy enters only the final reward)."""
+def _exact_curve(
+    episode_log: list[tuple[int, float, float, tuple[str, ...]]], probe
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The best-so-far curve of a search screened with `_UpperBoundAccuracy`, and the episodes whose
+    accuracy it measured: an episode whose screened reward does not beat the best true reward so far
+    cannot beat it; the others have their accuracy measured and their reward corrected (accuracy enters
+    only the final reward)."""
     oracle, reward = probe.oracle.oracle, probe.reward_config  # probe.oracle is the _UpperBoundAccuracy
-    best, curve = -np.inf, []
+    best, curve, measured = -np.inf, [], []
     for episode, bound, latency, precisions in episode_log:
         if bound <= best:
             continue
+        measured.append(episode)
         accuracy = oracle.accuracy(precisions)
         true = bound + reward.total(accuracy, latency) - reward.total(oracle.baseline_accuracy, latency)
         if true > best:
             best = true
             curve.append({"episode": episode, "reward": true, "latency_ms": latency, "accuracy": accuracy})
-    return curve
+    return curve, measured
 
 
 def _pretrain_on_model(agent, row: str, probe) -> None:
@@ -403,7 +407,9 @@ def main(argv: list[str] | None = None) -> None:
     done = {_key(r) for r in results}
     jobs = [j for j in jobs if not set(_job_keys(j)) <= done]
     started = time.perf_counter()
-    modelled = sorted((j for j in jobs if j.kernels is None), key=lambda j: j.agent not in ("maskable_ppo", "ppo", "a2c"))
+    from agents.ppo import ALGORITHMS
+
+    modelled = sorted((j for j in jobs if j.kernels is None), key=lambda j: j.agent not in ALGORITHMS)  # longest first
     measured = [j for j in jobs if j.kernels is not None]  # alone: another search beside it would skew the timings
     table = save(out, results, refs, started) if results else {}
     for batch, workers in ((modelled, args.jobs), (measured, 1)):
