@@ -20,6 +20,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
+from agents.masked_policy import PaddedMaskablePolicy
 from agents.self_imitation import SelfImitationPPO
 from agents.valid_actions import ValidActions
 
@@ -28,6 +29,9 @@ from agents.valid_actions import ValidActions
 torch.distributions.Distribution.set_default_validate_args(False)
 
 DEFAULT_HYPERPARAMS = Path(__file__).with_name("ppo.yml")
+SEARCH_THREADS = 1
+"""Torch threads of a search: the policy is a small MLP (one thread is as fast), and a fixed count
+makes a seeded run the same search on any number of cores."""
 
 
 class HyperparamError(ValueError):
@@ -127,12 +131,15 @@ def make_agent(
     per rollout: it has no use for `batch_size`, `n_epochs` and `clip_range`."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+    # SB3's Adam (eps 1e-5), fused: one kernel for all parameters instead of a loop over them
+    policy_kwargs = {"net_arch": list(hp.net_arch), "optimizer_kwargs": {"eps": 1e-5, "fused": True}}
     shared = dict(
         n_steps=hp.n_steps, learning_rate=hp.learning_rate, gamma=hp.gamma, gae_lambda=hp.gae_lambda,
-        ent_coef=hp.ent_coef, policy_kwargs={"net_arch": list(hp.net_arch)},
+        ent_coef=hp.ent_coef, policy_kwargs=policy_kwargs,
     )
     if algorithm != "a2c":
         shared.update(batch_size=hp.batch_size, n_epochs=hp.n_epochs, clip_range=hp.clip_range)
     if algorithm == "maskable_ppo":
         shared.update(sil_steps=hp.sil_steps, buffer_episodes=hp.buffer_episodes, sil_batch_size=hp.sil_batch_size)
-    return ALGORITHMS[algorithm]("MlpPolicy", env, **shared, tensorboard_log=tensorboard_log, seed=seed, device="cpu", verbose=0)
+    policy = PaddedMaskablePolicy if algorithm == "maskable_ppo" else "MlpPolicy"
+    return ALGORITHMS[algorithm](policy, env, **shared, tensorboard_log=tensorboard_log, seed=seed, device="cpu", verbose=0)

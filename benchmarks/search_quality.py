@@ -141,9 +141,10 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     search also the result of its first `equal_budget` episodes."""
     import torch
 
-    torch.set_num_threads(1)
-    from agents.ppo import load_hyperparams
+    from agents.ppo import SEARCH_THREADS, load_hyperparams
     from agents.registry import make_search_agent
+
+    torch.set_num_threads(SEARCH_THREADS)  # as the main job
 
     net, target = job.row.split("@")
     screened = job.agent == "random" and job.kernels is None

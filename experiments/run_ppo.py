@@ -39,7 +39,7 @@ import yaml
 
 from agents.callbacks import BestDeployment, Checkpoints, DeploymentTensorBoard
 from agents.pareto import ParetoFront
-from agents.ppo import DEFAULT_HYPERPARAMS, load_hyperparams
+from agents.ppo import DEFAULT_HYPERPARAMS, SEARCH_THREADS, load_hyperparams
 from agents.registry import AGENTS, check_agent, checkpoint_suffix, load_search_agent, make_search_agent
 from deploy.cli import run_main
 from deploy.tvm_measure import Device
@@ -208,11 +208,6 @@ def earlier_best(folder: Path, env: DeploymentEnv) -> BestDeployment | None:
             reward, info = env.replay(record.choices, record.architecture)
             return BestDeployment(reward, info)
     return None
-
-
-SEARCH_THREADS = 1
-"""Torch threads of the search: the policy is a small MLP (one thread is as fast), and a fixed count
-makes a seeded run the same search on any number of cores."""
 
 
 def main(argv: list[str] | None = None) -> int:
