@@ -26,7 +26,10 @@ DEFAULT_BUDGET_FRACTION = 0.4
 """Without an explicit budget, the budget is this fraction of the baseline ("BLAS fp32") latency..."""
 DEFAULT_BUDGET_SLACK = 1.1
 """...but never below this multiple of the fastest deployment, where that is known (an NPU's
-baseline, its own dataflow in int8, is already within 2x of its fastest)."""
+baseline, its own dataflow in int8, is already within 2x of its fastest). On a measured target the
+fastest is unknown until every kernel is timed, and a fraction of the baseline may be out of reach
+(on an x86 host without VNNI, int8 gains little): there the default is the baseline's measured
+latency, which the baseline meets, so the search is paid for every millisecond it saves below it."""
 
 
 class BudgetError(ValueError):
@@ -86,7 +89,8 @@ def make_deployment_env(
         network: built-in network name or a `Network` (e.g. from `envs.torch_import.import_module`).
         target: registered target name, or an NPU's YAML file.
         mode: "budget" (maximise accuracy under `budget_ms`) or "tradeoff" (MnasNet-style, `target_ms`).
-        budget_ms: latency budget; default `DEFAULT_BUDGET_FRACTION` x the baseline latency.
+        budget_ms: latency budget; default `DEFAULT_BUDGET_FRACTION` x the baseline latency, at least
+            `DEFAULT_BUDGET_SLACK` x the fastest deployment; on a measured target the baseline's latency.
         target_ms: trade-off target latency; default the same as the default budget.
         db_path: measurement database file shared across runs (None: costs stay in memory).
         accuracy: accuracy oracle; default trains (once, cached) the network's 32x32 variant on digits.
@@ -123,7 +127,10 @@ def make_deployment_env(
                 layers = ArchitectureState(arch_space, net.input_shape[1], net.num_classes).all_layers()
             costs.prefetch([(layer, c) for layer in layers for c in space.valid_choices(layer) if allowed(c)])
         fastest = evaluate(net, best_choices(net, costs, allowed), costs).latency_ms
-    default = max(DEFAULT_BUDGET_FRACTION * baseline.latency_ms, DEFAULT_BUDGET_SLACK * fastest)
+    if fastest > 0:
+        default = max(DEFAULT_BUDGET_FRACTION * baseline.latency_ms, DEFAULT_BUDGET_SLACK * fastest)
+    else:  # measuring: the fastest is unknown (see DEFAULT_BUDGET_SLACK)
+        default = baseline.latency_ms
     if mode == "budget":
         budget = default if budget_ms is None else float(budget_ms)
         if budget < fastest:

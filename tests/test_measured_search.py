@@ -32,6 +32,9 @@ def test_search_through_the_tracker_survives_the_board_dying(tiny, tiny_oracle, 
         costs = make_cost_table("host", tmp_path / "m.sqlite", device, QUICK)
         env = make_deployment_env(tiny, "host", accuracy=tiny_oracle, costs=costs)
         assert env.baseline.provenance[0] == f"measured:{device.name}"
+        # the fastest deployment is unknown before everything is timed: the default budget is the
+        # baseline's measured latency, which the baseline meets
+        assert env.reward_config.budget_ms == env.baseline.latency_ms
         hp = PPOHyperparams(n_envs=1, n_steps=20, batch_size=20, n_epochs=1)
         agent = make_agent(make_vec_env(lambda: env, 1), hp, seed=0, tensorboard_log=None)
         infos = Infos()
