@@ -26,8 +26,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
-from agents.ppo import load_hyperparams, make_agent, make_vec_env
+from agents.ppo import SEARCH_THREADS, load_hyperparams, make_agent, make_vec_env
 from deploy.calibration import PI4_REFERENCES, report
 from deploy.db import MeasurementDB
 from deploy.targets import get_target
@@ -130,6 +131,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    torch.set_num_threads(SEARCH_THREADS)  # as the main job runs its search
     OUT.mkdir(parents=True, exist_ok=True)
     result = {
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
