@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from agents.ppo import HyperparamError, PPOHyperparams, load_hyperparams, make_agent, make_vec_env
+from deploy.optimum import best_choices
 from envs.make import make_deployment_env
 
 
@@ -49,3 +50,15 @@ def test_two_seeded_runs_are_identical(tiny, tiny_oracle):
 
     first, second = trained(), trained()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("algorithm", ["maskable_ppo", "ppo", "a2c"])
+def test_value_head_starts_at_the_scale_of_an_episodes_return(tiny, tiny_oracle, algorithm):
+    """Returns are ~90 accuracy points; a value head starting at 0 would spend its first updates on the offset."""
+    env = make_vec_env(lambda: make_deployment_env(tiny, "cortex-a72", accuracy=tiny_oracle), 2)
+    agent = make_agent(env, PPOHyperparams(n_envs=2, n_steps=32, batch_size=32), seed=0, tensorboard_log=None,
+                       algorithm=algorithm)
+    probe = env.envs[0].unwrapped
+    fastest_return, _ = probe.replay(best_choices(probe.network, probe.costs))
+    start = agent.policy.predict_values(torch.as_tensor(env.reset()))[0].item()
+    assert fastest_return > 50 and abs(start - fastest_return) < 0.1 * fastest_return
