@@ -68,6 +68,8 @@ class PPOHyperparams:
     """maskable_ppo: best episodes kept for self-imitation"""
     sil_batch_size: int = 128
     """maskable_ppo: transitions per self-imitation step"""
+    value_starts_at_typical_return: bool = True
+    """start the value head at `typical_return` (False: at 0, as Stable-Baselines3 does)"""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for config files and TensorBoard hparams)."""
@@ -102,7 +104,11 @@ def load_hyperparams(*sections: str, path: str | Path = DEFAULT_HYPERPARAMS) -> 
     for name, value in merged.items():
         default = getattr(PPOHyperparams(), name)
         try:
-            if isinstance(default, tuple):
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise TypeError("expected true or false")
+                values[name] = value
+            elif isinstance(default, tuple):
                 if not isinstance(value, (list, tuple)):
                     raise TypeError("expected a list")
                 values[name] = tuple(int(v) for v in value)
@@ -143,8 +149,9 @@ def make_agent(
         shared.update(sil_steps=hp.sil_steps, buffer_episodes=hp.buffer_episodes, sil_batch_size=hp.sil_batch_size)
     policy = PaddedMaskablePolicy if algorithm == "maskable_ppo" else "MlpPolicy"
     agent = ALGORITHMS[algorithm](policy, env, **shared, tensorboard_log=tensorboard_log, seed=seed, device="cpu", verbose=0)
-    with torch.no_grad():
-        agent.policy.value_net.bias.fill_(typical_return(env))
+    if hp.value_starts_at_typical_return:
+        with torch.no_grad():
+            agent.policy.value_net.bias.fill_(typical_return(env))
     return agent
 
 
@@ -153,7 +160,8 @@ def typical_return(env: VecEnv) -> float:
     points on the main job): where the value head starts. An episode's return is ~90 accuracy points
     while choices differ by hundredths of a point; a value head that starts at 0 spends its first
     updates learning the offset, and its large errors dominate the clipped gradient norm that the
-    policy shares."""
+    policy shares. Where the first episodes return far less (a budget close to the minimum latency,
+    which they overrun), starting at 0 is the nearer guess: `value_starts_at_typical_return: false`."""
     config = env.get_attr("reward_config", [0])[0]
     accuracy = env.get_attr("oracle", [0])[0].baseline_accuracy
     return float(config.total(accuracy, config.reference_ms))

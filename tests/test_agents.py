@@ -13,6 +13,8 @@ from envs.make import make_deployment_env
 def test_default_section_and_overrides_in_order(tmp_path):
     assert load_hyperparams() == load_hyperparams("no-such-section") == PPOHyperparams()
     assert load_hyperparams("nas").sil_steps == 0  # nas.py keeps plain MaskablePPO with its own settings
+    assert not load_hyperparams("cortex-a72", "cortex-a72/resnet18").value_starts_at_typical_return
+    assert load_hyperparams("cortex-a72", "cortex-a72/mobilenet_v2").value_starts_at_typical_return
     path = tmp_path / "ppo.yml"
     path.write_text("default: {n_steps: 8}\nnpu: {n_steps: 16, ent_coef: 0.5}\nnpu/net: {n_steps: 32}\n")
     assert load_hyperparams("npu", "npu/net", path=path) == PPOHyperparams(n_steps=32, ent_coef=0.5)
@@ -27,6 +29,7 @@ def test_default_section_and_overrides_in_order(tmp_path):
         ("default:\n  n_steps: 64\n  learning_rat: 0.1\n", "unknown hyperparameter(s) ['learning_rat']"),
         ("default:\n  n_steps: many\n", "hyperparameter n_steps='many'"),
         ("default:\n  net_arch: 64\n", "hyperparameter net_arch=64"),
+        ("default:\n  value_starts_at_typical_return: 1\n", "value_starts_at_typical_return=1: expected true or false"),
         ("default: {}\ntiny: [1]\n", "section 'tiny' must be a mapping"),
     ],
 )
