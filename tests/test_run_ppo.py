@@ -126,7 +126,7 @@ def test_resume_continues_from_the_checkpoint_and_keeps_the_best(default_run):
 
 
 def test_same_seed_and_warm_database_give_the_same_deployment_without_measuring(tmp_path):
-    args = ("--net", "mobilenet_v1", "--timesteps", "2048", "--logdir", str(tmp_path))
+    args = ("--timesteps", "1024", "--logdir", str(tmp_path))
     first = run(*args, cwd=tmp_path)
     second = run(*args, cwd=tmp_path)
     assert first.returncode == 0 and second.returncode == 0, second.stderr[-3000:]

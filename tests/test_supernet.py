@@ -28,6 +28,15 @@ def data():
     return small_digits()
 
 
+@pytest.fixture(scope="module")
+def few(data):
+    """64 training and 32 held-out images: enough to check checkpoints and resuming (a fifth of the
+    training time of `data`), not accuracy."""
+    from envs.accuracy import Dataset
+
+    return Dataset(data.x_train[:64], data.y_train[:64], data.x_test[:32], data.y_test[:32], "digits-32-first64")
+
+
 def test_smaller_kernels_are_centre_crops_and_expansions_leading_channels():
     weight = torch.arange(4 * 1 * 7 * 7, dtype=torch.float32).reshape(4, 1, 7, 7)
     crop = shared_slice(weight, (2, 1, 3, 3))
@@ -95,13 +104,13 @@ def test_accuracy_depends_on_architecture_and_precision_and_a_cached_query_is_fa
         oracle.accuracy(["fp32"] * 10, (SPACE.ORIGINAL[0], MBBlock(skip=True)) + SPACE.ORIGINAL[2:])
 
 
-def test_training_resumes_from_its_checkpoint_to_the_same_weights_and_logs_tensorboard(data, tmp_path):
+def test_training_resumes_from_its_checkpoint_to_the_same_weights_and_logs_tensorboard(few, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    straight, _ = train_supernet(SPACE, data, epochs=2, cache_dir=tmp_path / "a")
-    first, checkpoint = train_supernet(SPACE, data, epochs=2, cache_dir=tmp_path / "b", stop_after=1, log_dir=tmp_path / "tb")
+    straight, _ = train_supernet(SPACE, few, epochs=2, cache_dir=tmp_path / "a")
+    first, checkpoint = train_supernet(SPACE, few, epochs=2, cache_dir=tmp_path / "b", stop_after=1, log_dir=tmp_path / "tb")
     assert not checkpoint["complete"] and len(checkpoint["history"]) == 1
-    resumed, checkpoint = train_supernet(SPACE, data, epochs=2, cache_dir=tmp_path / "b", log_dir=tmp_path / "tb")
+    resumed, checkpoint = train_supernet(SPACE, few, epochs=2, cache_dir=tmp_path / "b", log_dir=tmp_path / "tb")
     assert checkpoint["complete"] and len(checkpoint["history"]) == 2
     for (name, a), b in zip(straight.body.state_dict().items(), resumed.body.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
@@ -109,18 +118,18 @@ def test_training_resumes_from_its_checkpoint_to_the_same_weights_and_logs_tenso
     steps = [e.step for e in events.Scalars("supernet/heldout_accuracy_largest")]
     assert steps == [1, 2]
     assert len(events.Scalars("supernet/heldout_accuracy_smallest")) == 2
-    again, _ = train_supernet(SPACE, data, epochs=2, cache_dir=tmp_path / "b")  # finished: loaded, not trained
+    again, _ = train_supernet(SPACE, few, epochs=2, cache_dir=tmp_path / "b")  # finished: loaded, not trained
     torch.testing.assert_close(next(again.parameters()), next(resumed.parameters()))
 
 
-def test_a_corrupt_checkpoint_is_a_clear_error_and_retrained_only_when_asked(data, tmp_path):
-    path = spec_for(SPACE, data, 1).path(tmp_path)
+def test_a_corrupt_checkpoint_is_a_clear_error_and_retrained_only_when_asked(few, tmp_path):
+    path = spec_for(SPACE, few, 1).path(tmp_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(SupernetCheckpointError, match="corrupt or unreadable.*--restart"):
-        train_supernet(SPACE, data, epochs=1, cache_dir=tmp_path)
+        train_supernet(SPACE, few, epochs=1, cache_dir=tmp_path)
     assert path.read_bytes() == b"not a checkpoint"  # nothing lost or overwritten
-    _, checkpoint = train_supernet(SPACE, data, epochs=1, cache_dir=tmp_path, restart=True)
+    _, checkpoint = train_supernet(SPACE, few, epochs=1, cache_dir=tmp_path, restart=True)
     assert checkpoint["complete"] and torch.load(path, weights_only=True)["complete"]
 
 
@@ -155,11 +164,11 @@ def test_training_command_names_a_corrupt_checkpoint_and_bad_image_folders(tmp_p
 def test_accuracy_predictor_reports_its_rank_correlation_on_held_out_subnetworks(supernet_oracle):
     from envs.accuracy_predictor import fit_predictor
 
-    predictor = fit_predictor(supernet_oracle, samples=40, held_out=0.25, seed=0)
+    predictor = fit_predictor(supernet_oracle, samples=20, held_out=0.25, seed=0)
     report = predictor.report
-    assert (report.samples, report.held_out) == (40, 10)
+    assert (report.samples, report.held_out) == (20, 5)
     assert -1 <= report.spearman <= 1 and -1 <= report.kendall <= 1 and 0 <= report.mean_abs_error <= 1
-    assert predictor.provenance.startswith("predicted:ridge@40/spearman=") and predictor.provenance.endswith("/supernet")
+    assert predictor.provenance.startswith("predicted:ridge@20/spearman=") and predictor.provenance.endswith("/supernet")
     assert predictor.baseline_accuracy == supernet_oracle.baseline_accuracy  # the reference stays measured
     blocks = SPACE.sample(np.random.default_rng(11))
     n = len(supernet_oracle.supernet.subnetwork(blocks).searchable_layers)
