@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 
 from deploy.cost_table import CostTable
 from deploy.targets import get_target
 from envs import zoo
 from envs.network import Layer, Network, Op
+
+
+@functools.cache
+def load_script(name: str) -> ModuleType:
+    """`experiments/<name>.py` imported as the module `name` (once per process)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 
 from deploy.npu_hardware import load_preset, write_npu_spec
 from deploy.targets import get_target
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,16 +79,8 @@ def test_bad_arguments_are_named(tmp_path):
     assert done.returncode == 2 and "--local-search 5: use 0 or more on an NPU; on a CPU only 0" in done.stderr
 
 
-def load_nas():
-    spec = importlib.util.spec_from_file_location("nas", ROOT / "experiments" / "nas.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["nas"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_an_npu_experiment_compares_dataflows_on_its_own_hardware(tmp_path):
-    nas = load_nas()
+    nas = load_script("nas")
     assert [(p.target, p.dataflow) for p in nas.npu_searches("npu-tpu", tmp_path)] == [
         ("npu-eyeriss", "latency"), ("npu-nvdla", "fixed"), ("npu-eyeriss", "fixed")]
     spec = replace(load_preset("npu-tpu"), name="big", rows=32, cols=32)
@@ -105,7 +97,7 @@ def test_an_npu_experiment_compares_dataflows_on_its_own_hardware(tmp_path):
 
 
 def test_random_reference_compares_the_same_networks_at_every_accuracy_level():
-    nas = load_nas()
+    nas = load_script("nas")
 
     def search(latencies):
         front, samples = nas.ParetoFront(), []
@@ -129,7 +121,7 @@ def test_random_reference_compares_the_same_networks_at_every_accuracy_level():
 
 
 def test_local_search_adds_its_networks_to_a_search_and_keeps_the_best_reward_as_its_choice(supernet_oracle, tmp_path):
-    nas = load_nas()
+    nas = load_script("nas")
     plan = nas.CPU_SEARCHES[1]  # architecture searched, each layer deployed by the environment
     space, rng = supernet_oracle.space, np.random.default_rng(3)
     start = nas.random_search(plan, supernet_oracle, [space.labels(space.sample(rng)) for _ in range(4)], tmp_path / "m.sqlite", None)
@@ -147,7 +139,7 @@ def test_local_search_adds_its_networks_to_a_search_and_keeps_the_best_reward_as
 
 
 def test_across_a_front_every_accuracy_level_is_compared_and_levels_we_do_not_reach_are_counted():
-    nas = load_nas()
+    nas = load_script("nas")
 
     def search(points):
         front = nas.ParetoFront()

@@ -12,6 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deploy.export import load_deployment, reevaluate
+from tests.conftest import load_script
 from tests.test_pareto import brute_force_front
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,16 +276,11 @@ def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board
 def test_bad_arguments_give_a_clear_error_and_no_traceback(args, message, tmp_path, capsys, monkeypatch):
     """In this process (a subprocess per case spent ~10 s importing torch and TVM): the script's own
     `run_main`, which turns a user error into `error: ...` and exit code 2; anything else would raise here."""
-    import importlib.util
-
     import torch
 
     from deploy.cli import run_main
 
-    spec = importlib.util.spec_from_file_location("run_ppo_script", ROOT / "experiments" / "run_ppo.py")
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclasses look their module up there
-    spec.loader.exec_module(script)
+    script = load_script("run_ppo")
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     try:
