@@ -7,7 +7,9 @@ Rows (the main job's reward, each network's default budget):
   known (coordinate descent over precisions, each deployed by dynamic programming) and a bound.
 - `mobilenet_v2_32@host`: measured with TVM on this machine, at a fixed budget of distinct kernels
   (what a board's time goes to); the metric is the best measured deployment per kernel spent.
-  `maskable_ppo` there first learns on the host's latency model (no measurement), then on the board.
+  `maskable_ppo` there measures one kernel per class of layer, corrects the host's latency model by
+  them (Zeng et al.'s layer-adaptive correction), learns on the corrected model, measures its pick,
+  and then searches on the board: learning on the model costs no measurement, correcting it does.
 
 For every agent and seed the best reward and latency are recorded after every improvement, so the
 curves are exact. `random` runs `RANDOM_FACTOR` times the budget, which measures how many episodes it
@@ -45,8 +47,14 @@ RANDOM_FACTOR = 10
 """Random search also runs this many times the budget (episodes to 99% when it needs more)."""
 KERNEL_BUDGET = 200
 """Distinct kernels a search may have timed on the measured row."""
+CALIBRATION_KERNELS = 60
+"""Measured row: kernels maskable_ppo measures (one per class of layer) to correct the latency model."""
 PRETRAIN_STEPS = 30_000
-"""Steps maskable_ppo learns on the host's latency model before measuring (measured row)."""
+"""Measured row: steps maskable_ppo learns on the corrected model before its first pick."""
+ROUND_STEPS = 8_000
+"""Measured row: steps it learns on the model corrected again before each later pick."""
+ROUND_SAMPLES = 32
+"""Measured row: sampled deployments it considers when its greedy one measures nothing new."""
 ROWS = ("mobilenet_v2@cortex-a72", "resnet18@cortex-a72", "mobilenet_v2@npu-eyeriss", "mobilenet_v2_32@host")
 AGENTS = ("maskable_ppo", "ppo", "a2c", "qlearning", "evolution", "random")
 MEASURED_AGENTS = ("maskable_ppo", "evolution", "random")
@@ -135,6 +143,18 @@ class _Stop:
 
         self.callback = Watch({})
 
+    def record(self, reward: float, info: dict, kernels: set[tuple[str, str]]) -> None:
+        """An episode run outside the agent's learning (a replayed deployment that used `kernels`)."""
+        from agents.callbacks import BestDeployment
+
+        self.used |= kernels
+        watch = self.callback
+        watch.episodes += 1
+        if reward > watch.best.reward:
+            watch.best = BestDeployment(reward, dict(info))
+            watch.curve.append((watch.num_timesteps, watch.episodes, reward, info["latency_ms"]))
+            self.kernel_curve.append((len(self.used), reward, info["latency_ms"]))
+
 
 def run_job(job: Job) -> list[dict[str, Any]]:
     """One search, in a worker process (one torch thread): its result, and for the screened random
@@ -154,9 +174,9 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     stop = _Stop(job.episodes, job.kernels, {layer.name: layer.signature for layer in probe.layers})
     start = time.perf_counter()
     if job.kernels is not None and job.agent == "maskable_ppo":
-        _pretrain_on_model(agent, job.row, probe)
-    layers = len(probe.layers)
-    agent.learn(job.episodes * layers * 4, callback=stop.callback)  # the callback stops it at the budget
+        _model_guided_search(agent, stop, job.row, probe, job.seed)
+    else:
+        agent.learn(job.episodes * len(probe.layers) * 4, callback=stop.callback)  # the callback stops it at the budget
     seconds = round(time.perf_counter() - start, 1)
     common = {"row": job.row, "agent": job.agent, "seed": job.seed, "budget_kernels": job.kernels}
     if screened:
@@ -200,21 +220,86 @@ def _exact_curve(
     return curve, measured
 
 
-def _pretrain_on_model(agent, row: str, probe) -> None:
-    """Measured row: maskable_ppo learns `PRETRAIN_STEPS` on the target's latency model first."""
+def _model_guided_search(agent, stop: _Stop, row: str, probe, seed: int) -> None:
+    """Measured row, maskable_ppo: measure one kernel per class of the latency correction (on a random
+    layer, with a random schedule); then, in rounds, correct the target's model by every kernel
+    measured so far (`deploy.latency_correction`, Zeng et al.; a measured kernel keeps its measured
+    cost), learn on the corrected model (`PRETRAIN_STEPS`, then `ROUND_STEPS`), and measure the
+    deployment the policy picks (greedy, else the best of `ROUND_SAMPLES` sampled ones that measures
+    something new within the budget). Ends when no pick fits the budget."""
     from agents.ppo import make_vec_env
+    from deploy.calibration import LayerSample
+    from deploy.cost import CostUnavailable
     from deploy.cost_table import CostTable
+    from deploy.latency_correction import CorrectedBackend, fit_correction, layer_class
     from deploy.targets import get_target
     from envs.make import make_deployment_env
+    from envs.space import Choice
 
-    net, target = row.split("@")
-    tgt = get_target(target)
-    model_costs = CostTable(tgt.model(), tgt.search_space())
-    measured_env = agent.get_env()
-    agent.set_env(make_vec_env(lambda: make_deployment_env(probe.network, target, accuracy=probe.oracle, costs=model_costs), agent.n_envs))
-    agent.learn(PRETRAIN_STEPS)
-    agent.forget_episodes()  # their returns are on the model's scale
+    rng = np.random.default_rng(seed)
+    classes: dict[str, list[tuple]] = {}
+    for layer in probe.layers:
+        for choice in probe.costs.space.valid_choices(layer):
+            classes.setdefault(layer_class(layer, choice), []).append((layer, choice))
+    keys = sorted(classes)
+    keys = [keys[i] for i in sorted(rng.choice(len(keys), min(CALIBRATION_KERNELS, len(keys)), replace=False))]
+    pairs = [classes[k][rng.integers(len(classes[k]))] for k in keys]
+    probe.costs.prefetch(pairs)  # compiled in parallel
+    stop.used |= {(layer.signature, choice.key) for layer, choice in pairs}
+    layers = {layer.signature: layer for layer in probe.layers}
+    target = get_target(row.split("@")[1])
+    measured_env, steps = agent.get_env(), PRETRAIN_STEPS
+    while True:
+        measured = {}
+        for signature, key in stop.used:
+            try:
+                cost = probe.costs.cost(layers[signature], Choice.from_key(key))
+            except CostUnavailable:
+                continue
+            if cost.provenance.startswith("measured:"):
+                measured[(signature, key)] = cost
+        samples = [LayerSample(layers[sig], Choice.from_key(key), c.latency_ms) for (sig, key), c in measured.items()]
+        backend = CorrectedBackend(target.model(), fit_correction(target.model(), samples), measured)
+        corrected = CostTable(backend, target.search_space())
+
+        def make_corrected():
+            return make_deployment_env(probe.network, target.name, accuracy=probe.oracle, costs=corrected)
+
+        agent.set_env(make_vec_env(make_corrected, agent.n_envs))
+        agent.learn(steps)
+        agent.forget_episodes()  # their returns are on the model's scale
+        steps = ROUND_STEPS
+        pick = _pick(agent, make_corrected(), probe, stop, seed)
+        if pick is None:
+            break
+        choices, kernels = pick
+        stop.record(*probe.replay(choices), kernels)
     agent.set_env(measured_env)
+
+
+def _pick(agent, env, probe, stop: _Stop, seed: int) -> tuple[dict, set] | None:
+    """The policy's greedy deployment on `env` if it measures something new within the budget, else
+    the best (on `env`) of `ROUND_SAMPLES` sampled ones that does; None if none does."""
+    from envs.space import Choice
+
+    best = None
+    for attempt in range(ROUND_SAMPLES + 1):
+        obs, _ = env.reset(seed=seed + attempt)
+        total, done = 0.0, False
+        while not done:
+            action, _ = agent.predict(obs, action_masks=env.action_masks(), deterministic=attempt == 0)
+            obs, reward, done, _, info = env.step(action)
+            total += reward
+        if "accuracy" not in info:
+            continue
+        choices = {name: Choice.from_dict(c) for name, c in info["choices"].items()}
+        kernels = {(probe.network[n].signature, c.key) for n, c in choices.items()}
+        new = len(kernels - stop.used)
+        if new and len(stop.used) + new <= stop.kernels and (best is None or total > best[0]):
+            best = (total, choices, kernels)
+        if attempt == 0 and best is not None:
+            break
+    return None if best is None else best[1:]
 
 
 def row_references(row: str) -> dict[str, Any]:

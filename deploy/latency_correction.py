@@ -1,0 +1,133 @@
+"""Layer-adaptive latency correction (Zeng et al., ASP-DAC 2020): a latency model corrected, per
+class of layer, by what was measured on the device.
+
+A model that is not calibrated to a device can rank choices wrongly in a way that a few global
+parameters cannot fix (on an x86 host without VNNI, TVM's int8 kernels are slower than the A72-shaped
+model predicts; its thread fork/join is cheaper). The correction multiplies the model's latency of a
+layer by a factor per class: (op, precision, algorithm, schedule), estimated as the mean log ratio
+measured / modelled of that class's measured layers, shrunk towards its parent class (op, precision,
+algorithm, threads), then (op, precision, algorithm), then (precision), then all layers, by `PRIOR`
+pseudo-samples. A class never measured takes its nearest measured ancestor's factor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping, Sequence
+
+from deploy.calibration import LayerSample
+from deploy.cost import Cost, CostBackend, TensorFormat
+from envs.network import Layer
+from envs.space import Choice
+
+PRIOR = 3.0
+"""Pseudo-samples of the parent class's factor in each class's estimate."""
+
+
+def layer_class(layer: Layer, choice: Choice) -> str:
+    """The class a measured layer informs most: op, precision, algorithm and threads."""
+    return f"{layer.op.name}/{choice.quant}/{choice.algo}/{choice.dataflow.threads}T"
+
+
+_LEVELS: tuple[Callable[[Layer, Choice], str], ...] = (
+    lambda layer, choice: "all",
+    lambda layer, choice: choice.quant,
+    lambda layer, choice: f"{layer.op.name}/{choice.quant}/{choice.algo}",
+    layer_class,
+    lambda layer, choice: f"{layer.op.name}/{choice.quant}/{choice.algo}/{choice.dataflow.key}",
+)
+"""Class keys from the coarsest to the finest (the schedule on that op, precision and algorithm last);
+each class lies inside one class of the level before."""
+
+
+@dataclass(frozen=True)
+class LatencyCorrection:
+    """Per-class log factors (measured / modelled latency) and how many measured layers they come from."""
+
+    log_factors: dict[str, float]
+    samples: int
+
+    def factor(self, layer: Layer, choice: Choice) -> float:
+        """The multiplier for this layer and choice: its finest measured class's factor."""
+        for level in reversed(_LEVELS):
+            value = self.log_factors.get(level(layer, choice))
+            if value is not None:
+                return math.exp(value)
+        return 1.0
+
+    @property
+    def digest(self) -> str:
+        """Short hash of the factors (part of a corrected backend's fingerprint)."""
+        blob = json.dumps(sorted((k, round(v, 6)) for k, v in self.log_factors.items()))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def fit_correction(model: CostBackend, samples: Sequence[LayerSample], prior: float = PRIOR) -> LatencyCorrection:
+    """The correction of `model` that its measured `samples` imply (see the module docstring)."""
+    if not samples:
+        raise ValueError("no measured layers to fit a latency correction to")
+    residuals = [
+        math.log(s.latency_ms) - math.log(model.layer_costs(s.layer, [s.choice])[0].latency_ms) for s in samples
+    ]
+    parents = [0.0] * len(samples)
+    log_factors: dict[str, float] = {}
+    for depth, level in enumerate(_LEVELS):
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, s in enumerate(samples):
+            groups[level(s.layer, s.choice)].append(i)
+        weight = 0.0 if depth == 0 else prior
+        for key, members in groups.items():
+            parent = parents[members[0]]
+            log_factors[key] = parent + sum(residuals[i] - parent for i in members) / (len(members) + weight)
+        parents = [log_factors[level(s.layer, s.choice)] for s in samples]
+    return LatencyCorrection(log_factors, len(samples))
+
+
+class CorrectedBackend:
+    """A batch-friendly backend (a latency model) whose searchable-layer latencies and energies are
+    multiplied by a `LatencyCorrection`, except where a measurement is given (`measured`, keyed by
+    layer signature and choice key: that cost is returned as it is); pools, adds and conversions are
+    the model's."""
+
+    def __init__(
+        self, model: CostBackend, correction: LatencyCorrection, measured: Mapping[tuple[str, str], Cost] | None = None
+    ) -> None:
+        self.model = model
+        self.correction = correction
+        self.measured = dict(measured or {})
+        self.provenance = f"{model.provenance}+corrected:{correction.digest}"
+        self.batch_friendly = model.batch_friendly
+
+    def fingerprint(self) -> str:
+        """The model's fingerprint, the correction's digest and the measurements' (a hash of their keys and values)."""
+        blob = json.dumps(sorted((*k, round(c.latency_ms, 9)) for k, c in self.measured.items()))
+        return f"{self.model.fingerprint()}+corrected:{self.correction.digest}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+    def layer_costs(self, layer: Layer, choices: Sequence[Choice]) -> list[Cost]:
+        """The measured cost where there is one, else the model's scaled by its class's factor."""
+        out = []
+        for choice, cost in zip(choices, self.model.layer_costs(layer, choices)):
+            known = self.measured.get((layer.signature, choice.key))
+            if known is not None:
+                out.append(known)
+                continue
+            f = self.correction.factor(layer, choice)
+            energy = None if cost.energy_mj is None else cost.energy_mj * f
+            out.append(replace(cost, latency_ms=cost.latency_ms * f, energy_mj=energy, provenance=self.provenance))
+        return out
+
+    def io_format(self, choice: Choice) -> TensorFormat:
+        """As the model."""
+        return self.model.io_format(choice)
+
+    def fixed_layer_cost(self, layer: Layer, fmt: TensorFormat, threads: int) -> Cost:
+        """As the model."""
+        return self.model.fixed_layer_cost(layer, fmt, threads)
+
+    def conversion_cost(self, elements: int, src: TensorFormat, dst: TensorFormat, threads: int) -> Cost:
+        """As the model."""
+        return self.model.conversion_cost(elements, src, dst, threads)
