@@ -82,6 +82,11 @@ def threads_of(record: DeploymentRecord, target: CpuTarget) -> int:
     return min(target.spec.cores, max(getattr(c.dataflow, "threads", 1) for c in record.choices.values()))
 
 
+def artifact_folder(run: Path, record: DeploymentRecord, target: str) -> Path:
+    """Where a run's artifact for `target` lives: `artifact/` for the deployment's own target, else `artifact-<target>/`."""
+    return run / ("artifact" if target == record.target else f"artifact-{target}")
+
+
 def build_artifact(
     record: DeploymentRecord, deployment_file: Path, target: str, folder: Path, numerics: NumericsSource, weights: str
 ) -> dict[str, Any]:

@@ -542,7 +542,14 @@ class AccuracyOracle(CachedAccuracies):
 
     def measure(self, precisions: Sequence[str]) -> Fidelity:
         """Accuracy, held-out top-1, KL divergence and SQNR of the deployment with `precisions` (never cached)."""
-        logits = self.logits(precisions).double()
+        return self.fidelity(self.logits(precisions))
+
+    def fidelity(self, logits: torch.Tensor | np.ndarray) -> Fidelity:
+        """Accuracy, held-out top-1, KL divergence and SQNR of held-out logits `(n_test, classes)` from
+        any implementation of the network (e.g. a built deployment)."""
+        logits = torch.as_tensor(logits).double()
+        if logits.shape != self._reference_logits.shape:
+            raise ValueError(f"expected logits of shape {tuple(self._reference_logits.shape)}, got {tuple(logits.shape)}")
         log_probs = F.log_softmax(logits, dim=1)
         kl = (self._reference_log_probs.exp() * (self._reference_log_probs - log_probs)).sum(dim=1).mean().item()
         noise = float((logits - self._reference_logits).square().sum())

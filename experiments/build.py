@@ -18,42 +18,8 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from deploy.cli import run_main
 from deploy.export import load_deployment, write_json
-
-
-def check_against_oracle(record, oracle, images: int | None = None) -> dict:
-    """Build the deployment's choices on the oracle's network for this machine and compare its outputs
-    on the held-out images with the oracle's (`images`: the first this many; default all)."""
-    import tvm
-    from tvm import relax
-
-    from deploy.build import network_module
-    from deploy.tvm_kernels import HOST_TARGET
-
-    start = time.perf_counter()
-    choices = {name: record.choices[name] for name in oracle.layer_names}
-    executable = tvm.compile(network_module(oracle.network, choices, oracle), target=tvm.target.Target(HOST_TARGET))
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    x = oracle.dataset.x_test.contiguous().numpy()[:images]
-    got = np.stack([vm["main"](tvm.runtime.tensor(x[i : i + 1])).numpy()[0] for i in range(len(x))])
-    fidelity = oracle.measure([choices[name].quant for name in oracle.layer_names])
-    want = oracle.logits([choices[name].quant for name in oracle.layer_names]).numpy()[: len(x)]
-    labels = oracle.dataset.y_test.numpy()[: len(x)]
-    return {
-        "network": oracle.network.name,
-        "images": len(x),
-        "top1_agreement": float((got.argmax(1) == want.argmax(1)).mean()),
-        "max_abs_logit_difference": float(np.abs(got - want).max()),
-        "logit_scale": float(np.abs(want).max()),
-        "artifact_top1": float((got.argmax(1) == labels).mean()),
-        "oracle_top1": float((want.argmax(1) == labels).mean()),
-        "oracle_top1_all_images": fidelity.top1,
-        "search_accuracy": record.totals.get("accuracy"),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", nargs="?", help="a run folder (its deployment.json)")
     parser.add_argument("--deployment", help="a deployment file instead of a run folder")
     parser.add_argument("--target", help="host or cortex-a72 (default: the deployment's)")
-    parser.add_argument("--out", help="artifact folder (default: <run>/artifact)")
+    parser.add_argument("--out", help="artifact folder (default: <run>/artifact, or <run>/artifact-<target> for another target)")
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with the accuracy oracle")
     args = parser.parse_args(argv)
     if (args.run is None) == (args.deployment is None):
@@ -71,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{args.run}: not a run folder (no deployment.json)")
     record = load_deployment(file)
     target = args.target or record.target
-    folder = Path(args.out) if args.out else file.parent / "artifact"
 
-    from deploy.artifact import SeededNumerics, build_artifact
+    from deploy.artifact import SeededNumerics, artifact_folder, build_artifact
+    from deploy.validation import check_against_oracle
     from envs.accuracy import oracle_for
 
+    folder = Path(args.out) if args.out else artifact_folder(file.parent, record, target)
     oracle = oracle_for(record.network)
     if oracle.network == record.network:
         numerics, weights = oracle, f"trained:{oracle.key}"
@@ -87,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"built {record.network.name} for {target} in {time.perf_counter() - start:.0f} s: {folder}")
     print(f"weights: {weights}")
     if not args.no_check:
-        check = check_against_oracle(record, oracle)
+        check = check_against_oracle(record.choices, oracle)
         write_json(folder / "check.json", check)
         print(
             f"check on {check['images']} held-out images of {check['network']}: top-1 agreement "
