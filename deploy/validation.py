@@ -63,34 +63,44 @@ def time_library(
 ) -> dict[str, Any]:
     """Whole-network latency of an artifact's library on `device` (this machine, or a board over RPC):
     TVM's time_evaluator on `main` with a zero image, `settings.repeats` repeats of at least
-    `settings.min_repeat_ms` each; median and interquartile range in ms, with provenance."""
-    import tvm
-    from tvm import relax
+    `settings.min_repeat_ms` each, in a worker process that is killed after `settings.run_timeout_s`
+    (a board that stops answering); median and interquartile range in ms, with provenance."""
+    from deploy.workers import Worker
 
+    worker = Worker(f"whole-network timing on {device.name}")
     try:
-        if device.kind == "local":
-            tvm.get_global_func("runtime.config_threadpool")(1, threads)
-            module, dev = tvm.runtime.load_module(str(library)), tvm.cpu()
-        else:
-            from deploy.tvm_measure import rpc_session
-
-            remote = rpc_session(device, settings.run_timeout_s)
-            remote.upload(str(library))
-            module, dev = remote.load_module(os.path.basename(library)), remote.cpu()
-            remote.get_function("runtime.config_threadpool")(1, threads)
-        vm = relax.VirtualMachine(module, dev)
-        image = tvm.runtime.tensor(np.zeros(input_shape, np.float32), dev)
-        timer = vm.time_evaluator("main", dev, number=1, repeat=settings.repeats, min_repeat_ms=settings.min_repeat_ms)
-        results = np.array(timer(image).results) * 1e3
-    except Exception as err:
-        if device.kind == "local":
-            raise
-        raise ConnectionError(f"lost {device.name} while timing the artifact: {err}") from None
+        results = np.array(worker.call(_time, (str(library), input_shape, threads, device, settings), settings.run_timeout_s))
+    finally:
+        worker.stop()
     q1, median, q3 = np.percentile(results, [25, 50, 75])
     return {
         "median_ms": float(median), "iqr_ms": [float(q1), float(q3)], "repeats": len(results), "threads": threads,
         "provenance": f"measured:{device.name}:whole-network",
     }
+
+
+def _time(library: str, input_shape: tuple[int, ...], threads: int, device: Device, settings: MeasureSettings) -> list[float]:
+    """What the worker runs: load (or upload) the library, time `main`; milliseconds per repeat."""
+    import tvm
+    from tvm import relax
+
+    if device.kind == "local":
+        tvm.get_global_func("runtime.config_threadpool")(1, threads)
+        module, dev = tvm.runtime.load_module(library), tvm.cpu()
+    else:
+        from deploy.tvm_measure import rpc_session
+
+        try:
+            remote = rpc_session(device, settings.run_timeout_s)
+        except Exception as err:  # any failure to get a session means the board is not there
+            raise ConnectionError(f"cannot reach {device.name}: {err}") from None
+        remote.upload(library)
+        module, dev = remote.load_module(os.path.basename(library)), remote.cpu()
+        remote.get_function("runtime.config_threadpool")(1, threads)
+    vm = relax.VirtualMachine(module, dev)
+    image = tvm.runtime.tensor(np.zeros(input_shape, np.float32), dev)
+    timer = vm.time_evaluator("main", dev, number=1, repeat=settings.repeats, min_repeat_ms=settings.min_repeat_ms)
+    return [float(r) * 1e3 for r in timer(image).results]
 
 
 def layer_sum(network, choices: Mapping[str, Choice], table) -> dict[str, Any]:

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpc-tracker", metavar="HOST:PORT", help="a TVM RPC tracker")
     parser.add_argument("--rpc-key", default="", help="the board's key at the tracker")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs of the whole network")
+    parser.add_argument("--timeout-s", type=float, default=60.0, help="longest a board may take to answer")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     run = Path(args.run)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = verified_manifest(folder)
     if manifest["network_fingerprint"] != record.network.fingerprint or manifest["target"] != target:
         raise ValueError(f"{folder}: built for {manifest['network']} on {manifest['target']}, not this run's deployment")
-    settings = MeasureSettings(repeats=args.repeats, min_repeat_ms=0)
+    settings = MeasureSettings(repeats=args.repeats, min_repeat_ms=0, run_timeout_s=args.timeout_s)
     whole = time_library(folder / LIBRARY, tuple(manifest["input"]["shape"]), manifest["threads"], device, settings)
     choices = with_threads_at_most(record.choices, tgt.spec.cores)
     table = make_cost_table(target, run.parent / "measurements.sqlite", device=None if device.kind == "local" else device)
