@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test bench bench-search calibrate clean-venv
+.PHONY: run test cross-tools bench bench-search calibrate clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,7 +16,12 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed  ## the main job: PPO search on the calibrated Cortex-A72 model
 	$(PY) experiments/run_ppo.py --target cortex-a72 $(ARGS)
 
-test: $(VENV)/.installed  ## the test suite (what CI runs)
+cross-tools:  ## the aarch64 cross compiler (builds for cortex-a72), installed with apt when missing
+	@command -v aarch64-linux-gnu-gcc >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu g++-aarch64-linux-gnu; } \
+		|| echo "note: no aarch64-linux-gnu-gcc: install gcc-aarch64-linux-gnu to build for cortex-a72"
+
+test: $(VENV)/.installed cross-tools  ## the test suite (what CI runs)
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed  ## benchmark JSON + PNG into benchmarks/out/

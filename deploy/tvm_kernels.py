@@ -6,8 +6,10 @@ A kernel is one PrimFunc "main" taking its inputs then its output, all NCHW, bat
   `deploy.tvm_schedules.winograd_weight`); bias (Cout,); output (1, Cout, OH, OW).
 - fp32: everything float32. fp16: float16 data, weights, bias and output, fp32 arithmetic (cast on
   load). int8: int8 data and weights, int32 accumulation and bias, then one more input `requant`
-  = (s_acc, 1/s_out) float32 and the output q = clamp(rint(act((acc + bias) * s_acc) / s_out),
-  -128, 127) in int8: the activation acts on real values, before requantisation. int8 Winograd
+  = (s_acc[0], ..., s_acc[Cout-1], 1/s_out) float32 and the output q = clamp(rint(act((acc[o] +
+  bias[o]) * s_acc[o]) / s_out), -128, 127) in int8: s_acc[o] = s_in * s_w[o] for weights quantised
+  per output channel (as ncnn and TFLite do); the activation acts on real values, before
+  requantisation. int8 Winograd
   transforms in int16 (V, U) and int32 (M, output transform), exactly
   (`deploy.tvm_schedules.Winograd`; the int32 output transform holds L^2 * acc, L = 2 for F2, 24 for
   F4, so F4 needs |acc| < 2^31 / 576, about 3.7e6, which realistic int8 layers stay far below).
@@ -98,7 +100,7 @@ def kernel_spec(layer: Layer, choice: Choice) -> KernelSpec:
         weight = TensorSpec("weight", (cout, cin // layer.groups, *layer.kernel), prec.storage)
     inputs = [TensorSpec("data", (1, cin, h, w), prec.storage), weight, TensorSpec("bias", (cout,), prec.bias)]
     if choice.quant == "int8":
-        inputs.append(TensorSpec("requant", (2,), "float32"))
+        inputs.append(TensorSpec("requant", (cout + 1,), "float32"))
     return KernelSpec(layer, choice, tuple(inputs), TensorSpec("output", (1, *layer.out_shape), prec.storage))
 
 
@@ -141,10 +143,11 @@ def random_arrays(spec: KernelSpec, rng: np.random.Generator) -> tuple[list[np.n
         spread = max(float(acc.std()), 1.0)
         bias = rng.integers(-int(spread), int(spread) + 1, bias_shape) if has_bias else np.zeros(bias_shape)
         bias = bias.astype(np.int32)
-        requant = np.array([3.0 / spread, 127.0 / 8.0], dtype=np.float32)
-        real = (acc + bias.reshape(1, -1, 1, 1)).astype(np.float32) * requant[0]
+        per_channel = 3.0 / spread * rng.uniform(0.5, 2.0, cout)  # as per-channel weight scales make it
+        requant = np.append(per_channel, 127.0 / 8.0).astype(np.float32)
+        real = (acc + bias.reshape(1, -1, 1, 1)).astype(np.float32) * requant[:-1].reshape(1, -1, 1, 1)
         real = _activate(torch.from_numpy(real), layer.activation).numpy()
-        expected = np.clip(np.rint(real * requant[1]), -128, 127).astype(np.int8)
+        expected = np.clip(np.rint(real * requant[-1]), -128, 127).astype(np.int8)
         extra = [requant]
     else:
         fan_in = int(np.prod(raw_shape[1:]))

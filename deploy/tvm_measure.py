@@ -148,7 +148,7 @@ def _run_local(path: str, args: list[ArgSpec], threads: int, settings: MeasureSe
     return _time(tvm.runtime.load_module(path), tvm.cpu(), args, settings)
 
 
-def _session(device: Device, timeout_s: float) -> Any:
+def rpc_session(device: Device, timeout_s: float) -> Any:
     from tvm import rpc
 
     if device.kind == "rpc":
@@ -172,7 +172,7 @@ def _run_remote(
     remote = _SESSIONS.get(device)
     if remote is None:
         try:
-            remote = _SESSIONS[device] = _session(device, settings.run_timeout_s)
+            remote = _SESSIONS[device] = rpc_session(device, settings.run_timeout_s)
         except Exception as err:  # any failure to get a session means the board is not there
             raise ConnectionError(f"cannot reach {device.name}: {err}") from None
     try:

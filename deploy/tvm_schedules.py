@@ -151,15 +151,15 @@ class Operands:
     data: te.Tensor
     weight: te.Tensor
     bias: te.Tensor
-    requant: te.Tensor | None  # int8 only: (accumulator scale, 1 / output scale), float32
+    requant: te.Tensor | None  # int8 only: (accumulator scale per output channel..., 1 / output scale), float32
 
     def epilogue(self, quant: str, activation: str | None, acc: tirx.PrimExpr, o: tirx.PrimExpr) -> tirx.PrimExpr:
         """Bias, activation, and the cast (float) or requantisation (int8) of one accumulator value."""
         if self.requant is None:
             x = acc + self.bias[o].astype("float32")
             return _activate(x, activation).astype(PRECISIONS[quant].storage)
-        x = _activate((acc + self.bias[o]).astype("float32") * self.requant[0], activation)
-        q = te.nearbyint(x * self.requant[1])
+        x = _activate((acc + self.bias[o]).astype("float32") * self.requant[o], activation)
+        q = te.nearbyint(x * self.requant[self.requant.shape[0] - 1])
         return te.max(te.min(q, tirx.const(127.0, "float32")), tirx.const(-128.0, "float32")).astype("int8")
 
 

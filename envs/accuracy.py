@@ -8,11 +8,17 @@ simulated by post-training fake quantisation of the trained network, with every 
 into its convolution first, as a deployment runtime does. Per searchable layer:
 
 - fp32: unchanged;
-- fp16: weights, bias and input activations rounded through `torch.float16`;
-- int8: weights quantised symmetrically per output channel to [-127, 127]; input activations
-  quantised per tensor (affine int8) with a range calibrated once, in fp32, on training batches.
+- fp16: weights, bias, input and output activations rounded through `torch.float16` (fp16 storage,
+  fp32 arithmetic, as the fp16 kernels run);
+- int8: weights quantised symmetrically per output channel to [-127, 127]; the bias to int32 at the
+  accumulator's scale (input scale x weight scale); input and output activations quantised
+  symmetrically per tensor, q = clamp(round(x / s), -128, 127) with s = max |x| / 127 of that tensor
+  calibrated once, in fp32, on training batches (ncnn's int8 scheme). The output is quantised after
+  the fused activation, as the int8 kernels requantise (`deploy.tvm_kernels`); a tensor read by an
+  int8 layer has one scale, so an int8 layer's output feeds an int8 consumer without change.
 
-Accumulation, adds, pools and activations stay in fp32.
+Accumulation, adds, pools and activations stay in fp32. These are the numerics of the TVM kernels the
+search measures and `deploy.build` chains into one module.
 
 The accuracy of a deployment (what the search optimises) is the fp32 network's held-out top-1 minus
 the mean KL divergence (nats) of the deployment's softmax from the fp32 network's on the same images:
@@ -65,7 +71,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EPOCHS = 6
 """Training epochs; MobileNetV2 at 32x32 reaches 96% held-out accuracy on digits."""
-FAKE_QUANT_SCHEME = "w8perchannel-a8pertensor-f16round-v1"
+FAKE_QUANT_SCHEME = "w8perchannel-a8symmetric-stored-outputs-v2"
 """Names how a precision is simulated (module docstring); change it when that changes."""
 ACCURACY_SIGNAL = "top1ref-minus-kl-v1"
 """Names what `accuracy` returns (module docstring); part of every oracle's database key."""
@@ -222,32 +228,47 @@ def _save_atomically(obj: Any, path: Path) -> None:
         raise
 
 
-def _int8_per_channel(w: torch.Tensor) -> torch.Tensor:
-    """Symmetric per-output-channel int8 quantise-dequantise (range [-127, 127])."""
+def _int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 quantise-dequantise (range [-127, 127]), and the scales."""
     amax = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True)
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    return (w / scale).round().clamp(-127, 127) * scale
+    return (w / scale).round().clamp(-127, 127) * scale, scale
+
+
+def _fake_int8(x: torch.Tensor, scale: float, inplace: bool) -> torch.Tensor:
+    """Round `x` to the int8 grid of `scale` (q = clamp(round(x / scale), -128, 127)) and back."""
+    x = x.mul_(1.0 / scale) if inplace else x * (1.0 / scale)
+    return x.round_().clamp_(-128, 127).mul_(scale)
+
+
+def _int8_scale(absmax: float) -> float:
+    """The symmetric per-tensor scale of a tensor whose values stay within +-absmax."""
+    return absmax / 127.0 if absmax > 0 else 1.0
 
 
 class _LayerQuantizer:
-    """One searchable layer: its weights and bias precomputed per precision, and its input fake-quant.
+    """One searchable layer: its weights and bias precomputed per precision, and the rounding of its
+    input (`__call__`, a forward pre-hook on the layer's `nn.Conv2d` / `nn.Linear`) and of its output
+    (`round_output`, a forward hook on the whole layer, after its activation).
 
-    Registered as a forward pre-hook on the layer's `nn.Conv2d` / `nn.Linear`. With `inplace` (the
-    layer is the only reader of its input, which is not the network input) the input is rounded in
-    place, which costs a third of a pass that allocates.
+    With `inplace` (the layer is the only reader of its input, which is not the network input) the
+    input is rounded in place, which costs a third of a pass that allocates.
     """
 
-    def __init__(self, module: nn.Conv2d | nn.Linear, input_min: float, input_max: float, inplace: bool) -> None:
+    def __init__(self, module: nn.Conv2d | nn.Linear, input_absmax: float, output_absmax: float, inplace: bool) -> None:
         self.module = module
         self.inplace = inplace
+        self.input_scale = _int8_scale(input_absmax)
+        self.output_scale = _int8_scale(output_absmax)
         w = module.weight.detach().clone()
         b = module.bias.detach().clone() if module.bias is not None else None
-        self.weights = {"fp32": w, "fp16": w.half().float(), "int8": _int8_per_channel(w)}
-        self.biases = {"fp32": b, "fp16": None if b is None else b.half().float(), "int8": b}
-        lo, hi = min(input_min, 0.0), max(input_max, 0.0)  # zero stays exactly representable
-        self.input_scale = (hi - lo) / 255.0 if hi > lo else 1.0
-        zero_point = int(np.clip(round(-128 - lo / self.input_scale), -128, 127))
-        self._input_levels = (-128 - zero_point, 127 - zero_point)  # int8 range minus the zero point
+        w8, self.weight_scales = _int8_per_channel(w)
+        self.weights = {"fp32": w, "fp16": w.half().float(), "int8": w8}
+        b8 = None
+        if b is not None:  # int32 at the accumulator's scale
+            acc_scale = self.input_scale * self.weight_scales.flatten()
+            b8 = (b / acc_scale).round() * acc_scale
+        self.biases = {"fp32": b, "fp16": None if b is None else b.half().float(), "int8": b8}
         self.precision = "fp32"
 
     def set_precision(self, precision: str) -> None:
@@ -261,10 +282,30 @@ class _LayerQuantizer:
         x = args[0]
         if self.precision == "fp16":
             return (x.copy_(x.half()),) if self.inplace else (x.half().float(),)
-        if self.precision == "int8":  # as torch.fake_quantize_per_tensor_affine, in a tenth of the time
-            x = x.mul_(1.0 / self.input_scale) if self.inplace else x * (1.0 / self.input_scale)
-            return (x.round_().clamp_(*self._input_levels).mul_(self.input_scale),)
+        if self.precision == "int8":
+            return (_fake_int8(x, self.input_scale, self.inplace),)
         return None
+
+    def round_output(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+        """The layer's output as its kernel stores it (fp16, or int8 at the output tensor's scale)."""
+        if self.precision == "fp16":
+            return output.copy_(output.half())
+        if self.precision == "int8":
+            return _fake_int8(output, self.output_scale, inplace=True)
+        return None
+
+
+@dataclass(frozen=True)
+class LayerNumerics:
+    """What a deployment of one searchable layer computes with: its trained weights (batch norm folded,
+    fp32) and, for int8, the per-output-channel weight scales and the scales of its input and output."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    """Zeros when the layer has neither a bias nor a batch norm."""
+    weight_scales: np.ndarray
+    input_scale: float
+    output_scale: float
 
 
 @dataclass(frozen=True)
@@ -443,21 +484,22 @@ class AccuracyOracle(CachedAccuracies):
         return module
 
     def _calibrate(self, batches: int, keep_inputs: set[str]) -> list[_LayerQuantizer]:
-        """Input ranges of every searchable layer on the first training batches (seeded order), in fp32;
-        the layers in `keep_inputs` never round their input in place."""
+        """Largest |value| of every searchable layer's input and output (after its activation) on the
+        first training batches (seeded order), in fp32; the layers in `keep_inputs` never round their
+        input in place."""
         order = torch.randperm(len(self.dataset.x_train), generator=torch.Generator().manual_seed(self.seed))
         x = self.dataset.x_train[order[: batches * TRAIN_BATCH_SIZE]].contiguous(memory_format=_CHANNELS_LAST)
-        ranges = {name: [float("inf"), float("-inf")] for name in self.layer_names}
+        absmax = {(name, side): 0.0 for name in self.layer_names for side in ("in", "out")}
 
-        def recorder(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
-            def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-                lo, hi = torch.aminmax(args[0])
-                ranges[name][0] = min(ranges[name][0], lo.item())
-                ranges[name][1] = max(ranges[name][1], hi.item())
+        def record(key: tuple[str, str], tensor: torch.Tensor) -> None:
+            absmax[key] = max(absmax[key], tensor.abs().max().item())
 
-            return hook
-
-        handles = [self._model.module_for(name).register_forward_pre_hook(recorder(name)) for name in self.layer_names]
+        handles = []
+        for name in self.layer_names:
+            handles.append(self._model.module_for(name).register_forward_pre_hook(
+                lambda module, args, name=name: record((name, "in"), args[0])))
+            handles.append(self._model.layer_module(name).register_forward_hook(
+                lambda module, args, output, name=name: record((name, "out"), output)))
         with torch.inference_mode():
             for chunk in x.split(TRAIN_BATCH_SIZE):
                 self._model(chunk)
@@ -469,8 +511,11 @@ class AccuracyOracle(CachedAccuracies):
             module = self._model.module_for(name)
             (source,) = self.network[name].inputs
             sole_reader = source != NETWORK_INPUT and readers[source] == [name]
-            quantizer = _LayerQuantizer(module, *ranges[name], inplace=sole_reader and name not in keep_inputs)
+            quantizer = _LayerQuantizer(
+                module, absmax[(name, "in")], absmax[(name, "out")], inplace=sole_reader and name not in keep_inputs
+            )
             module.register_forward_pre_hook(quantizer)
+            self._model.layer_module(name).register_forward_hook(quantizer.round_output)
             quantizers.append(quantizer)
         return quantizers
 
@@ -497,7 +542,14 @@ class AccuracyOracle(CachedAccuracies):
 
     def measure(self, precisions: Sequence[str]) -> Fidelity:
         """Accuracy, held-out top-1, KL divergence and SQNR of the deployment with `precisions` (never cached)."""
-        logits = self.logits(precisions).double()
+        return self.fidelity(self.logits(precisions))
+
+    def fidelity(self, logits: torch.Tensor | np.ndarray) -> Fidelity:
+        """Accuracy, held-out top-1, KL divergence and SQNR of held-out logits `(n_test, classes)` from
+        any implementation of the network (e.g. a built deployment)."""
+        logits = torch.as_tensor(logits).double()
+        if logits.shape != self._reference_logits.shape:
+            raise ValueError(f"expected logits of shape {tuple(self._reference_logits.shape)}, got {tuple(logits.shape)}")
         log_probs = F.log_softmax(logits, dim=1)
         kl = (self._reference_log_probs.exp() * (self._reference_log_probs - log_probs)).sum(dim=1).mean().item()
         noise = float((logits - self._reference_logits).square().sum())
@@ -513,6 +565,21 @@ class AccuracyOracle(CachedAccuracies):
             return cached
         key = self._check(precisions)
         return self._remember(key, self.measure(key).accuracy)
+
+    def layer_numerics(self, name: str) -> LayerNumerics:
+        """The weights and int8 scales the oracle simulates searchable layer `name` with."""
+        if name not in self.layer_names:
+            raise KeyError(f"{name!r} is not a searchable layer of {self.network.name!r}; they are {self.layer_names}")
+        q = self._quantizers[self.layer_names.index(name)]
+        weight = q.weights["fp32"].contiguous().numpy()
+        bias = q.biases["fp32"]
+        return LayerNumerics(
+            weight=weight,
+            bias=np.zeros(weight.shape[0], np.float32) if bias is None else bias.numpy().copy(),
+            weight_scales=q.weight_scales.flatten().numpy().copy(),
+            input_scale=q.input_scale,
+            output_scale=q.output_scale,
+        )
 
     @property
     def baseline_accuracy(self) -> float:

@@ -1,0 +1,165 @@
+"""A whole deployment as one TVM module: every searchable layer runs the kernel the search measured.
+
+`network_module` chains, in a Relax function `main(image) -> logits`:
+- each searchable layer as a `call_tir` of its kernel (`deploy.tvm_kernels.build_module`: the same
+  scheduled TIR, algorithm, precision, schedule and threads that were timed), with the network's
+  trained weights from the accuracy oracle (`LayerNumerics`): fp32 as trained, fp16 cast, int8
+  quantised per output channel with the oracle's scales (int32 bias, per-channel requantisation to
+  the output tensor's scale), Winograd weights transformed ahead of time;
+- the non-searchable layers (pools, adds, concatenations, activations) as Relax operators in fp32,
+  as the oracle runs them;
+- the format conversions between them (fp32 <-> fp16 casts; int8 quantise at the reading layer's
+  input scale, dequantise at the producer's output scale), each tensor converted once per format.
+Weights are constants inside the module. The numerics are the oracle's (`envs.accuracy`), so the
+module's outputs are the fake-quantised torch model's up to float rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from deploy.tvm_kernels import build_module, kernel_spec
+from deploy.tvm_schedules import WINOGRAD, winograd_weight
+from envs.accuracy import LayerNumerics
+from envs.network import NETWORK_INPUT, Layer, Network, Op
+from envs.space import Choice
+
+
+class NumericsSource(Protocol):
+    """Where a build takes each searchable layer's weights and scales (the accuracy oracle)."""
+
+    def layer_numerics(self, name: str) -> LayerNumerics: ...
+
+
+def kernel_arguments(layer: Layer, choice: Choice, numerics: LayerNumerics) -> list[np.ndarray]:
+    """The kernel's constant arguments after the data, in call order: weight, bias[, requant]."""
+    weight = numerics.weight.reshape(kernel_spec(layer, choice).inputs[1].shape) if layer.op is Op.DENSE else numerics.weight
+    if choice.quant == "int8":
+        scales = numerics.weight_scales.astype(np.float64)
+        shape = (-1,) + (1,) * (weight.ndim - 1)
+        weight = np.clip(np.rint(weight / scales.reshape(shape)), -127, 127).astype(np.int8)
+        acc_scale = numerics.input_scale * scales
+        bias = np.rint(numerics.bias / acc_scale).astype(np.int32)
+        extra = [np.append(acc_scale, 1.0 / numerics.output_scale).astype(np.float32)]
+    else:
+        dtype = np.float16 if choice.quant == "fp16" else np.float32
+        weight, bias, extra = weight.astype(dtype), numerics.bias.astype(dtype), []
+    if choice.algo in WINOGRAD:
+        weight = winograd_weight(weight, choice.algo, choice.quant)
+    return [weight, bias, *extra]
+
+
+def _activation(x: relax.Expr, name: str | None) -> relax.Expr:
+    if name is None:
+        return x
+    if name == "relu":
+        return relax.op.nn.relu(x)
+    if name == "relu6":
+        return relax.op.clip(x, relax.prim_value(0.0), relax.prim_value(6.0))
+    if name == "hardswish":
+        gate = relax.op.clip(relax.op.add(x, relax.const(3.0)), relax.prim_value(0.0), relax.prim_value(6.0))
+        return relax.op.multiply(x, relax.op.divide(gate, relax.const(6.0)))
+    if name == "sigmoid":
+        return relax.op.sigmoid(x)
+    raise ValueError(f"activation {name!r} has no Relax operator here")
+
+
+def _fixed_layer(layer: Layer, inputs: list[relax.Expr]) -> relax.Expr:
+    """A non-searchable layer in fp32."""
+    if layer.op is Op.POOL:
+        (x,) = inputs
+        if layer.pool == "global_avg":
+            return relax.op.mean(x, axis=[2, 3], keepdims=True)
+        pool = relax.op.nn.max_pool2d if layer.pool == "max" else relax.op.nn.avg_pool2d
+        kwargs = {} if layer.pool == "max" else {"count_include_pad": True}  # as torch's AvgPool2d
+        return pool(x, layer.kernel, layer.stride, layer.padding, **kwargs)
+    if layer.op is Op.ADD:
+        total = inputs[0]
+        for x in inputs[1:]:
+            total = relax.op.add(total, x)
+        return _activation(total, layer.activation)
+    if layer.op is Op.CONCAT:
+        return relax.op.concat(inputs, axis=1)
+    if layer.op is Op.ACT:
+        return _activation(inputs[0], layer.activation)
+    raise ValueError(f"layer {layer.name!r}: {layer.op.value} is not a fixed layer")
+
+
+class _Graph:
+    """The tensors emitted so far, each in the formats asked for (converted once per format)."""
+
+    def __init__(self, bb: relax.BlockBuilder, image: relax.Var) -> None:
+        self.bb = bb
+        self.tensors: dict[str, dict[str, relax.Expr]] = {NETWORK_INPUT: {"fp32": image}}
+        self.scales: dict[str, float] = {}
+        """int8 tensors: the scale they are stored at."""
+
+    def put(self, name: str, precision: str, value: relax.Expr, scale: float | None = None) -> None:
+        self.tensors[name] = {precision: self.bb.emit(value)}
+        if scale is not None:
+            self.scales[name] = scale
+
+    def get(self, name: str, precision: str, scale: float | None = None) -> relax.Expr:
+        """Tensor `name` in `precision` (int8: at `scale`, which must be the one it is stored at when it is int8)."""
+        forms = self.tensors[name]
+        if precision in forms:
+            if precision == "int8" and not np.isclose(self.scales[name], scale, rtol=1e-6):
+                raise ValueError(f"tensor {name!r} is int8 at scale {self.scales[name]} but is read at {scale}")
+            return forms[precision]
+        if "fp32" not in forms:  # dequantise or widen first
+            (stored, value), = forms.items()
+            if stored == "int8":
+                value = relax.op.multiply(relax.op.astype(value, "float32"), relax.const(self.scales[name], "float32"))
+            else:
+                value = relax.op.astype(value, "float32")
+            forms["fp32"] = self.bb.emit(value)
+        fp32 = forms["fp32"]
+        if precision == "fp16":
+            forms["fp16"] = self.bb.emit(relax.op.astype(fp32, "float16"))
+        elif precision == "int8":
+            q = relax.op.round(relax.op.multiply(fp32, relax.const(1.0 / scale, "float32")))
+            forms["int8"] = self.bb.emit(relax.op.astype(relax.op.clip(q, relax.prim_value(-128.0), relax.prim_value(127.0)), "int8"))
+            self.scales[name] = scale
+        return forms[precision]
+
+
+def network_module(network: Network, choices: Mapping[str, Choice], numerics: NumericsSource) -> tvm.IRModule:
+    """The Relax module `main(image (1, C, H, W) fp32) -> logits (1, classes) fp32` of a deployment."""
+    missing = [layer.name for layer in network.searchable_layers if layer.name not in choices]
+    if missing:
+        raise ValueError(f"deployment of {network.name!r} has no choice for layer(s) {missing}")
+    bb = relax.BlockBuilder()
+    image = relax.Var("image", relax.TensorType((1, *network.layers[0].in_shape), "float32"))
+    with bb.function("main", [image]):
+        with bb.dataflow():
+            graph = _Graph(bb, image)
+            for layer in network.layers:
+                if not layer.op.searchable:
+                    graph.put(layer.name, "fp32", _fixed_layer(layer, [graph.get(src, "fp32") for src in layer.inputs]))
+                    continue
+                choice = choices[layer.name]
+                spec = kernel_spec(layer, choice)
+                values = numerics.layer_numerics(layer.name)
+                (source,) = layer.inputs
+                data = graph.get(source, choice.quant, values.input_scale)
+                if layer.op is Op.DENSE:  # flattens its producer
+                    data = bb.emit(relax.op.reshape(data, spec.inputs[0].shape))
+                kernel = build_module(layer, choice)["main"].with_attr("global_symbol", _symbol(layer.name))
+                function = bb.add_func(kernel, _symbol(layer.name))
+                arguments = [data, *(relax.const(a) for a in kernel_arguments(layer, choice, values))]
+                out = relax.call_tir(function, arguments, relax.TensorType(spec.output.shape, spec.output.dtype))
+                graph.put(layer.name, choice.quant, out, values.output_scale if choice.quant == "int8" else None)
+            last = network.layers[-1].name
+            logits = bb.emit(relax.op.reshape(graph.get(last, "fp32"), (1, -1)))
+            out = bb.emit_output(logits)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _symbol(layer_name: str) -> str:
+    """A C symbol for a layer's kernel."""
+    return "k_" + "".join(c if c.isalnum() else "_" for c in layer_name)

@@ -1,0 +1,70 @@
+"""Build a deployment into one TVM library for its board, and check it against the accuracy oracle.
+
+    python experiments/build.py runs/<run>                         # the run's deployment.json, for its target
+    python experiments/build.py runs/<run> --target host           # for this machine instead
+    python experiments/build.py --deployment FILE --out DIR
+
+Writes `<run>/artifact/` (library, manifest.json with sha256 of every file, run.py; see
+deploy/artifact.py) and `<run>/artifact/check.json`: the same choices built for this machine on the
+accuracy oracle's network with its trained weights (for a full-size network, its 32x32 proxy, where
+the search measured accuracy), run on the held-out images and compared with the oracle's
+fake-quantised torch model: top-1 agreement, largest logit difference, held-out accuracy of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from deploy.cli import run_main
+from deploy.export import load_deployment, write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", nargs="?", help="a run folder (its deployment.json)")
+    parser.add_argument("--deployment", help="a deployment file instead of a run folder")
+    parser.add_argument("--target", help="host or cortex-a72 (default: the deployment's)")
+    parser.add_argument("--out", help="artifact folder (default: <run>/artifact, or <run>/artifact-<target> for another target)")
+    parser.add_argument("--no-check", action="store_true", help="skip the comparison with the accuracy oracle")
+    args = parser.parse_args(argv)
+    if (args.run is None) == (args.deployment is None):
+        parser.error("give a run folder or --deployment FILE")
+    file = Path(args.deployment) if args.deployment else Path(args.run) / "deployment.json"
+    if args.run and not file.exists():
+        raise ValueError(f"{args.run}: not a run folder (no deployment.json)")
+    record = load_deployment(file)
+    target = args.target or record.target
+
+    from deploy.artifact import SeededNumerics, artifact_folder, build_artifact
+    from deploy.validation import check_against_oracle
+    from envs.accuracy import oracle_for
+
+    folder = Path(args.out) if args.out else artifact_folder(file.parent, record, target)
+    oracle = oracle_for(record.network)
+    if oracle.network == record.network:
+        numerics, weights = oracle, f"trained:{oracle.key}"
+    else:
+        numerics = SeededNumerics(record.network)
+        weights = f"{numerics.provenance} ({record.network.name} has no trained weights; its accuracy is its proxy's)"
+    start = time.perf_counter()
+    manifest = build_artifact(record, file, target, folder, numerics, weights)
+    print(f"built {record.network.name} for {target} in {time.perf_counter() - start:.0f} s: {folder}")
+    print(f"weights: {weights}")
+    if not args.no_check:
+        check = check_against_oracle(record.choices, oracle)
+        write_json(folder / "check.json", check)
+        print(
+            f"check on {check['images']} held-out images of {check['network']}: top-1 agreement "
+            f"{check['top1_agreement']:.4f}, largest logit difference {check['max_abs_logit_difference']:.3g} "
+            f"(logits up to {check['logit_scale']:.3g}), held-out top-1 {check['artifact_top1']:.4f} "
+            f"(oracle {check['oracle_top1']:.4f})"
+        )
+    print(json.dumps({k: manifest[k] for k in ("target", "threads", "tvm_version")}))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,53 @@
+"""A whole deployment built as one TVM module computes what the accuracy oracle simulates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from deploy.build import network_module
+from deploy.targets import get_target
+from deploy.tvm_kernels import HOST_TARGET
+
+IMAGES = 40
+
+
+def _deployment(network, quant: str | None, seed: int) -> dict:
+    """A random valid choice per searchable layer (of one precision when `quant` is given)."""
+    space = get_target("host").search_space()
+    rng = np.random.default_rng(seed)
+    choices = {}
+    for layer in network.searchable_layers:
+        valid = [c for c in space.valid_choices(layer) if quant in (None, c.quant)]
+        choices[layer.name] = valid[rng.integers(len(valid))]
+    return choices
+
+
+def _run(network, choices, oracle) -> np.ndarray:
+    ex = tvm.compile(network_module(network, choices, oracle), target=tvm.target.Target(HOST_TARGET))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    x = oracle.dataset.x_test[:IMAGES].contiguous().numpy()
+    return np.stack([vm["main"](tvm.runtime.tensor(x[i : i + 1])).numpy()[0] for i in range(IMAGES)])
+
+
+@pytest.mark.parametrize("quant, seed", [("fp32", 0), ("fp16", 1), ("int8", 2), ("int8", 3), (None, 4), (None, 5)])
+def test_built_network_matches_the_oracles_fake_quantised_model(tiny, tiny_oracle, quant, seed):
+    choices = _deployment(tiny, quant, seed)
+    got = _run(tiny, choices, tiny_oracle)
+    want = tiny_oracle.logits([choices[name].quant for name in tiny_oracle.layer_names]).numpy()[:IMAGES]
+    last = choices[tiny.layers[-1].name].quant
+    if last == "int8":  # rounding order may flip an int8 value by one step: at most one step of the logits
+        tolerance = tiny_oracle.layer_numerics(tiny.layers[-1].name).output_scale * 1.0001
+    else:
+        tolerance = {"fp32": 1e-4, "fp16": 2e-3}[last] * max(1.0, float(np.abs(want).max()))
+    assert np.abs(got - want).max() <= tolerance
+    assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() >= 0.99
+
+
+def test_a_deployment_missing_a_layer_is_refused_by_name(tiny, tiny_oracle):
+    choices = _deployment(tiny, "fp32", 0)
+    del choices["dw"]
+    with pytest.raises(ValueError, match=r"no choice for layer\(s\) \['dw'\]"):
+        network_module(tiny, choices, tiny_oracle)
