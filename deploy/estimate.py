@@ -2,7 +2,8 @@
 
 The public entry point to the target's latency model for users who do not search: a built-in network
 name, a `Network`, or any CNN `torch.nn.Module` (imported with `envs.torch_import`), priced layer by
-layer with conversions. The numbers are modelled (nothing is compiled or timed), and the result says so.
+layer with conversions. The numbers are modelled (nothing is compiled or timed) unless a measurement
+database holds measurements or simulations of the target's layers, and the result says which.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from envs.space import QUANTS, Choice
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from deploy.db import MeasurementDB
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ def estimate_latency(
     input_shape: tuple[int, int, int] | None = None,
     quant: str | None = None,
     threads: int | None = None,
+    db: "MeasurementDB | None" = None,
 ) -> LatencyEstimate:
     """Price `network` on `target` (batch 1).
 
@@ -82,11 +86,14 @@ def estimate_latency(
         input_shape: (C, H, W) for a torch module.
         quant: with `choices=None`, restrict the best deployment to this precision on every layer.
         threads: with `choices=None`, restrict every layer to this thread count.
+        db: a measurement database: what was measured or simulated on this target there is used
+            before the model (each layer's provenance says which).
     """
     net = _as_network(network, input_shape)
     tgt = get_target(target)
     space = tgt.search_space()
-    table = CostTable(tgt.model(), space)
+    earlier = [fp for fp in (db.fingerprints_of(tgt.name) if db is not None else []) if not fp.startswith("modelled:")]
+    table = CostTable(tgt.model(), space, db, measured=earlier)
     if choices is None:
         if quant is not None and quant not in QUANTS:
             raise ValueError(f"quant {quant!r} is not one of {QUANTS}")

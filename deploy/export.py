@@ -110,7 +110,7 @@ def load_deployment(path: str | Path) -> DeploymentRecord:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise DeploymentFileError(f"{path}: schema {found!r} is not {SCHEMA!r}")
     try:
-        return DeploymentRecord(
+        record = DeploymentRecord(
             network=Network.from_dict(doc["network"]),
             target=doc["target"],
             fingerprint=doc["cost_fingerprint"],
@@ -120,6 +120,11 @@ def load_deployment(path: str | Path) -> DeploymentRecord:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise DeploymentFileError(f"{path}: malformed deployment ({err!r})") from err
+    searchable = {layer.name for layer in record.network.searchable_layers}
+    unknown = sorted(set(record.choices) - searchable)
+    if unknown:
+        raise DeploymentFileError(f"{path}: choices for layers that {record.network.name!r} has not (or cannot search): {unknown}")
+    return record
 
 
 def reevaluate(path: str | Path) -> NetworkCost:

@@ -4,14 +4,18 @@
     python experiments/estimate_latency.py --net mobilenet_v1 --quant int8 --threads 4
     python experiments/estimate_latency.py --deployment runs/<run>/deployment.json
 
-Without a board the numbers come from the target's latency model, and the output says so.
+The numbers come from the target's latency model, or from the measurement database beside a run
+(`<logdir>/measurements.sqlite`, or `--db`) where it measured or simulated a layer; the output says which.
+A deployment is priced on its own target unless `--target` names another.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from deploy.cli import run_main
+from deploy.db import MeasurementDB
 from deploy.estimate import estimate_latency
 from deploy.export import load_deployment
 
@@ -19,16 +23,22 @@ from deploy.export import load_deployment
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", default="mobilenet_v2", help="built-in network")
-    parser.add_argument("--target", default="cortex-a72", help="registered target")
+    parser.add_argument("--target", help="registered target (default: the deployment's, else cortex-a72)")
+    parser.add_argument("--db", help="measurement database to read measured or simulated layers from")
     parser.add_argument("--deployment", help="a deployment.json written by run_ppo.py (its network and choices)")
     parser.add_argument("--quant", help="best deployment restricted to this precision on every layer")
     parser.add_argument("--threads", type=int, help="best deployment restricted to this thread count")
     args = parser.parse_args(argv)
+    db_path = Path(args.db) if args.db else None
     if args.deployment:
         record = load_deployment(args.deployment)
-        estimate = estimate_latency(record.network, args.target, record.choices)
+        beside = Path(args.deployment).resolve().parent.parent / "measurements.sqlite"
+        db_path = db_path or (beside if beside.exists() else None)
+        db = MeasurementDB(db_path) if db_path else None
+        estimate = estimate_latency(record.network, args.target or record.target, record.choices, db=db)
     else:
-        estimate = estimate_latency(args.net, args.target, quant=args.quant, threads=args.threads)
+        db = MeasurementDB(db_path) if db_path else None
+        estimate = estimate_latency(args.net, args.target or "cortex-a72", quant=args.quant, threads=args.threads, db=db)
     print(f"{'layer':24s} {'choice':52s} {'ms':>8s} {'conv ms':>8s}")
     for layer in estimate.layers:
         choice = layer.choice.key if layer.choice else "-"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,50 @@ def test_command_line_prints_layers_and_provenance():
         capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and "valid names" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _write_deployment(path: Path, network, target: str, choices) -> Path:
+    from deploy.cost_table import CostTable
+    from deploy.export import deployment_dict, write_json
+    from deploy.targets import get_target
+
+    tgt = get_target(target)
+    table = CostTable(tgt.model(), tgt.search_space())
+    cost = evaluate(network, choices, table)
+    baseline = tgt.search_space().baseline_choice()
+    doc = deployment_dict(network, target, table.fingerprint, dict(choices), cost, None, "none", cost, None, baseline)
+    return write_json(path, doc)
+
+
+def _estimate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "estimate_latency.py"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_deployment_is_priced_on_its_own_target_with_the_simulations_in_the_database(tiny, tmp_path):
+    from envs.make import make_cost_table
+    from tests.test_npu import QUICK
+
+    choices = estimate_latency(tiny, "npu-eyeriss").choices
+    file = _write_deployment(tmp_path / "run" / "deployment.json", tiny, "npu-eyeriss", choices)
+    modelled = _estimate("--deployment", str(file))
+    assert modelled.returncode == 0, modelled.stderr
+    assert "tiny on npu-eyeriss" in modelled.stdout and "simulated:" not in modelled.stdout
+    table = make_cost_table("npu-eyeriss", tmp_path / "measurements.sqlite", settings=QUICK)
+    first = tiny.searchable_layers[0]
+    simulated = table.cost(first, choices[first.name])
+    table.backend.close()
+    assert simulated.provenance.startswith("simulated:")
+    priced = _estimate("--deployment", str(file))  # finds the database beside the run folder
+    assert priced.returncode == 0, priced.stderr
+    assert simulated.provenance in priced.stdout and "modelled:" in priced.stdout
+
+
+def test_a_deployment_naming_a_layer_the_network_has_not_is_refused(tiny, tmp_path):
+    choices = estimate_latency(tiny, "cortex-a72").choices
+    file = _write_deployment(tmp_path / "deployment.json", tiny, "cortex-a72", choices)
+    doc = json.loads(file.read_text())
+    doc["choices"]["conv9"] = doc["choices"]["stem"]
+    file.write_text(json.dumps(doc))
+    result = _estimate("--deployment", str(file))
+    assert result.returncode == 2 and "['conv9']" in result.stderr and "Traceback" not in result.stderr
