@@ -16,10 +16,11 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed  ## the main job: PPO search on the calibrated Cortex-A72 model
 	$(PY) experiments/run_ppo.py --target cortex-a72 $(ARGS)
 
-cross-tools:  ## the aarch64 cross compiler (builds for cortex-a72), installed with apt when missing
-	@command -v aarch64-linux-gnu-gcc >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
-		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu g++-aarch64-linux-gnu; } \
-		|| echo "note: no aarch64-linux-gnu-gcc: install gcc-aarch64-linux-gnu to build for cortex-a72"
+cross-tools:  ## the aarch64 cross compiler and qemu (build and check cortex-a72 artifacts), installed with apt when missing
+	@{ command -v aarch64-linux-gnu-g++ && command -v qemu-aarch64-static; } >/dev/null || { command -v apt-get >/dev/null \
+		&& [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static; } \
+		|| echo "note: install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static to build and check for cortex-a72"
 
 test: $(VENV)/.installed cross-tools  ## the test suite (what CI runs)
 	$(PY) -m pytest -q

@@ -107,3 +107,28 @@ def layer_sum(network, choices: Mapping[str, Choice], table) -> dict[str, Any]:
     """The deployment priced layer by layer with `table` (measured kernels where it measures), summed."""
     cost = evaluate(network, choices, table)
     return {"latency_ms": cost.latency_ms, "conversion_ms": cost.conversion_ms, "provenance": list(cost.provenance)}
+
+
+def compare_emulated(network, choices: Mapping[str, Choice], numerics, library: Path, images: np.ndarray) -> dict[str, Any]:
+    """Run an aarch64 library under qemu on `images` (N, C, H, W) and the same deployment built for this
+    machine; their largest logit difference and top-1 agreement."""
+    import tvm
+    from tvm import relax
+
+    from deploy.build import network_module
+    from deploy.emulation import run_emulated
+    from deploy.tvm_kernels import HOST_TARGET
+
+    start = time.perf_counter()
+    executable = tvm.compile(network_module(network, choices, numerics), target=tvm.target.Target(HOST_TARGET))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    host = np.stack([vm["main"](tvm.runtime.tensor(images[i : i + 1])).numpy()[0] for i in range(len(images))])
+    emulated = np.stack([run_emulated(library, images[i : i + 1]) for i in range(len(images))])
+    return {
+        "images": len(images),
+        "max_abs_logit_difference": float(np.abs(host - emulated).max()),
+        "logit_scale": float(np.abs(host).max()),
+        "top1_agreement": float((host.argmax(1) == emulated.argmax(1)).mean()),
+        "provenance": "emulated:qemu-aarch64 vs measured:host (outputs only; emulated time says nothing about speed)",
+        "seconds": round(time.perf_counter() - start, 1),
+    }

@@ -9,6 +9,8 @@ deploy/artifact.py) and `<run>/artifact/check.json`: the same choices built for 
 accuracy oracle's network with its trained weights (for a full-size network, its 32x32 proxy, where
 the search measured accuracy), run on the held-out images and compared with the oracle's
 fake-quantised torch model: top-1 agreement, largest logit difference, held-out accuracy of both.
+For an aarch64 target it also runs the library under qemu-aarch64 and compares its outputs with the
+same deployment built for this machine (`deploy/emulation.py`; `make cross-tools` installs what it needs).
 """
 
 from __future__ import annotations
@@ -20,6 +22,33 @@ from pathlib import Path
 
 from deploy.cli import run_main
 from deploy.export import load_deployment, write_json
+
+
+EMULATED_IMAGES = 4
+"""Images the aarch64 library runs under qemu (a few seconds each at 224x224)."""
+
+
+def _emulated_check(record, numerics, folder: Path, oracle) -> dict:
+    """The aarch64 library under qemu against the same deployment built for this machine, on the oracle's
+    first held-out images (seeded random ones for a network of another input size)."""
+    import numpy as np
+
+    from deploy.artifact import LIBRARY
+    from deploy.emulation import EmulationUnavailable
+    from deploy.validation import compare_emulated
+
+    shape = (EMULATED_IMAGES, *record.network.layers[0].in_shape)
+    images = oracle.dataset.x_test[:EMULATED_IMAGES].contiguous().numpy()
+    if images.shape != shape:
+        images = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    try:
+        result = compare_emulated(record.network, record.choices, numerics, folder / LIBRARY, images)
+    except EmulationUnavailable as err:
+        print(f"note: the aarch64 library was not run: {err}")
+        return {"skipped": str(err)}
+    print(f"aarch64 library under qemu vs this machine's build on {result['images']} images: largest logit "
+          f"difference {result['max_abs_logit_difference']:.3g}, top-1 agreement {result['top1_agreement']:.2f}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"weights: {weights}")
     if not args.no_check:
         check = check_against_oracle(record.choices, oracle)
+        if target != "host":
+            check["aarch64_vs_host"] = _emulated_check(record, numerics, folder, oracle)
         write_json(folder / "check.json", check)
         print(
             f"check on {check['images']} held-out images of {check['network']}: top-1 agreement "

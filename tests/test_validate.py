@@ -107,9 +107,12 @@ def test_a_cortex_a72_deployment_without_a_board_says_what_to_give(small_run):
     assert result.returncode == 2 and "--rpc HOST:PORT" in result.stderr and "--target host" in result.stderr
 
 
-def test_a_cortex_a72_deployment_builds_into_an_aarch64_library(small_run, tmp_path):
-    result = script("build.py", str(small_run), "--no-check", "--out", str(tmp_path / "a72"), cwd=small_run)
+def test_a_cortex_a72_deployment_builds_into_an_aarch64_library_that_computes_the_same_under_qemu(small_run, tmp_path):
+    result = script("build.py", str(small_run), "--out", str(tmp_path / "a72"), cwd=small_run)
     assert result.returncode == 0, result.stderr[-3000:]
+    emulated = json.loads((tmp_path / "a72" / "check.json").read_text())["aarch64_vs_host"]
+    assert emulated["images"] == 4 and emulated["top1_agreement"] == 1.0
+    assert emulated["max_abs_logit_difference"] <= 1e-3 * emulated["logit_scale"]
     elf = (tmp_path / "a72" / LIBRARY).read_bytes()[:20]
     assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 183  # EM_AARCH64
     manifest = verified_manifest(tmp_path / "a72")
