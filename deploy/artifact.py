@@ -55,9 +55,11 @@ class SeededNumerics:
 
     @property
     def provenance(self) -> str:
+        """Where the weights came from, as the manifest records it."""
         return f"seeded:he-normal:{self.seed}"
 
     def layer_numerics(self, name: str) -> LayerNumerics:
+        """Seeded weights of layer `name` (the same for the same seed and layer name)."""
         layer = self.network[name]
         cin, h, w = layer.in_shape
         cout = layer.out_shape[0]
