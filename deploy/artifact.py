@@ -28,7 +28,7 @@ import tvm
 from deploy.build import NumericsSource, network_module
 from deploy.export import DeploymentRecord, write_json
 from deploy.targets import CpuTarget, checked_tvm_target, get_target
-from envs.accuracy import LayerNumerics
+from envs.accuracy import AccuracyOracle, LayerNumerics
 from envs.network import Network, Op
 
 SCHEMA = "deploygym.artifact/1"
@@ -68,6 +68,15 @@ class SeededNumerics:
         weight = (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32)
         scales = np.abs(weight).reshape(cout, -1).max(axis=1) / 127.0
         return LayerNumerics(weight, np.zeros(cout, np.float32), scales, self.activation_scale, self.activation_scale)
+
+
+def weights_for(network: Network, oracle: AccuracyOracle) -> tuple[NumericsSource, str]:
+    """The weights a deployment of `network` is built with, and where they came from: the accuracy
+    oracle's trained ones when it trained this very network, else `SeededNumerics`."""
+    if oracle.network == network:
+        return oracle, f"trained:{oracle.key}"
+    seeded = SeededNumerics(network)
+    return seeded, f"{seeded.provenance} ({network.name} has no trained weights; its accuracy is its proxy's)"
 
 
 def sha256(path: Path) -> str:

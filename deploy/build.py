@@ -22,7 +22,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from deploy.tvm_kernels import build_module, kernel_spec
+from deploy.tvm_kernels import HOST_TARGET, build_module, kernel_spec
 from deploy.tvm_schedules import WINOGRAD, winograd_weight
 from envs.accuracy import LayerNumerics
 from envs.network import NETWORK_INPUT, Layer, Network, Op
@@ -158,6 +158,14 @@ def network_module(network: Network, choices: Mapping[str, Choice], numerics: Nu
             out = bb.emit_output(logits)
         bb.emit_func_output(out)
     return bb.get()
+
+
+def host_logits(network: Network, choices: Mapping[str, Choice], numerics: NumericsSource, images: np.ndarray) -> np.ndarray:
+    """Build the deployment for this machine and run it on `images` (N, C, H, W), one at a time: (N, classes)."""
+    executable = tvm.compile(network_module(network, choices, numerics), target=tvm.target.Target(HOST_TARGET))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    images = np.ascontiguousarray(images, np.float32)
+    return np.stack([vm["main"](tvm.runtime.tensor(images[i : i + 1])).numpy()[0] for i in range(len(images))])
 
 
 def _symbol(layer_name: str) -> str:

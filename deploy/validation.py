@@ -28,18 +28,12 @@ def with_threads_at_most(choices: Mapping[str, Choice], cores: int) -> dict[str,
 def check_against_oracle(choices: Mapping[str, Choice], oracle, images: int | None = None) -> dict[str, Any]:
     """Build `choices` on the oracle's network for this machine and compare its outputs on the held-out
     images (the first `images`; default all) with the oracle's fake-quantised model."""
-    import tvm
-    from tvm import relax
-
-    from deploy.build import network_module
-    from deploy.tvm_kernels import HOST_TARGET
+    from deploy.build import host_logits
 
     start = time.perf_counter()
     mine = {name: choices[name] for name in oracle.layer_names}
-    executable = tvm.compile(network_module(oracle.network, mine, oracle), target=tvm.target.Target(HOST_TARGET))
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    x = oracle.dataset.x_test.contiguous().numpy()[:images]
-    got = np.stack([vm["main"](tvm.runtime.tensor(x[i : i + 1])).numpy()[0] for i in range(len(x))])
+    x = oracle.dataset.x_test.numpy()[:images]
+    got = host_logits(oracle.network, mine, oracle, x)
     precisions = [mine[name].quant for name in oracle.layer_names]
     want = oracle.logits(precisions).numpy()[: len(x)]
     labels = oracle.dataset.y_test.numpy()[: len(x)]
@@ -112,17 +106,11 @@ def layer_sum(network, choices: Mapping[str, Choice], table) -> dict[str, Any]:
 def compare_emulated(network, choices: Mapping[str, Choice], numerics, library: Path, images: np.ndarray) -> dict[str, Any]:
     """Run an aarch64 library under qemu on `images` (N, C, H, W) and the same deployment built for this
     machine; their largest logit difference and top-1 agreement."""
-    import tvm
-    from tvm import relax
-
-    from deploy.build import network_module
+    from deploy.build import host_logits
     from deploy.emulation import run_emulated
-    from deploy.tvm_kernels import HOST_TARGET
 
     start = time.perf_counter()
-    executable = tvm.compile(network_module(network, choices, numerics), target=tvm.target.Target(HOST_TARGET))
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    host = np.stack([vm["main"](tvm.runtime.tensor(images[i : i + 1])).numpy()[0] for i in range(len(images))])
+    host = host_logits(network, choices, numerics, images)
     emulated = np.stack([run_emulated(library, images[i : i + 1]) for i in range(len(images))])
     return {
         "images": len(images),

@@ -67,17 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     record = load_deployment(file)
     target = args.target or record.target
 
-    from deploy.artifact import SeededNumerics, artifact_folder, build_artifact
+    from deploy.artifact import artifact_folder, build_artifact, weights_for
     from deploy.validation import check_against_oracle
     from envs.accuracy import oracle_for
 
     folder = Path(args.out) if args.out else artifact_folder(file.parent, record, target)
     oracle = oracle_for(record.network)
-    if oracle.network == record.network:
-        numerics, weights = oracle, f"trained:{oracle.key}"
-    else:
-        numerics = SeededNumerics(record.network)
-        weights = f"{numerics.provenance} ({record.network.name} has no trained weights; its accuracy is its proxy's)"
+    numerics, weights = weights_for(record.network, oracle)
     start = time.perf_counter()
     manifest = build_artifact(record, file, target, folder, numerics, weights)
     print(f"built {record.network.name} for {target} in {time.perf_counter() - start:.0f} s: {folder}")

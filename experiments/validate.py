@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{run}: not a run folder (no deployment.json)")
     record = load_deployment(run / "deployment.json")
 
-    from deploy.artifact import LIBRARY, SeededNumerics, artifact_folder, build_artifact, verified_manifest
+    from deploy.artifact import LIBRARY, artifact_folder, build_artifact, verified_manifest, weights_for
     from deploy.targets import get_target
     from deploy.tvm_measure import Device, MeasureSettings
     from deploy.validation import check_against_oracle, layer_sum, time_library, with_threads_at_most
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             f"or --target host to validate it built for this machine"
         )
     oracle = oracle_for(record.network)
-    numerics = oracle if oracle.network == record.network else SeededNumerics(record.network)
-    weights = f"trained:{oracle.key}" if numerics is oracle else numerics.provenance
+    numerics, weights = weights_for(record.network, oracle)
     folder = artifact_folder(run, record, target)
     build_artifact(record, run / "deployment.json", target, folder, numerics, weights)
     manifest = verified_manifest(folder)
