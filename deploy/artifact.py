@@ -8,9 +8,9 @@
   file (and of the deployment file it was built from);
 - `run.py`: a runner that needs only the TVM runtime (`deploy/runner.py`, copied).
 
-The kernels' thread count is the runtime's (one thread pool for the whole network): the artifact runs
-every layer on the deployment's largest per-layer thread count, at most the target's cores (`threads`
-in the manifest); a layer the search priced on fewer threads runs on more.
+Every layer runs on the thread count it chose: the module switches the runtime's thread pool between
+runs of layers on different counts (`deploy.build.network_module`); `threads` in the manifest is the
+pool's size, the largest count any layer chose, at most the target's cores.
 """
 
 from __future__ import annotations
@@ -89,13 +89,28 @@ def sha256(path: Path) -> str:
 
 
 def threads_of(record: DeploymentRecord, target: CpuTarget) -> int:
-    """The thread count the artifact runs with: the largest any layer chose, at most the target's cores."""
+    """The artifact's thread pool size: the largest count any layer chose, at most the target's cores."""
     return min(target.spec.cores, max(getattr(c.dataflow, "threads", 1) for c in record.choices.values()))
 
 
 def artifact_folder(run: Path, record: DeploymentRecord, target: str) -> Path:
     """Where a run's artifact for `target` lives: `artifact/` for the deployment's own target, else `artifact-<target>/`."""
     return run / ("artifact" if target == record.target else f"artifact-{target}")
+
+
+def compile_library(network: Network, choices, numerics: NumericsSource, target: str, library: Path) -> dict[str, Any]:
+    """Compile a deployment's whole network for CPU `target` into the shared library `library`
+    (cross-compiled where the target is not this machine); the TVM target used."""
+    tgt = get_target(target)
+    if not isinstance(tgt, CpuTarget):
+        raise ArtifactError(f"target {target!r} is not a CPU: only CPU deployments build into a TVM library")
+    cc = CROSS_COMPILER.get(target)
+    if cc is not None and shutil.which(cc) is None:
+        raise ArtifactError(f"building for {target!r} needs the cross compiler {cc!r} (Debian: gcc-aarch64-linux-gnu)")
+    tvm_target = checked_tvm_target(tgt.tvm_target)
+    executable = tvm.compile(network_module(network, choices, numerics), target=tvm.target.Target(tvm_target))
+    executable.export_library(str(library), **({"cc": cc} if cc else {}))
+    return tvm_target
 
 
 def build_artifact(
@@ -110,13 +125,7 @@ def build_artifact(
     if record.target not in (target, "host", "cortex-a72"):
         raise ArtifactError(f"{deployment_file}: a deployment for {record.target!r} cannot be built for {target!r}")
     folder.mkdir(parents=True, exist_ok=True)
-    tvm_target = checked_tvm_target(tgt.tvm_target)
-    executable = tvm.compile(network_module(record.network, record.choices, numerics), target=tvm.target.Target(tvm_target))
-    library = folder / LIBRARY
-    cc = CROSS_COMPILER.get(target)
-    if cc is not None and shutil.which(cc) is None:
-        raise ArtifactError(f"building for {target!r} needs the cross compiler {cc!r} (Debian: gcc-aarch64-linux-gnu)")
-    executable.export_library(str(library), **({"cc": cc} if cc else {}))
+    tvm_target = compile_library(record.network, record.choices, numerics, target, folder / LIBRARY)
     shutil.copyfile(Path(__file__).with_name("runner.py"), folder / RUNNER)
     first = record.network.layers[0]
     manifest = {

@@ -16,6 +16,7 @@ module's outputs are the fake-quantised torch model's up to float rounding.
 
 from __future__ import annotations
 
+import itertools
 from typing import Mapping, Protocol
 
 import numpy as np
@@ -103,6 +104,13 @@ class _Graph:
         if scale is not None:
             self.scales[name] = scale
 
+    def keep(self, names: set[str]) -> None:
+        """End of a dataflow block: the tensors in `names` (every form held) become its outputs, the rest are dropped."""
+        self.tensors = {
+            name: {precision: self.bb.emit_output(value) for precision, value in forms.items()}
+            for name, forms in self.tensors.items() if name in names
+        }
+
     def get(self, name: str, precision: str, scale: float | None = None) -> relax.Expr:
         """Tensor `name` in `precision` (int8: at `scale`, which must be the one it is stored at when it is int8)."""
         forms = self.tensors[name]
@@ -127,37 +135,71 @@ class _Graph:
         return forms[precision]
 
 
+def layer_threads(network: Network, choices: Mapping[str, Choice]) -> dict[str, int]:
+    """The thread count every layer runs on, as the search priced it (`deploy.deployment.Assembler`):
+    a searchable layer its choice's, the conversions into it too; a fixed layer its first input's
+    (the network's input: 1)."""
+    threads = {NETWORK_INPUT: 1}
+    for layer in network.layers:
+        choice = choices.get(layer.name) if layer.op.searchable else None
+        threads[layer.name] = getattr(choice.dataflow, "threads", 1) if choice else threads[layer.inputs[0]]
+    del threads[NETWORK_INPUT]
+    return threads
+
+
+def _set_threads(count: int) -> relax.Call:
+    """The runtime call that makes the thread pool use `count` workers from here on (it keeps its
+    threads: a switch costs microseconds, `benchmarks/deployments.py` measures it)."""
+    return relax.Call(relax.ExternFunc("runtime.config_threadpool"), [relax.prim_value(1), relax.prim_value(count)],
+                      ty_args=[relax.ObjectType()])
+
+
 def network_module(network: Network, choices: Mapping[str, Choice], numerics: NumericsSource) -> tvm.IRModule:
-    """The Relax module `main(image (1, C, H, W) fp32) -> logits (1, classes) fp32` of a deployment."""
+    """The Relax module `main(image (1, C, H, W) fp32) -> logits (1, classes) fp32` of a deployment.
+
+    Each run of layers on one thread count is a dataflow block; between runs the module switches the
+    runtime's thread pool (capped by the pool's size, `TVM_NUM_THREADS`, which a runner sets)."""
     missing = [layer.name for layer in network.searchable_layers if layer.name not in choices]
     if missing:
         raise ValueError(f"deployment of {network.name!r} has no choice for layer(s) {missing}")
+    threads = layer_threads(network, choices)
+    last_read = {src: i for i, layer in enumerate(network.layers) for src in layer.inputs}
     bb = relax.BlockBuilder()
     image = relax.Var("image", relax.TensorType((1, *network.layers[0].in_shape), "float32"))
-    with bb.function("main", [image]):
-        with bb.dataflow():
-            graph = _Graph(bb, image)
-            for layer in network.layers:
-                if not layer.op.searchable:
-                    graph.put(layer.name, "fp32", _fixed_layer(layer, [graph.get(src, "fp32") for src in layer.inputs]))
-                    continue
-                choice = choices[layer.name]
-                spec = kernel_spec(layer, choice)
-                values = numerics.layer_numerics(layer.name)
-                (source,) = layer.inputs
-                data = graph.get(source, choice.quant, values.input_scale)
-                if layer.op is Op.DENSE:  # flattens its producer
-                    data = bb.emit(relax.op.reshape(data, spec.inputs[0].shape))
-                kernel = build_module(layer, choice)["main"].with_attr("global_symbol", _symbol(layer.name))
-                function = bb.add_func(kernel, _symbol(layer.name))
-                arguments = [data, *(relax.const(a) for a in kernel_arguments(layer, choice, values))]
-                out = relax.call_tir(function, arguments, relax.TensorType(spec.output.shape, spec.output.dtype))
-                graph.put(layer.name, choice.quant, out, values.output_scale if choice.quant == "int8" else None)
-            last = network.layers[-1].name
-            logits = bb.emit(relax.op.reshape(graph.get(last, "fp32"), (1, -1)))
-            out = bb.emit_output(logits)
+    with bb.function("main", [image], pure=False):
+        graph = _Graph(bb, image)
+        runs = [list(group) for _, group in itertools.groupby(enumerate(network.layers), key=lambda il: threads[il[1].name])]
+        for run in runs:
+            bb.emit(_set_threads(threads[run[0][1].name]))
+            with bb.dataflow():
+                for _, layer in run:
+                    _emit_layer(bb, graph, layer, choices.get(layer.name), numerics)
+                end = run[-1][0]
+                if run is runs[-1]:
+                    out = bb.emit_output(relax.op.reshape(graph.get(network.layers[-1].name, "fp32"), (1, -1)))
+                else:
+                    graph.keep({name for name, i in last_read.items() if i > end})
         bb.emit_func_output(out)
     return bb.get()
+
+
+def _emit_layer(bb: relax.BlockBuilder, graph: "_Graph", layer: Layer, choice: Choice | None, numerics: NumericsSource) -> None:
+    """One layer into the current dataflow block: a fixed layer in fp32; a searchable one as its kernel,
+    after the conversions of its input."""
+    if not layer.op.searchable:
+        graph.put(layer.name, "fp32", _fixed_layer(layer, [graph.get(src, "fp32") for src in layer.inputs]))
+        return
+    spec = kernel_spec(layer, choice)
+    values = numerics.layer_numerics(layer.name)
+    (source,) = layer.inputs
+    data = graph.get(source, choice.quant, values.input_scale)
+    if layer.op is Op.DENSE:  # flattens its producer
+        data = bb.emit(relax.op.reshape(data, spec.inputs[0].shape))
+    kernel = build_module(layer, choice)["main"].with_attr("global_symbol", _symbol(layer.name))
+    function = bb.add_func(kernel, _symbol(layer.name))
+    arguments = [data, *(relax.const(a) for a in kernel_arguments(layer, choice, values))]
+    out = relax.call_tir(function, arguments, relax.TensorType(spec.output.shape, spec.output.dtype))
+    graph.put(layer.name, choice.quant, out, values.output_scale if choice.quant == "int8" else None)
 
 
 def host_logits(network: Network, choices: Mapping[str, Choice], numerics: NumericsSource, images: np.ndarray) -> np.ndarray:

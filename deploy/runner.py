@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", nargs="?", help=".npy image (default: zeros)")
     parser.add_argument("--time", type=int, default=0, metavar="N", help="time N runs of the whole network")
-    parser.add_argument("--threads", type=int, help="thread pool size (default: the manifest's)")
+    parser.add_argument("--threads", type=int, help="thread pool size: each layer runs on the count it chose, at most this (default: the manifest's)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
     manifest = json.loads((HERE / "manifest.json").read_text())
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {library}: sha256 differs from manifest.json (edited or corrupted)", file=sys.stderr)
         return 2
     threads = args.threads or manifest["threads"]
-    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # the pool's size, read when TVM starts
     import tvm
     from tvm import relax
 

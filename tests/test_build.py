@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -41,3 +43,28 @@ def test_a_deployment_missing_a_layer_is_refused_by_name(tiny, tiny_oracle):
     del choices["dw"]
     with pytest.raises(ValueError, match=r"no choice for layer\(s\) \['dw'\]"):
         network_module(tiny, choices, tiny_oracle)
+
+
+def test_each_layer_runs_on_the_thread_count_it_chose(tiny, tiny_oracle):
+    """The module switches the runtime's pool wherever the thread count changes, and only there."""
+    import tvm
+    from tvm import relax
+
+    from deploy.build import layer_threads
+    from deploy.tvm_kernels import HOST_TARGET
+
+    space = get_target("host").search_space()
+    names = [layer.name for layer in tiny.searchable_layers]
+    wanted = {name: 2 if i % 2 else 1 for i, name in enumerate(names)}
+    choices = {layer.name: next(c for c in space.valid_choices(layer) if c.quant == "fp32" and c.dataflow.threads == wanted[layer.name])
+               for layer in tiny.searchable_layers}
+    per_layer = layer_threads(tiny, choices)
+    assert all(per_layer[name] == wanted[name] for name in names)
+    runs = 1 + sum(a != b for a, b in zip([per_layer[l.name] for l in tiny.layers], [per_layer[l.name] for l in tiny.layers][1:]))
+    module = network_module(tiny, choices, tiny_oracle)
+    assert module["main"].script().count("runtime.config_threadpool") == runs
+    vm = relax.VirtualMachine(tvm.compile(module, target=tvm.target.Target(HOST_TARGET)), tvm.cpu())
+    last = per_layer[tiny.layers[-1].name]
+    tvm.get_global_func("runtime.config_threadpool")(1, 3 - last)  # the other count: the module must set it
+    vm["main"](tvm.runtime.tensor(tiny_oracle.dataset.x_test[:1].numpy()))
+    assert tvm.get_global_func("runtime.NumThreads")() == min(last, os.cpu_count())
