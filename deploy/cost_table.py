@@ -12,6 +12,7 @@ from envs.space import Choice, SearchSpace
 
 if TYPE_CHECKING:
     from deploy.db import MeasurementDB
+    from deploy.latency_correction import LatencyCorrection
 
 
 class CostTable:
@@ -32,6 +33,8 @@ class CostTable:
             measures.
         measured: fingerprints in `db` of earlier measurements on this target: their costs are used
             before the backend's (a model then fills in only what was never measured).
+        correction: a latency correction applied to every cost the table gives out (the database
+            keeps the backend's own numbers).
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class CostTable:
         db: "MeasurementDB | None" = None,
         estimator: CostBackend | None = None,
         measured: Sequence[str] = (),
+        correction: "LatencyCorrection | None" = None,
     ) -> None:
         if not backend.batch_friendly and (estimator is None or not estimator.batch_friendly):
             raise ValueError(f"a cost table over {backend.provenance} needs a batch-friendly estimator")
@@ -49,7 +53,8 @@ class CostTable:
         self.db = db
         self.fingerprint = backend.fingerprint()
         self.measured = tuple(fp for fp in measured if fp != self.fingerprint)
-        self._estimates = None if backend.batch_friendly else CostTable(estimator, space)  # type: ignore[arg-type]
+        self.correction = correction
+        self._estimates = None if backend.batch_friendly else CostTable(estimator, space, correction=correction)  # type: ignore[arg-type]
         self.choices = tuple(space.all_choices())
         """Every action of the space decoded, in the order of `latency_array`."""
         self._position = {c.key: i for i, c in enumerate(self.choices)}
@@ -67,7 +72,9 @@ class CostTable:
         missing = [c for c in self.space.valid_choices(layer) if c.key not in known]
         if missing:
             self._compute(layer, missing)
-        return known
+        if self.correction is None:
+            return known
+        return {key: self._corrected(layer, key, cost) for key, cost in known.items()}
 
     def cost(self, layer: Layer, choice: Choice) -> Cost:
         """Cost of one valid choice; ChoiceRejected, without asking the backend again, for one it rejected before."""
@@ -85,7 +92,7 @@ class CostTable:
                 self._reject(layer, choice, str(err))
                 raise
             hit = known[choice.key]
-        return hit
+        return self._corrected(layer, choice.key, hit)
 
     def rejected(self, layer: Layer) -> dict[str, str]:
         """Choices the backend rejected for good for this layer (here or in an earlier run), with the reason."""
@@ -122,13 +129,15 @@ class CostTable:
         arrays = self._arrays.get(layer.signature)
         if arrays is None:
             if self._estimates is None:
-                costs = self.layer_costs(layer)
+                costs = self._load(layer)
+                self.layer_costs(layer)  # computes what is missing into `costs`
                 latency, memory = np.full(len(self._position), np.nan), np.full(len(self._position), np.nan)
             else:
                 costs = self._load(layer)
                 latency, memory = (a.copy() for a in self._estimates.latency_array(layer))
             for key, cost in costs.items():
-                latency[self._position[key]], memory[self._position[key]] = cost.latency_ms, cost.memory_bytes
+                latency[self._position[key]] = self._corrected(layer, key, cost).latency_ms
+                memory[self._position[key]] = cost.memory_bytes
             for key in self._rejected.get(layer.signature, ()):
                 latency[self._position[key]] = memory[self._position[key]] = np.nan
             arrays = self._arrays[layer.signature] = (latency, memory)
@@ -152,7 +161,8 @@ class CostTable:
         key = ("fixed", layer.signature, fmt, threads)
         hit = self._fixed.get(key)
         if hit is None:
-            hit = self._fixed[key] = self.backend.fixed_layer_cost(layer, fmt, threads)
+            hit = self.backend.fixed_layer_cost(layer, fmt, threads)
+            hit = self._fixed[key] = hit if self.correction is None else self.correction.fixed_cost(hit)
         return hit
 
     def conversion_cost(self, elements: int, src: TensorFormat, dst: TensorFormat, threads: int) -> Cost:
@@ -160,7 +170,8 @@ class CostTable:
         key = ("convert", elements, src, dst, threads)
         hit = self._fixed.get(key)
         if hit is None:
-            hit = self._fixed[key] = self.backend.conversion_cost(elements, src, dst, threads)
+            hit = self.backend.conversion_cost(elements, src, dst, threads)
+            hit = self._fixed[key] = hit if self.correction is None else self.correction.conversion_cost(hit)
         return hit
 
     def conversion_matrix(self, elements: int) -> np.ndarray:
@@ -182,6 +193,12 @@ class CostTable:
         if vector is None:
             vector = self._fixed[key] = np.array([self.fixed_layer_cost(layer, f, t).latency_ms for f, t in self.states()[0]])
         return vector
+
+    def _corrected(self, layer: Layer, key: str, cost: Cost) -> Cost:
+        """A cost as the table gives it out: corrected when the table has a correction."""
+        if self.correction is None:
+            return cost
+        return self.correction.layer_cost(layer, self.choices[self._position[key]], cost)
 
     def _load(self, layer: Layer) -> dict[str, Cost]:
         known = self._layers.get(layer.signature)
@@ -219,4 +236,5 @@ class CostTable:
         for c, cost in zip(choices, costs):
             known[c.key] = cost
             if arrays is not None:
-                arrays[0][self._position[c.key]], arrays[1][self._position[c.key]] = cost.latency_ms, cost.memory_bytes
+                arrays[0][self._position[c.key]] = self._corrected(layer, c.key, cost).latency_ms
+                arrays[1][self._position[c.key]] = cost.memory_bytes

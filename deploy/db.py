@@ -1,8 +1,10 @@
 """The measurement database: every `Cost` lands here first, and a hit is never recomputed.
 
 A SQLite file keyed by (target fingerprint, layer signature, choice key), all plain strings from callers;
-beside the costs, the choices a backend rejected for good (with the reason), and the measured
-accuracies of precision assignments, keyed by the accuracy oracle.
+beside the costs, the choices a backend rejected for good (with the reason), the measured
+accuracies of precision assignments, keyed by the accuracy oracle, whole deployments measured as one
+network (keyed by device fingerprint, network fingerprint and deployment digest), and the latency
+corrections fitted to them, with their provenance.
 One file is shared across runs and by concurrent worker processes: WAL journal, a 30 s busy timeout,
 short `BEGIN IMMEDIATE` transactions, and first-writer-wins inserts, so a measurement is never
 silently replaced (only `merge_from` upgrades a row, and only with one of more repeats).
@@ -50,6 +52,14 @@ CREATE TABLE IF NOT EXISTS accuracies (
     oracle TEXT NOT NULL, assignment TEXT NOT NULL, accuracy REAL NOT NULL, provenance TEXT NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (oracle, assignment)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS networks (
+    fingerprint TEXT NOT NULL, network TEXT NOT NULL, deployment TEXT NOT NULL, choices TEXT NOT NULL,
+    measurement TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (fingerprint, network, deployment)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS corrections (
+    name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, document TEXT NOT NULL, created_at REAL NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
@@ -144,6 +154,38 @@ class MeasurementDB:
             "SELECT description FROM targets WHERE fingerprint = ?", (fingerprint,)
         ).fetchone()
         return None if row is None else json.loads(row[0])
+
+    def put_network(self, fingerprint: str, network: str, deployment: str, choices: dict[str, Any],
+                    measurement: dict[str, Any]) -> None:
+        """Store a whole-network measurement of one deployment (`choices` as JSON) on the device with
+        `fingerprint` (first writer wins)."""
+        with self._write():
+            self._conn.execute(
+                "INSERT INTO networks VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (fingerprint, network, deployment, json.dumps(choices, sort_keys=True), json.dumps(measurement), time.time()),
+            )
+
+    def network_measurement(self, fingerprint: str, network: str, deployment: str) -> dict[str, Any] | None:
+        """A stored whole-network measurement, or None."""
+        row = self._conn.execute(
+            "SELECT measurement FROM networks WHERE fingerprint = ? AND network = ? AND deployment = ?",
+            (fingerprint, network, deployment),
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_correction(self, name: str, fingerprint: str, document: dict[str, Any]) -> None:
+        """Store (or replace: a refit supersedes) the latency correction `name` for the cost table with
+        `fingerprint`; `document` holds the correction and its provenance."""
+        with self._write():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO corrections VALUES (?, ?, ?, ?)",
+                (name, fingerprint, json.dumps(document, sort_keys=True), time.time()),
+            )
+
+    def correction(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        """(cost table fingerprint, document) of a stored latency correction, or None."""
+        row = self._conn.execute("SELECT fingerprint, document FROM corrections WHERE name = ?", (name,)).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
 
     def put_rejection(self, fingerprint: str, signature: str, choice_key: str, reason: str) -> None:
         """Record that the backend will never price this choice for this layer (first writer wins)."""

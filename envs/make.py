@@ -10,6 +10,7 @@ from pathlib import Path
 from deploy.cost_table import CostTable
 from deploy.db import MeasurementDB
 from deploy.deployment import evaluate
+from deploy.latency_correction import load_correction
 from deploy.optimum import best_choices
 from deploy.targets import get_target
 from deploy.tvm_measure import Device, MeasureSettings
@@ -46,18 +47,21 @@ def make_cost_table(
     db_path: str | Path | None = None,
     device: Device | None = None,
     settings: MeasureSettings | SimulationSettings | None = None,
+    correction_file: str | Path | None = None,
 ) -> CostTable:
     """The cost table of a registered target: its model, TVM measurement on `device` (a board over
     RPC, or this machine for `host`), or ZigZag simulation for an NPU, with `settings`, over the
     measurement database at `db_path` (None: in memory). Without a board, what was measured on this
-    target before (on any board) is used before the model."""
+    target before (on any board) is used before the model. With `correction_file` (written by
+    `experiments/fit_latency_correction.py` for this target and these costs) every cost is corrected."""
     tgt = get_target(target)
     db = MeasurementDB(db_path) if db_path is not None else None
     backend = tgt.backend(device, settings)
+    correction = None if correction_file is None else load_correction(correction_file, tgt.name, backend.fingerprint())
     # without a board, earlier measurements of this target stand in for the model; a board uses only its own
     earlier = db.fingerprints_of(tgt.name) if db is not None and backend.batch_friendly else []
     measured = [fp for fp in earlier if fp.startswith("measured:")]
-    table = CostTable(backend, tgt.search_space(), db, estimator=tgt.model(), measured=measured)
+    table = CostTable(backend, tgt.search_space(), db, estimator=tgt.model(), measured=measured, correction=correction)
     if db is not None:
         description = {**tgt.describe(), "provenance": backend.provenance}
         if backend.provenance.startswith("measured:"):

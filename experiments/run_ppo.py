@@ -100,6 +100,8 @@ class Config:
     """agent, or a FlowOptimizer criterion (latency, energy, edp): the environment picks each layer's best dataflow"""
     implementation: str = "agent"
     """agent, or fastest: the agent chooses architecture and quantization only, the environment the fastest algorithm and dataflow for them"""
+    latency_correction: str | None = None
+    """search on costs corrected by this file (experiments/fit_latency_correction.py, for this target): whole-network latency"""
     zigzag_lpf: int = 4
     """NPU targets: loop prime factors ZigZag's temporal-mapping search permutes (higher = more thorough, slower)"""
     arch: bool = False
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     db_path.parent.mkdir(parents=True, exist_ok=True)
     measured_on = Device.parse(config.rpc, config.rpc_tracker, config.rpc_key) if config.rpc or config.rpc_tracker else None
     settings = SimulationSettings(lpf_limit=config.zigzag_lpf) if isinstance(target, NpuTarget) else None
-    costs = make_cost_table(config.target, db_path, measured_on, settings)  # shared by every environment copy
+    costs = make_cost_table(config.target, db_path, measured_on, settings, config.latency_correction)  # shared by every environment copy
     reused = oracle.use_database(costs.db)
     if reused:
         print(f"reusing {reused} accuracies measured before in {db_path}")

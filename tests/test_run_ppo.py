@@ -271,6 +271,7 @@ def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board
         (["--arch", "--net", "mobilenet_v1"], "network 'mobilenet_v1' has no architecture space"),
         (["--arch", "--proxy", "mnist"], "unknown proxy data set 'mnist'"),
         (["--predictor-samples", "50"], "--predictor-samples predicts sub-network accuracy: it needs --arch"),
+        (["--latency-correction", "nope.json"], "nope.json: cannot read a latency correction"),
     ],
 )
 def test_bad_arguments_give_a_clear_error_and_no_traceback(args, message, tmp_path, capsys, monkeypatch):

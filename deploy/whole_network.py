@@ -1,0 +1,205 @@
+"""Whole-network latency: sampled deployments measured end to end, and the layer-adaptive correction
+(Zeng et al., ASP-DAC 2020) that makes a deployment's summed per-layer costs predict it.
+
+A deployment's cost table sums kernels timed alone, pools and adds and conversions as modelled; the
+network built as one module (`deploy.build`) runs them back to back, with the runtime dispatching
+each call, caches warm or cold from the layer before, and the thread pool switching between layers.
+`fit_network_correction` fits, from whole-network measurements, the form
+
+    measured ≈ Σ_classes a_c · (summed latency of the class's searchable layers)
+               + a_fixed · (pools, adds, concatenations) + a_conv · (conversions)
+
+with one factor per class of kernel (op and precision: `kernel_kind`), by bounded least squares on
+relative errors, each factor pulled towards 1 by pseudo-samples (`PRIOR`), so a class the samples say
+little about stays near its kernels' own numbers. There is no per-network or per-layer constant: within
+one network it cannot be told from the fixed layers, and it would not carry over to another network.
+The result is a `LatencyCorrection`: a cost table with it (`CostTable(correction=...)`) gives the
+corrected sum layer by layer, so the search optimises what the network measures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from deploy.deployment import NetworkCost
+from deploy.latency_correction import LatencyCorrection
+from envs.network import Layer, Network
+from envs.space import ALGORITHMS, Choice, SearchSpace
+
+PRIOR = 0.1
+"""Weight of the pull of each factor towards 1 (no correction), as a fraction of the samples' weight:
+what separates factors the samples cannot (e.g. two networks' pools, adds and dispatch, each nearly
+constant within a network)."""
+MIN_SHARE = 0.02
+"""A class's pull towards 1 is as strong as for a class that is at least this share of the latency: a
+class too small to move the totals keeps its kernels' own numbers."""
+FACTOR_BOUNDS = (0.1, 10.0)
+"""A class's factor is kept within these: a kernel is not 10x off its own measurement."""
+THEMES = ("one precision", "mixed")
+"""How a sampled deployment draws precisions: one for every layer, or each layer its own."""
+
+
+@dataclass(frozen=True)
+class NetworkSample:
+    """One deployment measured as a whole network, beside its cost table's sum of layers."""
+
+    network: Network
+    choices: Mapping[str, Choice]
+    priced: NetworkCost
+    measured_ms: float
+
+
+def deployment_digest(choices: Mapping[str, Choice]) -> str:
+    """A short hash naming a deployment (its layers' choice keys)."""
+    blob = json.dumps(sorted((name, c.key) for name, c in choices.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def sample_deployments(network: Network, space: SearchSpace, count: int, seed: int) -> list[dict[str, Choice]]:
+    """`count` deployments spread over the space: each draws a precision theme (one of the space's
+    precisions for every layer, or each layer its own) and a thread count (one for every layer, or
+    each layer its own), then every layer a uniformly random valid choice within both."""
+    rng = np.random.default_rng(seed)
+    quants = sorted({q for q, _ in space.quant_algos})
+    thread_counts = sorted({getattr(d, "threads", 1) for d in space.dataflows})
+
+    def theme(options: list) -> object:
+        """One of `options` for every layer, or None (each layer its own), equally likely."""
+        pick = int(rng.integers(len(options) + 1))
+        return None if pick == len(options) else options[pick]
+
+    out = []
+    for _ in range(count):
+        quant, threads = theme(quants), theme(thread_counts)
+        choices = {}
+        for layer in network.searchable_layers:
+            valid = space.valid_choices(layer)
+            within = [c for c in valid if quant in (None, c.quant) and threads in (None, getattr(c.dataflow, "threads", 1))] or valid
+            choices[layer.name] = within[rng.integers(len(within))]
+        out.append(choices)
+    return out
+
+
+def kernel_kind(layer: Layer, choice: Choice) -> str:
+    """The class a whole-network correction fits a factor to: op and precision."""
+    return f"{layer.op.name}/{choice.quant}"
+
+
+def features(network: Network, cost: NetworkCost) -> dict[str, float]:
+    """What the correction's form weighs: summed ms per kernel class, of fixed layers and of conversions."""
+    out: dict[str, float] = {"fixed": 0.0, "conversion": cost.conversion_ms}  # the output's included
+    for part in cost.layers:
+        if part.choice is None:
+            out["fixed"] += part.latency_ms
+        else:
+            key = kernel_kind(network[part.name], part.choice)
+            out[key] = out.get(key, 0.0) + part.latency_ms
+    return out
+
+
+def fit_network_correction(samples: Sequence[NetworkSample], fitted_to: str, prior: float = PRIOR) -> LatencyCorrection:
+    """The correction that makes the samples' sums of layers predict their measured latency (module
+    docstring), fitted twice: per precision with every factor pulled towards 1, then per kind (op and
+    precision) with each pulled towards its precision's factor."""
+    if not samples:
+        raise ValueError("no whole-network measurements to fit a latency correction to")
+    rows = [features(s.network, s.priced) for s in samples]
+    measured = np.array([s.measured_ms for s in samples])
+    kinds = sorted({k for r in rows for k in r} - {"fixed", "conversion"})
+    quant_of = {kind: kind.split("/")[1] for kind in kinds}
+    quants = sorted(set(quant_of.values()))
+    by_quant = [{quant: sum(v for k, v in r.items() if quant_of.get(k) == quant) for quant in quants} | r for r in rows]
+    coarse = _bounded_fit(by_quant, measured, [*quants, "fixed", "conversion"], {}, prior)
+    fine = _bounded_fit(rows, measured, [*kinds, "fixed", "conversion"],
+                        {kind: coarse[quant_of[kind]] for kind in kinds} | coarse, prior)
+    log_factors = {"all": float(np.mean([math.log(coarse[q]) for q in quants])) if quants else 0.0}
+    log_factors |= {quant: math.log(coarse[quant]) for quant in quants}  # a kind never sampled: its precision's
+    for kind in kinds:  # each kind's factor on every algorithm's class
+        for algo in ALGORITHMS:
+            log_factors[f"{kind}/{algo}"] = math.log(fine[kind])
+    return LatencyCorrection(
+        log_factors, len(samples), fixed_log_factor=math.log(fine["fixed"]),
+        conversion_log_factor=math.log(fine["conversion"]), fitted_to=fitted_to,
+    )
+
+
+def _bounded_fit(rows: Sequence[Mapping[str, float]], measured: np.ndarray, columns: list[str],
+                 parents: Mapping[str, float], prior: float) -> dict[str, float]:
+    """Factors of `columns` (each row: summed ms per column) minimising relative error to `measured`,
+    within `FACTOR_BOUNDS`, each pulled towards its parent's (default 1) with weight `prior` x the
+    samples' at the column's share (at least `MIN_SHARE`) of the latency."""
+    from scipy.optimize import lsq_linear
+
+    x = np.array([[r.get(c, 0.0) for c in columns] for r in rows]) / measured[:, None]
+    shares = np.maximum(x.mean(axis=0), MIN_SHARE)
+    weight = math.sqrt(prior * len(rows)) * shares
+    targets = np.array([parents.get(c, 1.0) for c in columns])
+    a = np.vstack([x, np.diag(weight)])
+    b = np.concatenate([np.ones(len(rows)), weight * targets])
+    return dict(zip(columns, lsq_linear(a, b, bounds=FACTOR_BOUNDS).x))
+
+
+def corrected_sum(correction: LatencyCorrection, network: Network, cost: NetworkCost) -> float:
+    """The deployment's sum of layers with `correction` applied to each part (what a cost table with the
+    correction sums)."""
+    total = cost.conversion_ms * math.exp(correction.conversion_log_factor)
+    for part in cost.layers:
+        if part.choice is None:
+            total += part.latency_ms * math.exp(correction.fixed_log_factor)
+        else:
+            total += part.latency_ms * correction.factor(network[part.name], part.choice)
+    return total
+
+
+def prediction_errors(samples: Sequence[NetworkSample], correction: LatencyCorrection | None) -> dict[str, Any]:
+    """How well the sum of layers (corrected, when given) predicts the measured latency: median and
+    largest absolute error in percent, mean signed error, Spearman rank correlation."""
+    from scipy.stats import spearmanr
+
+    measured = np.array([s.measured_ms for s in samples])
+    predicted = np.array([
+        s.priced.latency_ms if correction is None else corrected_sum(correction, s.network, s.priced) for s in samples
+    ])
+    errors = 100 * (predicted / measured - 1)
+    rho = float(spearmanr(predicted, measured).statistic) if len(samples) > 2 else None
+    return {"samples": len(samples), "median_abs_error_percent": float(np.median(np.abs(errors))),
+            "max_abs_error_percent": float(np.abs(errors).max()), "mean_error_percent": float(errors.mean()),
+            "spearman": rho}
+
+
+def leave_one_network_out(samples: Sequence[NetworkSample], fitted_to: str) -> dict[str, dict[str, Any]]:
+    """For every network: fit on the others' samples, and the errors on its own before and after."""
+    names = sorted({s.network.name for s in samples})
+    if len(names) < 2:
+        raise ValueError("leave-one-network-out needs samples of at least two networks")
+    out = {}
+    for name in names:
+        held = [s for s in samples if s.network.name == name]
+        correction = fit_network_correction([s for s in samples if s.network.name != name], fitted_to)
+        out[name] = {"uncorrected": prediction_errors(held, None), "corrected": prediction_errors(held, correction)}
+    return out
+
+
+def measure_network(
+    network: Network, choices: Mapping[str, Choice], numerics, target: str, device, settings
+) -> dict[str, Any]:
+    """Build the deployment for `target` as one library and time it on `device` (`validation.time_library`):
+    median and IQR in ms, repeats, the pool's thread count, provenance."""
+    from deploy.artifact import compile_library
+    from deploy.targets import get_target
+    from deploy.validation import time_library
+
+    cores = get_target(target).spec.cores
+    threads = min(cores, max(getattr(c.dataflow, "threads", 1) for c in choices.values()))
+    with tempfile.TemporaryDirectory() as folder:
+        library = Path(folder) / f"{deployment_digest(choices)}.so"
+        compile_library(network, choices, numerics, target, library)
+        return time_library(library, (1, *network.layers[0].in_shape), threads, device, settings)

@@ -1,0 +1,156 @@
+"""Whole-network latency: the layer-adaptive correction recovers a planted device from whole networks
+only, a cost table applies it layer by layer, and a real host measures a built deployment."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from deploy.cost_table import CostTable
+from deploy.deployment import evaluate
+from deploy.latency_correction import algorithm_class, correction_document, load_correction
+from deploy.targets import get_target
+from deploy.whole_network import (NetworkSample, corrected_sum, deployment_digest, fit_network_correction,
+                                  leave_one_network_out, prediction_errors, sample_deployments)
+from envs.network import Op
+from envs.zoo import get_network, small_input_variant
+
+TARGET = get_target("cortex-a72")
+TABLE = CostTable(TARGET.model(), TARGET.search_space())
+NETWORKS = (get_network("mobilenet_v2_32"), small_input_variant("resnet18"))
+
+
+def _planted_ms(network, choices) -> float:
+    """A device on which int8 kernels run 1.6x slower than their table says, depthwise ones 0.7x, pools
+    and adds 2x, conversions 1.5x."""
+    cost = evaluate(network, choices, TABLE)
+    total = 1.5 * cost.conversion_ms
+    for part in cost.layers:
+        if part.choice is None:
+            total += 2.0 * part.latency_ms
+        else:
+            factor = (1.6 if part.choice.quant == "int8" else 1.0) * (0.7 if network[part.name].op is Op.DEPTHWISE else 1.0)
+            total += factor * part.latency_ms
+    return total
+
+
+def _samples(count: int, seed: int) -> list[NetworkSample]:
+    out = []
+    for network in NETWORKS:
+        for choices in sample_deployments(network, TABLE.space, count, seed):
+            out.append(NetworkSample(network, choices, evaluate(network, choices, TABLE), _planted_ms(network, choices)))
+    return out
+
+
+def test_sampled_deployments_spread_over_precisions_and_threads():
+    network = NETWORKS[0]
+    samples = sample_deployments(network, TABLE.space, 30, seed=0)
+    assert samples == sample_deployments(network, TABLE.space, 30, seed=0)  # seeded
+    assert len({deployment_digest(c) for c in samples}) == 30
+    themes = {tuple(sorted({c.quant for c in s.values()})) for s in samples}
+    assert {("fp32",), ("int8",), ("fp16",)} <= themes and any(len(t) == 3 for t in themes)
+    threads = {tuple(sorted({c.dataflow.threads for c in s.values()})) for s in samples}
+    assert (1,) in threads and (4,) in threads and any(len(t) > 1 for t in threads)
+
+
+def test_fit_recovers_a_planted_device_and_predicts_a_network_it_never_saw():
+    samples = _samples(30, seed=0)
+    held_out = _samples(10, seed=1)
+    correction = fit_network_correction(samples, "planted")
+    before = prediction_errors(held_out, None)
+    after = prediction_errors(held_out, correction)
+    assert before["median_abs_error_percent"] > 10
+    assert after["median_abs_error_percent"] < 2
+    assert math.exp(correction.log_factors["POINTWISE/int8/im2col"]) == pytest.approx(1.6, rel=0.05)
+    assert math.exp(correction.log_factors["DEPTHWISE/fp32/depthwise"]) == pytest.approx(0.7, rel=0.2)
+    assert math.exp(correction.fixed_log_factor) == pytest.approx(2.0, rel=0.1)
+    lono = leave_one_network_out(samples, "planted")
+    assert set(lono) == {n.name for n in NETWORKS}
+    resnet = lono[NETWORKS[1].name]  # every kind of layer it has, MobileNetV2 has too (not the reverse: depthwise)
+    for measure in ("median_abs_error_percent", "max_abs_error_percent"):
+        assert resnet["corrected"][measure] < 0.75 * resnet["uncorrected"][measure]
+    assert resnet["corrected"]["spearman"] > resnet["uncorrected"]["spearman"]
+
+
+def test_a_cost_table_with_the_correction_sums_what_the_fit_predicts():
+    samples = _samples(12, seed=0)
+    correction = fit_network_correction(samples, "planted")
+    corrected = CostTable(TARGET.model(), TARGET.search_space(), correction=correction)
+    for s in samples[:4] + samples[-4:]:
+        got = evaluate(s.network, s.choices, corrected).latency_ms
+        assert got == pytest.approx(corrected_sum(correction, s.network, s.priced), rel=1e-9)
+    layer = NETWORKS[0].searchable_layers[3]
+    choice = TABLE.space.valid_choices(layer)[0]
+    assert corrected.cost(layer, choice).provenance.endswith(f"+corrected:{correction.digest}")
+    latency = corrected.latency_array(layer)[0][corrected.choices.index(choice)]
+    assert latency == pytest.approx(corrected.cost(layer, choice).latency_ms)
+    assert algorithm_class(layer, choice) in correction.log_factors  # the fitted kind reaches every algorithm
+
+
+def test_a_correction_file_is_refused_for_another_target_or_costs(tmp_path):
+    correction = fit_network_correction(_samples(6, seed=0), "planted")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(correction_document(correction, "cortex-a72", TABLE.fingerprint)))
+    assert load_correction(path, "cortex-a72", TABLE.fingerprint) == correction
+    with pytest.raises(ValueError, match="c.json: fitted to target 'cortex-a72'.*this run prices 'host'"):
+        load_correction(path, "host", TABLE.fingerprint)
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="c.json: not a latency correction file"):
+        load_correction(path, "cortex-a72", TABLE.fingerprint)
+
+
+def test_fewer_than_two_networks_cannot_be_left_out():
+    with pytest.raises(ValueError, match="at least two networks"):
+        leave_one_network_out([s for s in _samples(3, seed=0) if s.network is NETWORKS[0]], "planted")
+    with pytest.raises(ValueError, match="no whole-network measurements"):
+        fit_network_correction([], "nothing")
+
+
+def test_a_built_deployment_is_timed_whole_on_this_machine_and_stored(tiny, tmp_path):
+    """Real TVM: the tiny network built as one library and timed with time_evaluator; the database keeps it."""
+    from deploy.artifact import SeededNumerics
+    from deploy.db import MeasurementDB
+    from deploy.tvm_measure import Device, MeasureSettings
+    from deploy.whole_network import measure_network
+
+    space = get_target("host").search_space()
+    (choices,) = sample_deployments(tiny, space, 1, seed=3)
+    result = measure_network(tiny, choices, SeededNumerics(tiny), "host", Device(), MeasureSettings(repeats=3, min_repeat_ms=0))
+    assert result["provenance"] == "measured:local:vm:whole-network"
+    assert result["repeats"] == 3 and 0 < result["iqr_ms"][0] <= result["median_ms"] <= result["iqr_ms"][1] < 100
+    db = MeasurementDB(tmp_path / "m.sqlite")
+    db.put_network("fp", tiny.fingerprint, deployment_digest(choices), {n: c.to_dict() for n, c in choices.items()}, result)
+    assert db.network_measurement("fp", tiny.fingerprint, deployment_digest(choices)) == result
+    assert db.network_measurement("fp", tiny.fingerprint, "other") is None
+
+
+def test_the_fit_script_refuses_a_target_it_cannot_build(tmp_path):
+    from experiments.fit_latency_correction import main
+
+    with pytest.raises(ValueError, match="npu-eyeriss.*not a CPU"):
+        main(["--target", "npu-eyeriss", "--logdir", str(tmp_path)])
+    with pytest.raises(ValueError, match="runs on its board"):
+        main(["--target", "cortex-a72", "--logdir", str(tmp_path)])
+    with pytest.raises(ValueError, match="--samples must be at least 1"):
+        main(["--samples", "0", "--logdir", str(tmp_path)])
+    assert not (tmp_path / "corrections").exists()
+
+
+def test_a_run_searches_on_corrected_costs_and_the_database_keeps_the_measured_ones(tmp_path):
+    from envs.make import make_cost_table
+
+    correction = fit_network_correction(_samples(6, seed=0), "planted")
+    path = tmp_path / "a72.json"
+    path.write_text(json.dumps(correction_document(correction, "cortex-a72", TABLE.fingerprint)))
+    layer = NETWORKS[0].searchable_layers[5]
+    choice = next(c for c in TABLE.space.valid_choices(layer) if c.quant == "int8")
+    corrected = make_cost_table("cortex-a72", tmp_path / "m.sqlite", correction_file=path)
+    plain = make_cost_table("cortex-a72", tmp_path / "m.sqlite")
+    assert corrected.cost(layer, choice).latency_ms == pytest.approx(
+        plain.cost(layer, choice).latency_ms * correction.factor(layer, choice))
+    assert plain.db.get(plain.fingerprint, layer.signature, choice.key).latency_ms == plain.cost(layer, choice).latency_ms
+    with pytest.raises(ValueError, match="a72.json: fitted to target 'cortex-a72'"):
+        make_cost_table("host", tmp_path / "m.sqlite", correction_file=path)
