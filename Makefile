@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test cross-tools bench bench-search calibrate clean-venv
+.PHONY: run test cross-tools bench bench-search bench-deployments calibrate clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(VENV)/.installed  ## benchmark JSON + PNG into benchmarks/out/
 
 bench-search: $(VENV)/.installed  ## every agent against the exact references, 3 seeds (hours; resumable)
 	$(PY) benchmarks/search_quality.py
+
+bench-deployments: $(VENV)/.installed  ## the searched artifact vs TVM default, PyTorch, ONNX Runtime; the whole-network correction (~1.5 h)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/deployments.py
 
 calibrate: $(VENV)/.installed  ## refit the A72 model to the public figures (writes deploy/data/cortex_a72.json)
 	$(PY) experiments/calibrate_cpu_model.py

@@ -17,7 +17,7 @@ module's outputs are the fake-quantised torch model's up to float rounding.
 from __future__ import annotations
 
 import itertools
-from typing import Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import tvm
@@ -213,3 +213,44 @@ def host_logits(network: Network, choices: Mapping[str, Choice], numerics: Numer
 def _symbol(layer_name: str) -> str:
     """A C symbol for a layer's kernel."""
     return "k_" + "".join(c if c.isalnum() else "_" for c in layer_name)
+
+
+def module_memory(module: tvm.IRModule) -> dict[str, int]:
+    """What a deployment's module holds in memory, computed from its `main`: the weights (every
+    constant, once) and the peak of the intermediate tensors alive at once (the image included; a
+    tensor lives from its binding to its last use; a renaming binding is the same tensor), in bytes."""
+    main = module["main"]
+    weights: dict[Any, int] = {}
+    root: dict[Any, Any] = {}
+    size = {main.params[0]: _tensor_bytes(main.params[0].ty)}
+    born = {main.params[0]: 0}
+    last = {main.params[0]: 0}
+
+    def visit(expr: Any, at: int) -> None:
+        if isinstance(expr, tvm.ir.expr.GenericConst):
+            weights[expr] = _tensor_bytes(expr.ty)
+        elif isinstance(expr, relax.Var):
+            last[root.get(expr, expr)] = at
+        elif isinstance(expr, (relax.Call, relax.Tuple)):
+            for part in expr.args if isinstance(expr, relax.Call) else expr.fields:
+                visit(part, at)
+
+    bindings = [b for block in main.body.blocks for b in block.bindings]
+    for at, binding in enumerate(bindings, start=1):
+        if isinstance(binding.value, relax.Var):  # a dataflow output: the tensor it names
+            root[binding.var] = root.get(binding.value, binding.value)
+            continue
+        visit(binding.value, at)
+        size[binding.var], born[binding.var], last[binding.var] = _tensor_bytes(binding.var.ty), at, at
+    visit(main.body.body, len(bindings) + 1)
+    peak = max(sum(size[v] for v in size if born[v] <= at <= last[v]) for at in range(len(bindings) + 2))
+    return {"weights_bytes": sum(weights.values()), "peak_activation_bytes": peak,
+            "total_bytes": sum(weights.values()) + peak}
+
+
+def _tensor_bytes(ty: Any) -> int:
+    """Bytes of a tensor type (0 for anything else, e.g. the thread-pool calls' results)."""
+    shape, dtype = getattr(ty, "shape", None), getattr(ty, "dtype", None)
+    if shape is None or dtype is None:
+        return 0
+    return int(np.prod([int(d) for d in shape])) * np.dtype(str(dtype)).itemsize

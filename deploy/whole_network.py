@@ -162,21 +162,26 @@ def corrected_sum(correction: LatencyCorrection, network: Network, cost: Network
 def prediction_errors(samples: Sequence[NetworkSample], correction: LatencyCorrection | None) -> dict[str, Any]:
     """How well the sum of layers (corrected, when given) predicts the measured latency: median and
     largest absolute error in percent, mean signed error, Spearman rank correlation."""
-    from scipy.stats import spearmanr
-
     measured = np.array([s.measured_ms for s in samples])
     predicted = np.array([
         s.priced.latency_ms if correction is None else corrected_sum(correction, s.network, s.priced) for s in samples
     ])
+    return _errors(predicted, measured)
+
+
+def _errors(predicted: np.ndarray, measured: np.ndarray) -> dict[str, Any]:
+    """Median, largest and mean error of `predicted` in percent of `measured`, and their Spearman."""
+    from scipy.stats import spearmanr
+
     errors = 100 * (predicted / measured - 1)
-    rho = float(spearmanr(predicted, measured).statistic) if len(samples) > 2 else None
-    return {"samples": len(samples), "median_abs_error_percent": float(np.median(np.abs(errors))),
+    rho = float(spearmanr(predicted, measured).statistic) if len(measured) > 2 else None
+    return {"samples": len(measured), "median_abs_error_percent": float(np.median(np.abs(errors))),
             "max_abs_error_percent": float(np.abs(errors).max()), "mean_error_percent": float(errors.mean()),
             "spearman": rho}
 
 
 def leave_one_network_out(samples: Sequence[NetworkSample], fitted_to: str) -> dict[str, dict[str, Any]]:
-    """For every network: fit on the others' samples, and the errors on its own before and after."""
+    """For every network: the correction fitted on the others' samples, and the errors on its own before and after."""
     names = sorted({s.network.name for s in samples})
     if len(names) < 2:
         raise ValueError("leave-one-network-out needs samples of at least two networks")
@@ -184,8 +189,27 @@ def leave_one_network_out(samples: Sequence[NetworkSample], fitted_to: str) -> d
     for name in names:
         held = [s for s in samples if s.network.name == name]
         correction = fit_network_correction([s for s in samples if s.network.name != name], fitted_to)
-        out[name] = {"uncorrected": prediction_errors(held, None), "corrected": prediction_errors(held, correction)}
+        out[name] = {"uncorrected": prediction_errors(held, None), "corrected": prediction_errors(held, correction),
+                     "correction": correction.to_dict()}
     return out
+
+
+def cross_validated(samples: Sequence[NetworkSample], fitted_to: str, folds: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Errors on held-out deployments: the samples split at random into `folds`, each predicted by the
+    correction fitted on the others; the errors over all of them, before and after."""
+    if len(samples) < folds:
+        raise ValueError(f"{folds}-fold cross-validation needs at least {folds} samples, not {len(samples)}")
+    order = np.random.default_rng(seed).permutation(len(samples))
+    predicted: list[LatencyCorrection] = [None] * len(samples)  # type: ignore[list-item]
+    for fold in range(folds):
+        held = set(order[fold::folds].tolist())
+        correction = fit_network_correction([s for i, s in enumerate(samples) if i not in held], fitted_to)
+        for i in held:
+            predicted[i] = correction
+    measured = np.array([s.measured_ms for s in samples])
+    corrected = np.array([corrected_sum(c, s.network, s.priced) for c, s in zip(predicted, samples)])
+    return {"folds": folds, "uncorrected": prediction_errors(samples, None),
+            "corrected": _errors(corrected, measured)}
 
 
 def measure_network(

@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.optimum import best_choices
     from deploy.targets import CpuTarget, get_target
     from deploy.tvm_measure import Device, MeasureSettings
-    from deploy.whole_network import (NetworkSample, deployment_digest, fit_network_correction, leave_one_network_out,
-                                      measure_network, prediction_errors, sample_deployments)
+    from deploy.whole_network import (NetworkSample, cross_validated, deployment_digest, fit_network_correction,
+                                      leave_one_network_out, measure_network, prediction_errors, sample_deployments)
     from envs.make import make_cost_table, resolve_network
 
     tgt = get_target(args.target)
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "networks": args.nets,
         "samples": len(samples),
         "in_sample": {"uncorrected": prediction_errors(samples, None), "corrected": prediction_errors(samples, correction)},
+        "held_out_deployments": cross_validated(samples, fitted_to),
         "leave_one_network_out": leave_one_network_out(samples, fitted_to) if len(args.nets) > 1 else None,
         "command": "python experiments/fit_latency_correction.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "seconds": round(time.perf_counter() - start),
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, document)
     table.db.put_correction(str(out), table.fingerprint, document)
+    cv = report["held_out_deployments"]
+    print(f"held-out deployments ({cv['folds']}-fold): median error {cv['uncorrected']['median_abs_error_percent']:.1f}% -> "
+          f"{cv['corrected']['median_abs_error_percent']:.1f}%, Spearman {cv['uncorrected']['spearman']:.2f} -> {cv['corrected']['spearman']:.2f}")
     for name, errors in (report["leave_one_network_out"] or {}).items():
         before, after = errors["uncorrected"], errors["corrected"]
         print(f"{name} held out: median error {before['median_abs_error_percent']:.1f}% -> {after['median_abs_error_percent']:.1f}%, "

@@ -68,3 +68,23 @@ def test_each_layer_runs_on_the_thread_count_it_chose(tiny, tiny_oracle):
     tvm.get_global_func("runtime.config_threadpool")(1, 3 - last)  # the other count: the module must set it
     vm["main"](tvm.runtime.tensor(tiny_oracle.dataset.x_test[:1].numpy()))
     assert tvm.get_global_func("runtime.NumThreads")() == min(last, os.cpu_count())
+
+
+def test_module_memory_counts_every_weight_once_and_the_peak_of_live_tensors(tiny, tiny_oracle):
+    from deploy.build import module_memory
+
+    space = get_target("host").search_space()
+
+    def uniform(quant: str) -> dict:
+        return {layer.name: next(c for c in space.valid_choices(layer) if c.quant == quant and c.algo in ("im2col", "depthwise"))
+                for layer in tiny.searchable_layers}
+
+    fp32, int8 = (module_memory(network_module(tiny, uniform(q), tiny_oracle)) for q in ("fp32", "int8"))
+    params = [tiny_oracle.layer_numerics(layer.name) for layer in tiny.searchable_layers]
+    assert fp32["weights_bytes"] == sum(4 * (p.weight.size + p.bias.size) for p in params)
+    kernels = sum(p.weight.size + 4 * p.bias.size + 4 * (p.bias.size + 1) for p in params)  # int8, int32, requant fp32
+    conversions = 2 * 4 * len(tiny.layers)  # at most a quantise and a dequantise scale per tensor, fp32 scalars
+    assert kernels < int8["weights_bytes"] <= kernels + conversions
+    largest = max(4 * (layer.in_elements + layer.out_elements) for layer in tiny.layers)
+    assert largest <= fp32["peak_activation_bytes"] <= 4 * sum(layer.out_elements for layer in tiny.layers) + 4 * tiny.layers[0].in_elements
+    assert int8["total_bytes"] < fp32["total_bytes"] == fp32["weights_bytes"] + fp32["peak_activation_bytes"]

@@ -13,7 +13,7 @@ from deploy.cost_table import CostTable
 from deploy.deployment import evaluate
 from deploy.latency_correction import algorithm_class, correction_document, load_correction
 from deploy.targets import get_target
-from deploy.whole_network import (NetworkSample, corrected_sum, deployment_digest, fit_network_correction,
+from deploy.whole_network import (NetworkSample, corrected_sum, cross_validated, deployment_digest, fit_network_correction,
                                   leave_one_network_out, prediction_errors, sample_deployments)
 from envs.network import Op
 from envs.zoo import get_network, small_input_variant
@@ -67,6 +67,8 @@ def test_fit_recovers_a_planted_device_and_predicts_a_network_it_never_saw():
     assert math.exp(correction.log_factors["POINTWISE/int8/im2col"]) == pytest.approx(1.6, rel=0.05)
     assert math.exp(correction.log_factors["DEPTHWISE/fp32/depthwise"]) == pytest.approx(0.7, rel=0.2)
     assert math.exp(correction.fixed_log_factor) == pytest.approx(2.0, rel=0.1)
+    cv = cross_validated(samples, "planted")
+    assert cv["corrected"]["median_abs_error_percent"] < 2 < 10 < cv["uncorrected"]["median_abs_error_percent"]
     lono = leave_one_network_out(samples, "planted")
     assert set(lono) == {n.name for n in NETWORKS}
     resnet = lono[NETWORKS[1].name]  # every kind of layer it has, MobileNetV2 has too (not the reverse: depthwise)
