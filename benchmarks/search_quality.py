@@ -20,6 +20,7 @@ and its first `budget` episodes are the equal-budget run.
 
     python benchmarks/search_quality.py                      # every row, agent and seed (hours on 2 cores; resumable)
     python benchmarks/search_quality.py --rows mobilenet_v2@cortex-a72 --agents maskable_ppo random
+    python benchmarks/search_quality.py --markdown           # summarise the JSON again; print benchmarks/README.md's tables
 
 Writes benchmarks/out/search_quality.json and .png after every search; a rerun skips the searches the
 file holds (`--rerun` repeats them). Measurements and accuracies are kept in
@@ -354,10 +355,14 @@ def summarise(results: list[dict], refs: dict[str, dict]) -> dict[str, Any]:
         long_random = [r for r in results if r["row"] == row and r["agent"] == "random" and r["budget_episodes"] > min(
             x["budget_episodes"] for x in results if x["row"] == row)]
         if long_random:
+            long_latencies = np.array([r["best_latency_ms"] for r in long_random])
             agents["random_long"] = {
                 "budget_episodes": long_random[0]["budget_episodes"],
                 "episodes_to_99pct": [episodes_to(r["curve"], target) for r in long_random],
                 "best_reward_mean": float(np.mean([r["best_reward"] for r in long_random])),
+                "best_latency_ms_mean": float(long_latencies.mean()), "best_latency_ms_min": float(long_latencies.min()),
+                "best_latency_ms_max": float(long_latencies.max()),
+                "latency_vs_minimum_mean": float(long_latencies.mean() / ref["minimum_latency_ms"]),
             }
         table[row] = {"references": ref, "target_99pct_reward": target, "agents": agents, "goals": goals(agents)}
     return table
@@ -385,6 +390,34 @@ def goals(agents: dict[str, Any]) -> dict[str, Any]:
             "lower_bound": any(e is None for e in long["episodes_to_99pct"]),
         }
     return result
+
+
+def markdown(table: dict[str, Any]) -> str:
+    """The summary as benchmarks/README.md's tables: per row, every agent's mean (min-max) over seeds."""
+    lines = []
+    for row, entry in table.items():
+        ref, agents = entry["references"], entry["agents"]
+        measured = row.endswith("@host")
+        lines += [f"**{row}** (exact: {ref['exact']}; minimum latency {ref['minimum_latency_ms']:.2f} ms; "
+                  f"best known reward {ref['best_known_reward']:.3f}, bound {ref['reward_bound']:.3f})", ""]
+        if measured:
+            lines += ["| agent | best reward | best measured latency (ms), seeds 0, 1, 2 |", "|---|---|---|"]
+        else:
+            lines += ["| agent | best reward | best latency (ms) | latency / minimum | episodes to 99% (seeds 0, 1, 2) |",
+                      "|---|---|---|---|---|"]
+        order = sorted((a for a in agents if a != "random_long"), key=lambda a: -agents[a]["best_reward_mean"])
+        for agent in order + (["random_long"] if "random_long" in agents else []):
+            a = agents[agent]
+            name = f"random, {a['budget_episodes']:,} episodes" if agent == "random_long" else agent
+            reward = f"{a['best_reward_mean']:.3f}" + ("" if agent == "random_long" else f" ({a['best_reward_min']:.3f}-{a['best_reward_max']:.3f})")
+            latency = f"{a['best_latency_ms_mean']:.2f} ({a['best_latency_ms_min']:.2f}-{a['best_latency_ms_max']:.2f})"
+            reached = ", ".join("-" if e is None else f"{e:,}" for e in a["episodes_to_99pct"])
+            if measured:
+                lines.append(f"| {name} | {reward} | {latency} |")
+            else:
+                lines.append(f"| {name} | {reward} | {latency} | {a['latency_vs_minimum_mean']:.3f}x | {reached} |")
+        lines += ["", f"goals: {json.dumps(entry['goals'])}", ""]
+    return "\n".join(lines)
 
 
 def plot(results: list[dict], table: dict[str, Any], path: Path) -> None:
@@ -478,7 +511,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="searches run at once (one core each)")
     parser.add_argument("--out", default=str(OUT / "search_quality.json"))
     parser.add_argument("--rerun", action="store_true", help="run again the searches already in --out")
+    parser.add_argument("--markdown", action="store_true",
+                        help="search nothing: summarise --out's runs again (JSON and plot) and print the tables")
     args = parser.parse_args(argv)
+    if args.markdown:
+        earlier = json.loads(Path(args.out).read_text())
+        refs = {row: entry["references"] for row, entry in earlier["summary"].items()}
+        print(markdown(save(Path(args.out), earlier["runs"], refs, time.perf_counter())))
+        return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     OUT.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
