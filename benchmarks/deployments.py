@@ -186,10 +186,13 @@ def fit_without(fit: dict[str, Any], name: str):
     return LatencyCorrection.from_dict(fit["leave_one_network_out"][name]["correction"])
 
 
-def correction_fit(logdir: Path) -> dict[str, Any]:
-    """Run experiments/fit_latency_correction.py on the two networks (measurements cached); its report."""
+def correction_fit(logdir: Path, runs: Path) -> dict[str, Any]:
+    """Run experiments/fit_latency_correction.py on the two networks (measurements cached), with the
+    main job's latest pick when there is one; its report."""
+    picks = sorted(runs.glob("mobilenet_v2-cortex-a72-s*/deployment.json"), key=lambda p: p.stat().st_mtime)[-1:]
     command = [sys.executable, "experiments/fit_latency_correction.py", "--target", "host", "--nets", *NETWORKS,
-               "--samples", str(SAMPLES), "--logdir", str(logdir), "--out", str(logdir / "host-correction.json")]
+               "--samples", str(SAMPLES), "--logdir", str(logdir), "--out", str(logdir / "host-correction.json"),
+               "--deployments", *map(str, picks)]
     subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads((logdir / "host-correction.json").read_text())
 
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    fit = correction_fit(WORK)
+    fit = correction_fit(WORK, Path(args.runs))
     lono = fit["leave_one_network_out"]
     table = make_cost_table("host", WORK / "measurements.sqlite")
     doc: dict[str, Any] = {"command": "python benchmarks/deployments.py", "machine": {"cores": os.cpu_count()},

@@ -43,8 +43,8 @@ MIN_SHARE = 0.02
 class too small to move the totals keeps its kernels' own numbers."""
 FACTOR_BOUNDS = (0.1, 10.0)
 """A class's factor is kept within these: a kernel is not 10x off its own measurement."""
-THEMES = ("one precision", "mixed")
-"""How a sampled deployment draws precisions: one for every layer, or each layer its own."""
+POOL = 2
+"""Choices a sampled deployment's layer draws from, per layer shape, precision and thread count."""
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,22 @@ def deployment_digest(choices: Mapping[str, Choice]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def sample_deployments(network: Network, space: SearchSpace, count: int, seed: int) -> list[dict[str, Choice]]:
+def sample_deployments(network: Network, space: SearchSpace, count: int, seed: int, pool: int = POOL) -> list[dict[str, Choice]]:
     """`count` deployments spread over the space: each draws a precision theme (one of the space's
     precisions for every layer, or each layer its own) and a thread count (one for every layer, or
-    each layer its own), then every layer a uniformly random valid choice within both."""
+    each layer its own); every layer then takes one of `pool` choices drawn once per layer shape,
+    precision and thread count (so the samples share kernels: measuring them costs less)."""
     rng = np.random.default_rng(seed)
     quants = sorted({q for q, _ in space.quant_algos})
     thread_counts = sorted({getattr(d, "threads", 1) for d in space.dataflows})
+    pools: dict[tuple[str, str, int], list[Choice]] = {}
+    for layer in network.searchable_layers:
+        for quant in quants:
+            for threads in thread_counts:
+                key = (layer.signature, quant, threads)
+                if key not in pools:
+                    valid = [c for c in space.valid_choices(layer) if c.quant == quant and getattr(c.dataflow, "threads", 1) == threads]
+                    pools[key] = [valid[i] for i in rng.permutation(len(valid))[:pool]]
 
     def theme(options: list) -> object:
         """One of `options` for every layer, or None (each layer its own), equally likely."""
@@ -81,9 +90,9 @@ def sample_deployments(network: Network, space: SearchSpace, count: int, seed: i
         quant, threads = theme(quants), theme(thread_counts)
         choices = {}
         for layer in network.searchable_layers:
-            valid = space.valid_choices(layer)
-            within = [c for c in valid if quant in (None, c.quant) and threads in (None, getattr(c.dataflow, "threads", 1))] or valid
-            choices[layer.name] = within[rng.integers(len(within))]
+            options = [c for q in quants for t in thread_counts if quant in (None, q) and threads in (None, t)
+                       for c in pools[(layer.signature, q, t)]]
+            choices[layer.name] = options[rng.integers(len(options))]
         out.append(choices)
     return out
 

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.optimum import best_choices
     from deploy.targets import CpuTarget, get_target
     from deploy.tvm_measure import Device, MeasureSettings
+    from deploy.validation import with_threads_at_most
     from deploy.whole_network import (NetworkSample, cross_validated, deployment_digest, fit_network_correction,
                                       leave_one_network_out, measure_network, prediction_errors, sample_deployments)
     from envs.make import make_cost_table, resolve_network
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         network = resolve_network(name)
         plans = [("sampled", c) for c in sample_deployments(network, table.space, args.samples, args.seed)]
         plans.append(("optimum", best_choices(network, table)))
-        plans += [("pick", p.choices) for p in picks if p.network.fingerprint == network.fingerprint]
+        plans += [("pick", with_threads_at_most(p.choices, tgt.spec.cores)) for p in picks
+                  if p.network.fingerprint == network.fingerprint]
         table.prefetch([(network[n], c) for _, choices in plans for n, c in choices.items()])
         numerics = SeededNumerics(network)
         for i, (kind, choices) in enumerate(plans):
