@@ -11,6 +11,8 @@ batch 1, on 1 and 2 threads:
   `torch.export` -> `relax.frontend.torch.from_exported_program` -> `tvm.compile`, no tuning;
 - `pytorch-eager` and `onnxruntime` (CPU provider; `pip install onnxruntime` when missing): the same
   torch module; median of `REPEATS` runs after warm-up.
+Every way runs on the same seeded random image (`deploy.validation.timing_image`; ONNX Runtime ran
+ResNet-18 5x faster on a zero image).
 Memory: the weights and peak live activations of each built module (`deploy.build.module_memory`)
 against the deployment's claimed `memory_bytes`, and the all-int8 deployment against BLAS fp32 (de
 Prado et al.'s 2x claim). The whole-network correction: `experiments/fit_latency_correction.py` on
@@ -109,10 +111,12 @@ def pytorch_eager(module, shape: tuple[int, ...], threads: int) -> dict[str, Any
     """The torch module run eagerly on `threads` intra-op threads."""
     import torch
 
+    from deploy.validation import timing_image
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = torch.zeros(shape)
+        x = torch.from_numpy(timing_image(shape))
         with torch.inference_mode():
             result = time_calls(lambda: module(x))
     finally:
@@ -134,7 +138,9 @@ def onnxruntime_cpu(module, shape: tuple[int, ...], threads: int, folder: Path) 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.zeros(shape, np.float32)}
+    from deploy.validation import timing_image
+
+    feed = {session.get_inputs()[0].name: timing_image(shape)}
     result = time_calls(lambda: session.run(None, feed))
     return {**result, "threads": threads, "provenance": f"measured:local:onnxruntime {ort.__version__} CPUExecutionProvider"}
 

@@ -20,6 +20,10 @@ from envs.space import Choice
 
 KERNELS_VERSION = 2
 """Bump when the kernels' computes or schedules change: earlier measurements then no longer apply."""
+LOCAL_POOL = "every core"
+"""How this machine's TVM thread pool is sized when it measures (`deploy.workers`): in a local
+measurement's fingerprint, as measurements taken before it had every core (TVM halves an x86
+machine's count for hyper-threads) ran their 2-thread kernels on one thread."""
 
 
 def _check_key(layer: Layer, choice: Choice) -> tuple[str, str]:
@@ -69,7 +73,10 @@ class TvmBackend(PerChoiceBackend):
         """Device, target, TVM and kernel versions: anything that changes a measured number."""
         import tvm
 
-        blob = json.dumps({"target": self.target, "tvm": tvm.__version__, "kernels": KERNELS_VERSION}, sort_keys=True)
+        facts = {"target": self.target, "tvm": tvm.__version__, "kernels": KERNELS_VERSION}
+        if self.device.kind == "local":
+            facts["pool"] = LOCAL_POOL
+        blob = json.dumps(facts, sort_keys=True)
         return f"{self.provenance}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

@@ -43,6 +43,8 @@ MIN_SHARE = 0.02
 class too small to move the totals keeps its kernels' own numbers."""
 FACTOR_BOUNDS = (0.1, 10.0)
 """A class's factor is kept within these: a kernel is not 10x off its own measurement."""
+MIN_LAYER_SHAPES = 3
+"""Distinct layer shapes a kind of layer must be sampled in to get a factor of its own."""
 POOL = 2
 """Choices a sampled deployment's layer draws from, per layer shape, precision and thread count."""
 
@@ -117,20 +119,29 @@ def features(network: Network, cost: NetworkCost) -> dict[str, float]:
 def fit_network_correction(samples: Sequence[NetworkSample], fitted_to: str, prior: float = PRIOR) -> LatencyCorrection:
     """The correction that makes the samples' sums of layers predict their measured latency (module
     docstring), fitted twice: per precision with every factor pulled towards 1, then per kind (op and
-    precision) with each pulled towards its precision's factor."""
+    precision) with each pulled towards its precision's factor. A kind seen in fewer than
+    `MIN_LAYER_SHAPES` layer shapes gets no factor of its own (what one layer shows is that layer's:
+    MobileNetV2's only plain convolution is its stem, which reads the image): its precision's."""
     if not samples:
         raise ValueError("no whole-network measurements to fit a latency correction to")
     rows = [features(s.network, s.priced) for s in samples]
     measured = np.array([s.measured_ms for s in samples])
-    kinds = sorted({k for r in rows for k in r} - {"fixed", "conversion"})
-    quant_of = {kind: kind.split("/")[1] for kind in kinds}
+    shapes: dict[str, set[str]] = {}
+    for s in samples:
+        for part in s.priced.layers:
+            if part.choice is not None:
+                layer = s.network[part.name]
+                shapes.setdefault(kernel_kind(layer, part.choice), set()).add(layer.signature)
+    quant_of = {kind: kind.split("/")[1] for kind in shapes}
     quants = sorted(set(quant_of.values()))
     by_quant = [{quant: sum(v for k, v in r.items() if quant_of.get(k) == quant) for quant in quants} | r for r in rows]
-    coarse = _bounded_fit(by_quant, measured, [*quants, "fixed", "conversion"], {}, prior)
+    coarse = _bounded_fit(by_quant, measured, [*quants, "fixed", "conversion"], {}, {}, prior)
+    kinds = sorted(k for k, seen in shapes.items() if len(seen) >= MIN_LAYER_SHAPES)
+    held = {k: coarse[quant_of[k]] for k in shapes if k not in kinds}
     fine = _bounded_fit(rows, measured, [*kinds, "fixed", "conversion"],
-                        {kind: coarse[quant_of[kind]] for kind in kinds} | coarse, prior)
+                        {kind: coarse[quant_of[kind]] for kind in kinds} | coarse, held, prior)
     log_factors = {"all": float(np.mean([math.log(coarse[q]) for q in quants])) if quants else 0.0}
-    log_factors |= {quant: math.log(coarse[quant]) for quant in quants}  # a kind never sampled: its precision's
+    log_factors |= {quant: math.log(coarse[quant]) for quant in quants}  # any other kind: its precision's
     for kind in kinds:  # each kind's factor on every algorithm's class
         for algo in ALGORITHMS:
             log_factors[f"{kind}/{algo}"] = math.log(fine[kind])
@@ -141,18 +152,20 @@ def fit_network_correction(samples: Sequence[NetworkSample], fitted_to: str, pri
 
 
 def _bounded_fit(rows: Sequence[Mapping[str, float]], measured: np.ndarray, columns: list[str],
-                 parents: Mapping[str, float], prior: float) -> dict[str, float]:
+                 parents: Mapping[str, float], held: Mapping[str, float], prior: float) -> dict[str, float]:
     """Factors of `columns` (each row: summed ms per column) minimising relative error to `measured`,
-    within `FACTOR_BOUNDS`, each pulled towards its parent's (default 1) with weight `prior` x the
-    samples' at the column's share (at least `MIN_SHARE`) of the latency."""
+    with the columns in `held` at the factors given there, within `FACTOR_BOUNDS`, each pulled towards
+    its parent's (default 1) with weight `prior` x the samples' at the column's share (at least
+    `MIN_SHARE`) of the latency."""
     from scipy.optimize import lsq_linear
 
     x = np.array([[r.get(c, 0.0) for c in columns] for r in rows]) / measured[:, None]
+    rest = np.array([sum(r.get(c, 0.0) * f for c, f in held.items()) for r in rows]) / measured
     shares = np.maximum(x.mean(axis=0), MIN_SHARE)
     weight = math.sqrt(prior * len(rows)) * shares
     targets = np.array([parents.get(c, 1.0) for c in columns])
     a = np.vstack([x, np.diag(weight)])
-    b = np.concatenate([np.ones(len(rows)), weight * targets])
+    b = np.concatenate([1.0 - rest, weight * targets])
     return dict(zip(columns, lsq_linear(a, b, bounds=FACTOR_BOUNDS).x))
 
 

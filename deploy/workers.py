@@ -85,6 +85,10 @@ class Worker:
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")])))
+        # TVM sizes its thread pool from TVM_NUM_THREADS, else OMP_NUM_THREADS (set to 1 for torch in
+        # searches and tests), else half the cores on x86 (for hyper-threads): a worker timing a kernel
+        # on n threads must have every core, or a 2-thread kernel runs on one
+        env["TVM_NUM_THREADS"] = str(os.cpu_count() or 1)
         self._proc = subprocess.Popen(
             [sys.executable, "-c", f"from deploy.workers import serve; serve({theirs.fileno()})"],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,

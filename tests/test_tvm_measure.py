@@ -107,3 +107,26 @@ def test_unreachable_address_fails_clearly_within_the_timeout():
 def test_bad_device_arguments(rpc, tracker, key, message):
     with pytest.raises(ValueError, match=message):
         Device.parse(rpc, tracker, key)
+
+
+def _pool_size(threads: int) -> int:
+    """Worker side: the TVM thread pool's size after asking for `threads`."""
+    import tvm
+
+    tvm.get_global_func("runtime.config_threadpool")(1, threads)
+    return tvm.get_global_func("runtime.NumThreads")()
+
+
+def test_a_measuring_worker_can_use_every_core(monkeypatch):
+    """TVM would size the pool from OMP_NUM_THREADS (1 in searches) or half an x86 machine's cores."""
+    import os
+
+    from deploy.workers import Worker
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    worker = Worker("pool check")
+    try:
+        assert worker.call(_pool_size, (os.cpu_count(),), 60) == os.cpu_count()
+        assert worker.call(_pool_size, (1,), 60) == 1
+    finally:
+        worker.stop()
