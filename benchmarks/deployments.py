@@ -98,7 +98,7 @@ def tvm_default(module, shape: tuple[int, ...], threads: int, folder: Path) -> d
     from deploy.tvm_measure import Device, MeasureSettings
     from deploy.validation import time_library
 
-    library = folder / "tvm_default.so"
+    library = folder / f"tvm_default-{module.network.name}.so"
     if not library.exists():
         program = torch.export.export(module, (torch.zeros(shape),))
         mod = from_exported_program(program, keep_params_as_input=False, unwrap_unit_return_tuple=True)
@@ -132,7 +132,7 @@ def onnxruntime_cpu(module, shape: tuple[int, ...], threads: int, folder: Path) 
         return {"skipped": "onnxruntime is not installed (pip install onnxruntime)"}
     import torch
 
-    path = folder / "model.onnx"
+    path = folder / f"{module.network.name}.onnx"
     if not path.exists():
         torch.onnx.export(module, (torch.zeros(shape),), str(path), dynamo=False, opset_version=17)
     options = ort.SessionOptions()
