@@ -20,7 +20,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import tvm
@@ -30,6 +30,7 @@ from deploy.export import DeploymentRecord, write_json
 from deploy.targets import CpuTarget, checked_tvm_target, get_target
 from envs.accuracy import AccuracyOracle, LayerNumerics
 from envs.network import Network, Op
+from envs.space import Choice
 
 SCHEMA = "deploygym.artifact/1"
 LIBRARY = "deployment.so"
@@ -88,9 +89,9 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def threads_of(record: DeploymentRecord, target: CpuTarget) -> int:
-    """The artifact's thread pool size: the largest count any layer chose, at most the target's cores."""
-    return min(target.spec.cores, max(getattr(c.dataflow, "threads", 1) for c in record.choices.values()))
+def threads_of(choices: Mapping[str, Choice], target: CpuTarget) -> int:
+    """A built deployment's thread pool size: the largest count any layer chose, at most the target's cores."""
+    return min(target.spec.cores, max(getattr(c.dataflow, "threads", 1) for c in choices.values()))
 
 
 def artifact_folder(run: Path, record: DeploymentRecord, target: str) -> Path:
@@ -137,7 +138,7 @@ def build_artifact(
         "network_fingerprint": record.network.fingerprint,
         "input": {"name": "image", "shape": [1, *first.in_shape], "dtype": "float32"},
         "output": {"shape": [1, record.network.num_classes], "dtype": "float32"},
-        "threads": threads_of(record, tgt),
+        "threads": threads_of(record.choices, tgt),
         "weights": weights,
         "choices": {name: choice.to_dict() for name, choice in record.choices.items()},
         "deployment": {"file": str(deployment_file), "sha256": sha256(deployment_file)},

@@ -239,12 +239,11 @@ def measure_network(
 ) -> dict[str, Any]:
     """Build the deployment for `target` as one library and time it on `device` (`validation.time_library`):
     median and IQR in ms, repeats, the pool's thread count, provenance."""
-    from deploy.artifact import compile_library
+    from deploy.artifact import compile_library, threads_of
     from deploy.targets import get_target
     from deploy.validation import time_library
 
-    cores = get_target(target).spec.cores
-    threads = min(cores, max(getattr(c.dataflow, "threads", 1) for c in choices.values()))
+    threads = threads_of(choices, get_target(target))
     with tempfile.TemporaryDirectory() as folder:
         library = Path(folder) / f"{deployment_digest(choices)}.so"
         compile_library(network, choices, numerics, target, library)

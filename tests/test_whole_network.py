@@ -128,6 +128,9 @@ def test_a_built_deployment_is_timed_whole_on_this_machine_and_stored(tiny, tmp_
     db.put_network("fp", tiny.fingerprint, deployment_digest(choices), {n: c.to_dict() for n, c in choices.items()}, result)
     assert db.network_measurement("fp", tiny.fingerprint, deployment_digest(choices)) == result
     assert db.network_measurement("fp", tiny.fingerprint, "other") is None
+    db.put_correction("c.json", "fp", {"schema": "x", "n": 1})
+    db.put_correction("c.json", "fp", {"schema": "x", "n": 2})  # a refit replaces it
+    assert db.correction("c.json") == ("fp", {"schema": "x", "n": 2}) and db.correction("other") is None
 
 
 def test_the_fit_script_refuses_a_target_it_cannot_build(tmp_path):
