@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 import tvm
 
-from deploy.build import NumericsSource, network_module
+from deploy.build import NumericsSource, compile_network, network_module
 from deploy.export import DeploymentRecord, write_json
 from deploy.targets import CpuTarget, checked_tvm_target, get_target
 from envs.accuracy import AccuracyOracle, LayerNumerics
@@ -109,7 +109,7 @@ def compile_library(network: Network, choices, numerics: NumericsSource, target:
     if cc is not None and shutil.which(cc) is None:
         raise ArtifactError(f"building for {target!r} needs the cross compiler {cc!r} (Debian: gcc-aarch64-linux-gnu)")
     tvm_target = checked_tvm_target(tgt.tvm_target)
-    executable = tvm.compile(network_module(network, choices, numerics), target=tvm.target.Target(tvm_target))
+    executable = compile_network(network_module(network, choices, numerics), tvm_target)
     executable.export_library(str(library), **({"cc": cc} if cc else {}))
     return tvm_target
 

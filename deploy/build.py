@@ -12,6 +12,11 @@
   input scale, dequantise at the producer's output scale), each tensor converted once per format.
 Weights are constants inside the module. The numerics are the oracle's (`envs.accuracy`), so the
 module's outputs are the fake-quantised torch model's up to float rounding.
+
+`compile_network` compiles it: the kernels stay as they were timed (opaque to fusion), and each chain
+of fixed layers and conversions between two kernels fuses into one pass (e.g. dequantise both
+inputs, add, ReLU, quantise for the next layer), parallel over its leading spatial loops on the
+threads of the run it is in, as the cost model prices it (one streaming pass on the layer's threads).
 """
 
 from __future__ import annotations
@@ -21,13 +26,18 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, s_tir, tirx
 
 from deploy.tvm_kernels import HOST_TARGET, build_module, kernel_spec
 from deploy.tvm_schedules import WINOGRAD, winograd_weight
 from envs.accuracy import LayerNumerics
 from envs.network import NETWORK_INPUT, Layer, Network, Op
 from envs.space import Choice
+
+
+BUILD_REVISION = 2
+"""Changes whenever the module a deployment builds into does (2: fixed layers fused and parallel), so
+whole-network timings of an older build are not reused."""
 
 
 class NumericsSource(Protocol):
@@ -195,16 +205,71 @@ def _emit_layer(bb: relax.BlockBuilder, graph: "_Graph", layer: Layer, choice: C
     data = graph.get(source, choice.quant, values.input_scale)
     if layer.op is Op.DENSE:  # flattens its producer
         data = bb.emit(relax.op.reshape(data, spec.inputs[0].shape))
-    kernel = build_module(layer, choice)["main"].with_attr("global_symbol", _symbol(layer.name))
+    kernel = build_module(layer, choice)["main"].with_attrs({"global_symbol": _symbol(layer.name), "op_pattern": OPAQUE})
     function = bb.add_func(kernel, _symbol(layer.name))
     arguments = [data, *(relax.const(a) for a in kernel_arguments(layer, choice, values))]
     out = relax.call_tir(function, arguments, relax.TensorType(spec.output.shape, spec.output.dtype))
     graph.put(layer.name, choice.quant, out, values.output_scale if choice.quant == "int8" else None)
 
 
+def compile_network(module: tvm.IRModule, target: dict[str, Any] | str) -> Any:
+    """`tvm.compile` a `network_module` for `target` (`fuse_fixed_layers`, then Relax's CPU lowering); the Executable."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    tvm_target = tvm.target.Target(target)
+    lowered = fuse_fixed_layers(module, tvm_target)
+    with tvm_target:
+        rest = tvm.transform.Sequential(cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target))
+    return tvm.compile(lowered, target=tvm_target, relax_pipeline=rest)
+
+
+def fuse_fixed_layers(module: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """A `network_module` with its Relax operators legalised for `target` and fused between the kernels,
+    each fused function parallel over its leading spatial loops (module docstring)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    with target, tvm.transform.PassContext(opt_level=2):  # FuseOps fuses from level 1
+        passes = cpu.library_dispatch_passes(target) + cpu.legalize_passes(target) + [_parallel_fixed_layers]
+        return tvm.transform.Sequential(passes)(module)
+
+
+OPAQUE = 8
+"""Relax's `op_pattern` for an opaque function: FuseOps leaves the timed kernels alone."""
+
+
+@tvm.transform.module_pass(opt_level=0)
+def _parallel_fixed_layers(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Every PrimFunc but the kernels: producers inlined into their readers, then each remaining
+    block's leading spatial loops fused and parallel."""
+    for var, func in list(mod.functions.items()):
+        if not isinstance(func, tirx.PrimFunc) or var.name_hint.startswith("k_"):
+            continue
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        for block in sch.get_child_blocks(sch.get_sblock("root"))[:-1]:
+            try:
+                sch.compute_inline(block)
+            except s_tir.ScheduleError:  # a reduction (mean, pool) or a tensor read twice: it stays a loop nest
+                pass
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            _parallel_spatial(sch, block)
+        mod[var] = sch.mod["main"]
+    return mod
+
+
+def _parallel_spatial(sch: s_tir.Schedule, block: Any) -> None:
+    """Fuse `block`'s leading spatial loops (one loop per block axis, as operators legalise) and make them parallel."""
+    loops = sch.get_loops(block)
+    axes = sch.get(block).iter_vars
+    if len(loops) != len(axes):
+        return
+    spatial = list(itertools.takewhile(lambda pair: pair[1].iter_type == tirx.IterVar.DataPar, zip(loops, axes)))
+    if spatial:
+        sch.parallel(sch.fuse(*(loop for loop, _ in spatial)) if len(spatial) > 1 else spatial[0][0])
+
+
 def host_logits(network: Network, choices: Mapping[str, Choice], numerics: NumericsSource, images: np.ndarray) -> np.ndarray:
     """Build the deployment for this machine and run it on `images` (N, C, H, W), one at a time: (N, classes)."""
-    executable = tvm.compile(network_module(network, choices, numerics), target=tvm.target.Target(HOST_TARGET))
+    executable = compile_network(network_module(network, choices, numerics), HOST_TARGET)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     images = np.ascontiguousarray(images, np.float32)
     return np.stack([vm["main"](tvm.runtime.tensor(images[i : i + 1])).numpy()[0] for i in range(len(images))])

@@ -65,6 +65,14 @@ def deployment_digest(choices: Mapping[str, Choice]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def measurement_key(choices: Mapping[str, Choice]) -> str:
+    """What a whole-network measurement of a deployment is stored under: the deployment and the
+    build revision (`deploy.build.BUILD_REVISION`: a changed build makes old timings stale)."""
+    from deploy.build import BUILD_REVISION
+
+    return f"{deployment_digest(choices)}/build{BUILD_REVISION}"
+
+
 def sample_deployments(network: Network, space: SearchSpace, count: int, seed: int, pool: int = POOL) -> list[dict[str, Choice]]:
     """`count` deployments spread over the space: each draws a precision theme (one of the space's
     precisions for every layer, or each layer its own) and a thread count (one for every layer, or

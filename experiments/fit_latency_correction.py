@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.targets import CpuTarget, get_target
     from deploy.tvm_measure import Device, MeasureSettings
     from deploy.validation import with_threads_at_most
-    from deploy.whole_network import (NetworkSample, cross_validated, deployment_digest, fit_network_correction,
-                                      leave_one_network_out, measure_network, prediction_errors, sample_deployments)
+    from deploy.whole_network import (NetworkSample, cross_validated, fit_network_correction,
+                                      leave_one_network_out, measure_network, measurement_key, prediction_errors,
+                                      sample_deployments)
     from envs.make import make_cost_table, resolve_network
 
     tgt = get_target(args.target)
@@ -83,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             except CostUnavailable as err:  # a kernel that does not build or run here: the deployment cannot be either
                 print(f"{name} {kind} {i + 1}/{len(plans)}: skipped ({err})")
                 continue
-            digest = deployment_digest(choices)
-            measured = table.db.network_measurement(table.fingerprint, network.fingerprint, digest)
+            key = measurement_key(choices)
+            measured = table.db.network_measurement(table.fingerprint, network.fingerprint, key)
             if measured is None:
                 measured = measure_network(network, choices, numerics, args.target, device, settings)
-                table.db.put_network(table.fingerprint, network.fingerprint, digest,
+                table.db.put_network(table.fingerprint, network.fingerprint, key,
                                      {n: c.to_dict() for n, c in choices.items()}, measured)
             samples.append(NetworkSample(network, choices, priced, measured["median_ms"]))
             print(f"{name} {kind} {i + 1}/{len(plans)}: whole network {measured['median_ms']:.2f} ms, "

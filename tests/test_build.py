@@ -50,7 +50,7 @@ def test_each_layer_runs_on_the_thread_count_it_chose(tiny, tiny_oracle):
     import tvm
     from tvm import relax
 
-    from deploy.build import layer_threads
+    from deploy.build import compile_network, layer_threads
     from deploy.tvm_kernels import HOST_TARGET
 
     space = get_target("host").search_space()
@@ -63,11 +63,32 @@ def test_each_layer_runs_on_the_thread_count_it_chose(tiny, tiny_oracle):
     runs = 1 + sum(a != b for a, b in zip([per_layer[l.name] for l in tiny.layers], [per_layer[l.name] for l in tiny.layers][1:]))
     module = network_module(tiny, choices, tiny_oracle)
     assert module["main"].script().count("runtime.config_threadpool") == runs
-    vm = relax.VirtualMachine(tvm.compile(module, target=tvm.target.Target(HOST_TARGET)), tvm.cpu())
+    vm = relax.VirtualMachine(compile_network(module, HOST_TARGET), tvm.cpu())
     last = per_layer[tiny.layers[-1].name]
     tvm.get_global_func("runtime.config_threadpool")(1, 3 - last)  # the other count: the module must set it
     vm["main"](tvm.runtime.tensor(tiny_oracle.dataset.x_test[:1].numpy()))
     assert tvm.get_global_func("runtime.NumThreads")() == min(last, os.cpu_count())
+
+
+def test_fixed_layers_between_kernels_fuse_into_one_parallel_pass(tiny, tiny_oracle):
+    """All int8: the residual add dequantises both int8 inputs, adds and quantises for the next kernel in
+    one pass (no fp32 tensor of its shape is ever written), and every non-kernel function is parallel."""
+    import tvm
+
+    from deploy.build import fuse_fixed_layers
+    from deploy.tvm_kernels import HOST_TARGET
+
+    space = get_target("host").search_space()
+    choices = {layer.name: next(c for c in space.valid_choices(layer) if c.quant == "int8" and c.dataflow.threads == 2)
+               for layer in tiny.searchable_layers}
+    fused = fuse_fixed_layers(network_module(tiny, choices, tiny_oracle), tvm.target.Target(HOST_TARGET))
+    main = fused["main"].script()
+    add = tiny["add"]
+    assert main.count(f"R.Tensor((1, {', '.join(map(str, add.out_shape))}), dtype=\"float32\")") == 0
+    assert main.count(f"R.Tensor((1, {', '.join(map(str, add.out_shape))}), dtype=\"int8\")") == 4  # stem, dw, pw, add
+    helpers = {gv.name_hint: f for gv, f in fused.functions.items()
+               if isinstance(f, tvm.tirx.PrimFunc) and not gv.name_hint.startswith("k_")}
+    assert helpers and all("T.parallel" in f.script() for f in helpers.values())
 
 
 def test_module_memory_counts_every_weight_once_and_the_peak_of_live_tensors(tiny, tiny_oracle):

@@ -14,7 +14,7 @@ from deploy.deployment import evaluate
 from deploy.latency_correction import algorithm_class, correction_document, load_correction
 from deploy.targets import get_target
 from deploy.whole_network import (NetworkSample, corrected_sum, cross_validated, deployment_digest, fit_network_correction,
-                                  leave_one_network_out, prediction_errors, sample_deployments)
+                                  leave_one_network_out, measurement_key, prediction_errors, sample_deployments)
 from envs.network import Op
 from envs.zoo import get_network, small_input_variant
 
@@ -125,8 +125,8 @@ def test_a_built_deployment_is_timed_whole_on_this_machine_and_stored(tiny, tmp_
     assert result["provenance"] == "measured:local:vm:whole-network"
     assert result["repeats"] == 3 and 0 < result["iqr_ms"][0] <= result["median_ms"] <= result["iqr_ms"][1] < 100
     db = MeasurementDB(tmp_path / "m.sqlite")
-    db.put_network("fp", tiny.fingerprint, deployment_digest(choices), {n: c.to_dict() for n, c in choices.items()}, result)
-    assert db.network_measurement("fp", tiny.fingerprint, deployment_digest(choices)) == result
+    db.put_network("fp", tiny.fingerprint, measurement_key(choices), {n: c.to_dict() for n, c in choices.items()}, result)
+    assert db.network_measurement("fp", tiny.fingerprint, measurement_key(choices)) == result
     assert db.network_measurement("fp", tiny.fingerprint, "other") is None
     db.put_correction("c.json", "fp", {"schema": "x", "n": 1})
     db.put_correction("c.json", "fp", {"schema": "x", "n": 2})  # a refit replaces it
