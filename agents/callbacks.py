@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -82,8 +81,20 @@ class DeploymentTensorBoard(BaseCallback):
         self._choices: dict[str, list[int]] = defaultdict(list)
         self.episodes = 0
 
+    _KEPT = ("curve", "best", "pareto", "episodes", "_rollouts", "_drawn_changes", "_baseline", "_returns", "_choices")
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed search needs to go on logging as if it had not stopped (`agents.resumable`)."""
+        return {name: getattr(self, name) for name in self._KEPT}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Inverse of `state`."""
+        for name in self._KEPT:
+            setattr(self, name, state[name])
+
     def _on_training_start(self) -> None:
-        self._returns = np.zeros(self.training_env.num_envs)
+        if self._returns is None or len(self._returns) != self.training_env.num_envs:  # not restored
+            self._returns = np.zeros(self.training_env.num_envs)
         hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in self.hparams.items()}
         self.logger.record(
             "hparams",
@@ -170,22 +181,4 @@ class DeploymentTensorBoard(BaseCallback):
         references = {"baseline": self._baseline} if self._baseline else None
         self.logger.record("pareto/front", Figure(self.pareto.figure(references), close=True),
                            exclude=("stdout", "log", "json", "csv"))
-        return True
-
-
-class Checkpoints(BaseCallback):
-    """Saves the agent as `folder/<prefix>_<timesteps>_steps<suffix>` each time `every` more timesteps have passed."""
-
-    def __init__(self, every: int, folder: Path, prefix: str, suffix: str) -> None:
-        super().__init__()
-        self.every, self.folder, self.prefix, self.suffix = max(every, 1), Path(folder), prefix, suffix
-        self._saved_at = 0
-
-    def _on_training_start(self) -> None:
-        self._saved_at = self.num_timesteps = self.model.num_timesteps
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps - self._saved_at >= self.every:
-            self.model.save(self.folder / f"{self.prefix}_{self.num_timesteps}_steps{self.suffix}")
-            self._saved_at = self.num_timesteps
         return True

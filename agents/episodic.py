@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
@@ -47,6 +47,8 @@ class EpisodicAgent:
         self._learn_span = (0, 1)
         self._nvec = np.asarray(env.action_space.nvec)
         self._splits = np.cumsum(self._nvec)[:-1]
+        self.pause_hook: Callable[[], bool] | None = None
+        """Called between episodes (`agents.resumable.at_pause_points`); learning stops when it returns True."""
 
     # ---- what a subclass implements ------------------------------------------------------------
     def begin_episode(self) -> None:
@@ -69,7 +71,8 @@ class EpisodicAgent:
     # ---- the loop -------------------------------------------------------------------------------
     @property
     def progress(self) -> float:
-        """Fraction of the current `learn` call's timesteps done (0 to 1)."""
+        """Fraction of the search's timesteps done (0 to 1): of this `learn` call's and, when it
+        continues an earlier one (`reset_num_timesteps=False`), of those before it, as in Stable-Baselines3."""
         start, end = self._learn_span
         return min(1.0, (self.num_timesteps - start) / max(end - start, 1))
 
@@ -95,13 +98,15 @@ class EpisodicAgent:
         hooks = CallbackList(callbacks)
         hooks.init_callback(self)  # type: ignore[arg-type]
         end = self.num_timesteps + total_timesteps
-        self._learn_span = (self.num_timesteps, end)
+        self._learn_span = (0, end)
         self.env.seed(self.seed + self.num_timesteps)
         observation = self.env.reset()
         hooks.on_training_start(locals(), globals())
-        self.begin_episode()
         hooks.on_rollout_start()
-        while self.num_timesteps < end:
+        stopped = self._pause()
+        if not stopped:
+            self.begin_episode()
+        while not stopped and self.num_timesteps < end:
             masks = np.split(np.asarray(self.env.env_method("action_masks")[0]), self._splits)
             action = np.asarray(self.act(observation[0], masks))
             observation, rewards, dones, infos = self.env.step(action[None])
@@ -110,16 +115,22 @@ class EpisodicAgent:
             if not hooks.on_step():
                 break
             self.observe(action, float(rewards[0]), bool(dones[0]), infos[0])
-            if dones[0]:
-                self.begin_episode()
             if self.num_timesteps % LOG_EVERY == 0:
                 hooks.on_rollout_end()
                 self.logger.dump(self.num_timesteps)
                 hooks.on_rollout_start()
+            if dones[0]:
+                stopped = self._pause()
+                if not stopped:
+                    self.begin_episode()
         hooks.on_rollout_end()
         self.logger.dump(self.num_timesteps)
         hooks.on_training_end()
         return self
+
+    def _pause(self) -> bool:
+        """A pause point (between episodes, before the next one begins): True if learning stops here."""
+        return bool(self.pause_hook and self.pause_hook())
 
     # ---- Stable-Baselines3's interface for callbacks ---------------------------------------------
     def get_env(self) -> VecEnv:

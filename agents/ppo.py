@@ -14,13 +14,13 @@ from typing import Any, Callable
 import gymnasium as gym
 import torch
 import yaml
-from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import VecEnv
 
 from agents.masked_policy import PaddedMaskablePolicy
+from agents.resumable import EpisodeRecordingVecEnv, Pausable
 from agents.self_imitation import SelfImitationPPO
 from agents.valid_actions import ValidActions
 
@@ -78,8 +78,17 @@ class PPOHyperparams:
         return d
 
 
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"maskable_ppo": SelfImitationPPO, "ppo": PPO, "a2c": A2C}
-"""The Stable-Baselines3 agents, by name (`maskable_ppo` self-imitates; `sil_steps: 0` turns that off)."""
+class PausablePPO(Pausable, PPO):
+    """PPO with pause points (`agents.resumable`)."""
+
+
+class PausableA2C(Pausable, A2C):
+    """A2C with pause points (`agents.resumable`)."""
+
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"maskable_ppo": SelfImitationPPO, "ppo": PausablePPO, "a2c": PausableA2C}
+"""The Stable-Baselines3 agents, by name (`maskable_ppo` self-imitates; `sil_steps: 0` turns that off);
+each can pause between rollouts to be saved and resumed exactly."""
 
 
 def load_hyperparams(*sections: str, path: str | Path = DEFAULT_HYPERPARAMS) -> PPOHyperparams:
@@ -125,9 +134,9 @@ def load_hyperparams(*sections: str, path: str | Path = DEFAULT_HYPERPARAMS) -> 
 
 def make_vec_env(make_env: Callable[[], gym.Env], n_envs: int, valid_actions: bool = False) -> VecEnv:
     """`n_envs` monitored copies of the environment, stepped in this process (wrapped in
-    `ValidActions` for an agent that cannot mask)."""
+    `ValidActions` for an agent that cannot mask), their unfinished episodes recorded for a resume."""
     wrap = ValidActions if valid_actions else (lambda env: env)
-    return DummyVecEnv([lambda: Monitor(wrap(make_env())) for _ in range(n_envs)])
+    return EpisodeRecordingVecEnv([lambda: Monitor(wrap(make_env())) for _ in range(n_envs)])
 
 
 def make_agent(

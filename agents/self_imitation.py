@@ -23,9 +23,12 @@ import numpy as np
 import torch as th
 from sb3_contrib import MaskablePPO
 
+from agents.resumable import Pausable
 
-class SelfImitationPPO(MaskablePPO):
-    """MaskablePPO plus self-imitation on its best episodes (module docstring).
+
+class SelfImitationPPO(Pausable, MaskablePPO):
+    """MaskablePPO plus self-imitation on its best episodes (module docstring), with pause points
+    (`agents.resumable`).
 
     Args:
         buffer_episodes: best episodes kept (by return).

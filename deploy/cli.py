@@ -14,9 +14,13 @@ without a traceback."""
 
 
 def run_main(main: Callable[[], int]) -> NoReturn:
-    """Exit with `main()`'s code; an error in `USER_ERRORS` prints `error: <message>` and exits 2."""
+    """Exit with `main()`'s code; an error in `USER_ERRORS` prints `error: <message>` and exits 2, Ctrl-C
+    prints one line and exits 130 (no traceback)."""
     try:
         sys.exit(main())
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

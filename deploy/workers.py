@@ -92,6 +92,7 @@ class Worker:
         self._proc = subprocess.Popen(
             [sys.executable, "-c", f"from deploy.workers import serve; serve({theirs.fileno()})"],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in the terminal stops the search, which ends its workers; never a call midway
         )
         theirs.close()
         self._conn = Connection(ours.detach())

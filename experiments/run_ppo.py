@@ -4,7 +4,7 @@
     python experiments/run_ppo.py --agent evolution                    # or qlearning, random, ppo, a2c
     python experiments/run_ppo.py --net resnet18 --budget-ms 120
     python experiments/run_ppo.py --net mobilenet_v1 --tradeoff 40     # MnasNet-style trade-off
-    python experiments/run_ppo.py --resume runs/mobilenet_v2-cortex-a72-s0-...   # continue a run
+    python experiments/run_ppo.py --resume runs/mobilenet_v2-cortex-a72-s0-...   # continue a run (after Ctrl-C too)
 
     python experiments/run_ppo.py --target npu-eyeriss                 # NPU, simulated with ZigZag
     python experiments/run_ppo.py --target npu-eyeriss --dataflow latency   # FlowOptimizer picks dataflows
@@ -15,6 +15,9 @@
 
 Without a board the latencies come from the calibrated Cortex-A72 model (every number says so); NPU
 targets (npu-eyeriss, npu-nvdla, npu-tpu, or an NPU's YAML file) are simulated with ZigZag.
+Ctrl-C (or SIGTERM) stops the search at its next pause point (well under a second), saves a checkpoint and
+says how to resume; `--resume` continues exactly where it stopped (`agents.resumable`). A checkpoint is
+also saved every --checkpoint-minutes, so a killed run loses at most that much.
 Each run writes one folder: config.yml, command.txt, tb/ (TensorBoard), checkpoints/,
 best_deployment.json (kept up to date), deployment.json, pareto.json / pareto.png (the accuracy-latency
 front of every deployment evaluated, with the choices of each point on it) and summary.txt at the end.
@@ -37,7 +40,8 @@ from typing import Any
 import torch
 import yaml
 
-from agents.callbacks import BestDeployment, Checkpoints, DeploymentTensorBoard
+from agents.callbacks import BestDeployment, DeploymentTensorBoard
+from agents.resumable import Checkpointer, StopRequest, at_pause_points, checkpoints, restore
 from agents.pareto import ParetoFront
 from agents.ppo import DEFAULT_HYPERPARAMS, SEARCH_THREADS, load_hyperparams
 from agents.registry import AGENTS, check_agent, checkpoint_suffix, load_search_agent, make_search_agent
@@ -86,8 +90,8 @@ class Config:
     """run folder to continue from its last checkpoint (its config is reused)"""
     hyperparams: str = str(DEFAULT_HYPERPARAMS)
     """YAML of the Stable-Baselines3 agents' hyperparameters (a default section, updated by TARGET and TARGET/NET sections)"""
-    checkpoint_every: int = 20_000
-    """save the agent every this many steps"""
+    checkpoint_minutes: float = 2.0
+    """save a checkpoint every this many minutes (and on Ctrl-C or SIGTERM)"""
     image_folder: str | None = None
     """train the accuracy proxy on this folder (<folder>/<class>/<image>) instead of scikit-learn's digits"""
     rpc: str | None = None
@@ -132,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
             parser.add_argument(flag, action="store_true", help=doc[f.name])
             continue
         kind = {
-            "timesteps": int, "seed": int, "checkpoint_every": int, "budget_ms": float, "tradeoff": float, "points_per_ms": float,
+            "timesteps": int, "seed": int, "checkpoint_minutes": float, "budget_ms": float, "tradeoff": float, "points_per_ms": float,
             "zigzag_lpf": int, "supernet_epochs": int, "predictor_samples": int,
         }.get(f.name, str)
         parser.add_argument(flag, type=kind, default=default, help=doc[f.name])
@@ -147,10 +151,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
 def run_folder(config: Config) -> Path:
     """A new folder for this run, or the folder being resumed."""
     if config.resume:
-        folder = Path(config.resume)
-        if not (folder / "config.yml").is_file():
-            raise ValueError(f"--resume {folder}: not a run folder (no config.yml)")
-        return folder
+        return Path(config.resume)  # checked by load_resumed
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(config.logdir) / f"{config.net}-{config.target}-s{config.seed}-{stamp}"
     folder, n = base, 1
@@ -163,8 +164,12 @@ def run_folder(config: Config) -> Path:
 
 def load_resumed(config: Config) -> Config:
     """The saved config of the run being resumed, with the new timestep target."""
-    saved = yaml.safe_load((Path(config.resume) / "config.yml").read_text())  # type: ignore[arg-type]
-    saved.update(resume=config.resume, timesteps=config.timesteps)
+    path = Path(config.resume) / "config.yml"  # type: ignore[arg-type]
+    if not path.is_file():
+        raise ValueError(f"--resume {config.resume}: not a run folder (no config.yml)")
+    saved = yaml.safe_load(path.read_text())
+    saved.pop("checkpoint_every", None)  # folders of earlier versions: checkpoints were by steps
+    saved.update(resume=config.resume, timesteps=config.timesteps, checkpoint_minutes=config.checkpoint_minutes)
     return Config(**saved)
 
 
@@ -285,30 +290,38 @@ def main(argv: list[str] | None = None) -> int:
                     entry.update(costs.backend.figures(layer, costs.cost(layer, choices[layer.name])))
         write_json(folder / name, doc)
 
-    checkpoints = folder / "checkpoints"
     suffix = checkpoint_suffix(config.agent)
-    latest = sorted(checkpoints.glob(f"*{suffix}"), key=lambda p: p.stat().st_mtime)
-    if config.resume and latest:
-        agent = load_search_agent(config.agent, latest[-1], make_env, str(folder / "tb"), hp)
-        print(f"resuming from {latest[-1]} at {agent.num_timesteps} steps")
+    saved = checkpoints(folder / "checkpoints", config.agent, suffix) if config.resume else []
+    if saved:
+        agent = load_search_agent(config.agent, saved[-1], make_env, str(folder / "tb"), hp)
     else:
+        if config.resume:
+            print(f"no checkpoint in {folder / 'checkpoints'}: the search starts again from step 0")
         agent = make_search_agent(config.agent, make_env, config.seed, str(folder / "tb"), hp)
     hparams = {**asdict(config), **hp.to_dict(), "reward_mode": mode, "reference_ms": probe.reward_config.reference_ms}
     earlier_front = None
-    if (folder / "pareto.json").is_file():  # a resumed run goes on from the front it had
+    if (folder / "pareto.json").is_file():  # a finished run resumed goes on from the front it had
         earlier_front = ParetoFront.from_dict(json.loads((folder / "pareto.json").read_text()))
     arch_labels = [probe.arch_space.label(o) for o in probe.arch_space.OPTIONS] if config.arch else []
     tensorboard = DeploymentTensorBoard(
         hparams, on_best=save_best, best=earlier_best(folder, probe), pareto=earlier_front, arch_labels=arch_labels,
         minimum_latency_ms=None if config.arch else evaluate(network, best_choices(network, costs), costs).latency_ms,
     )
-    checkpointing = Checkpoints(config.checkpoint_every, checkpoints, config.agent, suffix)
+    if saved:
+        exact = restore(agent, saved[-1], {"tensorboard": tensorboard})
+        how = "exactly where it stopped" if exact else "with new episodes (the checkpoint has no resume state)"
+        print(f"resuming from {saved[-1]} at {agent.num_timesteps} steps, {how}")
     remaining = max(config.timesteps - agent.num_timesteps, 0)
-    agent.learn(
-        remaining, callback=[tensorboard, checkpointing], progress_bar=True,
-        reset_num_timesteps=not config.resume, tb_log_name=config.agent,
-    )
-    agent.save(checkpoints / f"{config.agent}_{agent.num_timesteps}_steps{suffix}")
+    with StopRequest() as stop:
+        checkpointer = Checkpointer(agent, folder / "checkpoints", config.agent, suffix, config.checkpoint_minutes, stop,
+                                    {"tensorboard": tensorboard})
+        at_pause_points(agent, checkpointer)
+        agent.learn(remaining, callback=tensorboard, progress_bar=True, reset_num_timesteps=not saved, tb_log_name=config.agent)
+    if stop and agent.num_timesteps < config.timesteps:
+        print(f"{stop.signal_name}: stopped at {agent.num_timesteps} steps, checkpoint {checkpointer.last}; "
+              f"continue with: python experiments/run_ppo.py --resume {folder}", file=sys.stderr)
+        return 130
+    checkpointer.save()
     best = tensorboard.best.info
     if not best:
         print("no complete deployment was evaluated; train for more timesteps", file=sys.stderr)

@@ -138,6 +138,53 @@ def test_same_seed_and_warm_database_give_the_same_deployment_without_measuring(
     assert a.choices == b.choices and a.totals == b.totals
 
 
+@pytest.mark.parametrize("agent", ["maskable_ppo", "evolution"])
+def test_an_interrupted_search_resumes_exactly_where_it_stopped(agent, tmp_path):
+    """SIGINT mid-search: a checkpoint and one line saying how to resume, no traceback; `--resume` then
+    ends with the same deployment (and for PPO the same policy weights) as the search never stopped."""
+    import io
+    import signal
+    import time
+    import zipfile
+
+    import torch
+
+    hyperparams = tmp_path / "ppo.yml"
+    hyperparams.write_text("default:\n  n_envs: 2\n  n_steps: 64\n  batch_size: 64\n  n_epochs: 1\n")
+    args = ["--agent", agent, "--timesteps", "2048", "--hyperparams", str(hyperparams), "--logdir", str(tmp_path)]
+    whole = run(*args, cwd=tmp_path)  # also fills the database's accuracy cache the others then read
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    (uninterrupted,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    command = [sys.executable, str(ROOT / "experiments" / "run_ppo.py"), *args, "--checkpoint-minutes", "0"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while process.poll() is None and not [
+        c for c in tmp_path.glob("*/checkpoints/*_steps.*") if c.parent.parent != uninterrupted and "_0_steps" not in c.name
+    ]:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err[-3000:]
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir() and p != uninterrupted]
+    assert "Traceback" not in err and f"continue with: python experiments/run_ppo.py --resume {folder}" in err
+    stopped_at = int(err.split("stopped at ")[1].split(" steps")[0])
+    assert 0 < stopped_at < 2048 and not (folder / "deployment.json").exists()
+    resumed = run("--resume", str(folder), "--timesteps", "2048", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at {stopped_at} steps, exactly where it stopped" in resumed.stdout
+    a, b = load_deployment(uninterrupted / "deployment.json"), load_deployment(folder / "deployment.json")
+    assert a.choices == b.choices and a.totals == b.totals
+    if agent == "maskable_ppo":
+        def weights(run_folder: Path) -> dict:
+            with zipfile.ZipFile(run_folder / "checkpoints" / "maskable_ppo_2048_steps.zip") as z:
+                return torch.load(io.BytesIO(z.read("policy.pth")))
+
+        x, y = weights(uninterrupted), weights(folder)
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    events = EventAccumulator(str(next((folder / "tb").iterdir()))).Reload()
+    steps = [e.step for e in events.Scalars("deploy/episodes")]
+    assert len(list((folder / "tb").iterdir())) == 1 and steps == sorted(steps) and steps[-1] >= 2048 - 128
+
+
 def whole_episodes(tmp_path: Path, n_envs: int) -> tuple[str, ...]:
     """Arguments of a MobileNetV2-32 search (53 layers) just long enough for one complete episode in each
     of `n_envs` environments."""
@@ -272,6 +319,7 @@ def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board
         (["--arch", "--proxy", "mnist"], "unknown proxy data set 'mnist'"),
         (["--predictor-samples", "50"], "--predictor-samples predicts sub-network accuracy: it needs --arch"),
         (["--latency-correction", "nope.json"], "nope.json: cannot read a latency correction"),
+        (["--resume", "/tmp"], "--resume /tmp: not a run folder (no config.yml)"),
     ],
 )
 def test_bad_arguments_give_a_clear_error_and_no_traceback(args, message, tmp_path, capsys, monkeypatch):
