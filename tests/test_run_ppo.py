@@ -151,7 +151,7 @@ def test_an_interrupted_search_resumes_exactly_where_it_stopped(agent, tmp_path)
 
     hyperparams = tmp_path / "ppo.yml"
     hyperparams.write_text("default:\n  n_envs: 2\n  n_steps: 64\n  batch_size: 64\n  n_epochs: 1\n")
-    args = ["--agent", agent, "--timesteps", "2048", "--hyperparams", str(hyperparams), "--logdir", str(tmp_path)]
+    args = ["--agent", agent, "--timesteps", "1024", "--hyperparams", str(hyperparams), "--logdir", str(tmp_path)]
     whole = run(*args, cwd=tmp_path)  # also fills the database's accuracy cache the others then read
     assert whole.returncode == 0, whole.stderr[-3000:]
     (uninterrupted,) = [p for p in tmp_path.iterdir() if p.is_dir()]
@@ -167,22 +167,22 @@ def test_an_interrupted_search_resumes_exactly_where_it_stopped(agent, tmp_path)
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir() and p != uninterrupted]
     assert "Traceback" not in err and f"continue with: python experiments/run_ppo.py --resume {folder}" in err
     stopped_at = int(err.split("stopped at ")[1].split(" steps")[0])
-    assert 0 < stopped_at < 2048 and not (folder / "deployment.json").exists()
-    resumed = run("--resume", str(folder), "--timesteps", "2048", cwd=tmp_path)
+    assert 0 < stopped_at < 1024 and not (folder / "deployment.json").exists()
+    resumed = run("--resume", str(folder), "--timesteps", "1024", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at {stopped_at} steps, exactly where it stopped" in resumed.stdout
     a, b = load_deployment(uninterrupted / "deployment.json"), load_deployment(folder / "deployment.json")
     assert a.choices == b.choices and a.totals == b.totals
     if agent == "maskable_ppo":
         def weights(run_folder: Path) -> dict:
-            with zipfile.ZipFile(run_folder / "checkpoints" / "maskable_ppo_2048_steps.zip") as z:
+            with zipfile.ZipFile(run_folder / "checkpoints" / "maskable_ppo_1024_steps.zip") as z:
                 return torch.load(io.BytesIO(z.read("policy.pth")))
 
         x, y = weights(uninterrupted), weights(folder)
         assert all(torch.equal(x[k], y[k]) for k in x)
     events = EventAccumulator(str(next((folder / "tb").iterdir()))).Reload()
     steps = [e.step for e in events.Scalars("deploy/episodes")]
-    assert len(list((folder / "tb").iterdir())) == 1 and steps == sorted(steps) and steps[-1] >= 2048 - 128
+    assert len(list((folder / "tb").iterdir())) == 1 and steps == sorted(steps) and steps[-1] >= 1024 - 128
 
 
 def whole_episodes(tmp_path: Path, n_envs: int) -> tuple[str, ...]:
