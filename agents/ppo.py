@@ -95,7 +95,7 @@ def load_hyperparams(*sections: str, path: str | Path = DEFAULT_HYPERPARAMS) -> 
     """The `default` section of the YAML at `path`, updated by each of `sections` it has, in order."""
     try:
         doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise HyperparamError(f"{path}: cannot read hyperparameters ({err})") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("default"), dict):
         raise HyperparamError(f"{path}: expected a mapping with a 'default' section of hyperparameters")

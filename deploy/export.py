@@ -104,7 +104,7 @@ def load_deployment(path: str | Path) -> DeploymentRecord:
     """Read a deployment file; DeploymentFileError names the file and what is wrong."""
     try:
         doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DeploymentFileError(f"{path}: cannot read a deployment file ({err})") from err
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
@@ -124,6 +124,9 @@ def load_deployment(path: str | Path) -> DeploymentRecord:
     unknown = sorted(set(record.choices) - searchable)
     if unknown:
         raise DeploymentFileError(f"{path}: choices for layers that {record.network.name!r} has not (or cannot search): {unknown}")
+    missing = [name for name in searchable if name not in record.choices]
+    if missing:
+        raise DeploymentFileError(f"{path}: {record.network.name!r} has no choice for layer(s) {sorted(missing)}")
     return record
 
 

@@ -188,7 +188,7 @@ def load_correction(path: str | Path, target: str, fingerprint: str) -> LatencyC
     ValueError naming the file and the mismatch."""
     try:
         document = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read a latency correction ({err})") from None
     if not isinstance(document, dict) or document.get("schema") != CORRECTION_SCHEMA:
         raise ValueError(f"{path}: not a latency correction file (schema {CORRECTION_SCHEMA!r})")

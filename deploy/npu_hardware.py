@@ -153,6 +153,8 @@ def load_npu_spec(path: str | Path) -> NpuSpec:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
         raise NpuSpecError(f"{path}: cannot read the NPU description ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise NpuSpecError(f"{path}: not a text file (byte {err.start} is not UTF-8); expected the NPU's YAML") from None
     except yaml.YAMLError as err:
         raise NpuSpecError(f"{path}: not valid YAML ({err})") from None
     try:

@@ -145,6 +145,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
         check_agent(config.agent)
     except ValueError as err:
         parser.error(str(err))
+    for name in ("budget_ms", "tradeoff", "points_per_ms", "timesteps"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value:g}")
+    if config.checkpoint_minutes < 0:
+        parser.error(f"--checkpoint-minutes must be 0 or more, got {config.checkpoint_minutes:g}")
     return config
 
 

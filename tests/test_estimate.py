@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,18 @@ def test_a_deployment_naming_a_layer_the_network_has_not_is_refused(tiny, tmp_pa
     file.write_text(json.dumps(doc))
     result = _estimate("--deployment", str(file))
     assert result.returncode == 2 and "['conv9']" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_deployment_missing_a_layer_or_not_text_is_refused_naming_the_file(tiny, tmp_path):
+    from deploy.export import DeploymentFileError, load_deployment
+
+    choices = estimate_latency(tiny, "cortex-a72").choices
+    file = _write_deployment(tmp_path / "deployment.json", tiny, "cortex-a72", choices)
+    doc = json.loads(file.read_text())
+    del doc["choices"]["dw"]
+    file.write_text(json.dumps(doc))
+    with pytest.raises(DeploymentFileError, match=rf"^{re.escape(str(file))}: 'tiny' has no choice for layer\(s\) \['dw'\]"):
+        load_deployment(file)
+    file.write_bytes(b"\xaa\xbb garbage")
+    with pytest.raises(DeploymentFileError, match=rf"^{re.escape(str(file))}: cannot read a deployment file"):
+        load_deployment(file)

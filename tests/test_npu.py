@@ -136,6 +136,13 @@ def test_a_wrong_hardware_yaml_is_an_error_naming_the_field(tmp_path, edit, fiel
         get_target(str(path))
 
 
+def test_a_hardware_file_that_is_not_text_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "garbage.yaml"
+    path.write_bytes(b"\xaa\xbb\x00 not yaml")
+    with pytest.raises(NpuSpecError, match=rf"^{re.escape(str(path))}: not a text file \(byte 0 is not UTF-8\)"):
+        load_npu_spec(path)
+
+
 def test_any_npu_yaml_file_is_a_target(tmp_path):
     data = preset_yaml("npu-nvdla")
     data["name"] = "my-npu"

@@ -320,6 +320,8 @@ def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board
         (["--predictor-samples", "50"], "--predictor-samples predicts sub-network accuracy: it needs --arch"),
         (["--latency-correction", "nope.json"], "nope.json: cannot read a latency correction"),
         (["--resume", "/tmp"], "--resume /tmp: not a run folder (no config.yml)"),
+        (["--budget-ms", "-5"], "--budget-ms must be positive, got -5"),
+        (["--tradeoff", "0"], "--tradeoff must be positive, got 0"),
     ],
 )
 def test_bad_arguments_give_a_clear_error_and_no_traceback(args, message, tmp_path, capsys, monkeypatch):
