@@ -39,10 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         db = MeasurementDB(db_path) if db_path else None
         estimate = estimate_latency(args.net, args.target or "cortex-a72", quant=args.quant, threads=args.threads, db=db)
-    print(f"{'layer':24s} {'choice':52s} {'ms':>8s} {'conv ms':>8s}")
-    for layer in estimate.layers:
-        choice = layer.choice.key if layer.choice else "-"
-        print(f"{layer.name:24s} {choice:52s} {layer.latency_ms:8.3f} {layer.conversion_ms:8.3f}")
+    rows = [(layer.name, layer.choice.key if layer.choice else "-", layer.latency_ms, layer.conversion_ms)
+            for layer in estimate.layers]
+    name_width = max(len("layer"), *(len(r[0]) for r in rows))
+    choice_width = max(len("choice"), *(len(r[1]) for r in rows))
+    print(f"{'layer':{name_width}s} {'choice':{choice_width}s} {'ms':>8s} {'conv ms':>8s}")
+    for name, choice, ms, conversion_ms in rows:
+        print(f"{name:{name_width}s} {choice:{choice_width}s} {ms:8.3f} {conversion_ms:8.3f}")
     print(estimate.summary())
     return 0
 

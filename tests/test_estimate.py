@@ -63,6 +63,8 @@ def test_command_line_prints_layers_and_provenance():
     )
     assert result.returncode == 0, result.stderr
     assert "layer1.0.conv1" in result.stdout and "int8" in result.stdout
+    table = result.stdout.splitlines()[: 1 + len(zoo.get_network("resnet18").layers)]
+    assert table[0].startswith("layer") and len({len(line) for line in table}) == 1  # columns line up, long choices too
     assert "resnet18 on cortex-a72" in result.stdout and "not measured: modelled:cortex-a72-model@1" in result.stdout
     bad = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "estimate_latency.py"), "--net", "vgg99"],
