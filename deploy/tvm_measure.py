@@ -230,7 +230,7 @@ class Measurer:
         if down is not None:
             return [down] * len(kernels)
         paths = self.in_compilers(
-            _compile, [(tvm.ir.save_json(k[0]), self.target, self._kernel_path()) for k in kernels], "compile"
+            _compile, [(tvm.ir.save_json(k[0]), self.target, self._kernel_path()) for k in kernels], "kernel compile"
         )
         results: list[Measurement | MeasurementError] = []
         for path, (_, args, threads) in zip(paths, kernels):

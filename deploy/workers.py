@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 from deploy.cost import CostUnavailable
 
 _ROOT = str(Path(__file__).resolve().parents[1])
+PROGRESS_FROM = 16
+"""Batches of this many calls or more show a progress bar (an NPU's up-front simulations took ~3 min in silence)."""
 
 
 class MeasurementError(CostUnavailable):
@@ -120,7 +122,8 @@ class WorkerPool:
 
     def map(self, fn: Callable[..., Any], calls: Sequence[tuple], timeout_s: float, retries: int, what: str) -> list[Any]:
         """`fn(*args)` for each args in `calls`, in parallel; a call that fails (after `retries` more
-        attempts, each within `timeout_s`) has its `MeasurementError` in its place."""
+        attempts, each within `timeout_s`) has its `MeasurementError` in its place. A batch of at least
+        `PROGRESS_FROM` calls shows a progress bar named `what` on a terminal."""
 
         def one(args: tuple) -> Any:
             worker = self._idle.get()
@@ -129,7 +132,12 @@ class WorkerPool:
             finally:
                 self._idle.put(worker)
 
-        return list(self._threads.map(one, calls))
+        done = self._threads.map(one, calls)
+        if len(calls) >= PROGRESS_FROM:
+            from tqdm.auto import tqdm  # here: a worker process imports this module and nothing else
+
+            done = tqdm(done, total=len(calls), desc=f"{what}s", unit="call", leave=False, disable=None)  # None: off unless a terminal
+        return list(done)
 
     def close(self) -> None:
         """Stop every worker."""

@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     hp = load_hyperparams(config.target, f"{config.target}/{config.net}", path=config.hyperparams)
 
     network = resolve_network(config.net)
+    print(f"{network.name} on {config.target}: preparing the accuracy oracle (trained once, then cached)", flush=True)
     if config.arch:
         oracle = supernet_oracle_for(
             network, config.image_folder, config.supernet_epochs, restart=config.restart_supernet, proxy=config.proxy
@@ -263,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             points_per_ms=config.points_per_ms,
         )
 
+    print("pricing the baseline and every layer's choices (for the budget and the exact references)", flush=True)
     probe = make_env()  # fails fast on an impossible budget, before any folder is written
     folder = run_folder(config)
     if not config.resume:

@@ -130,3 +130,28 @@ def test_a_measuring_worker_can_use_every_core(monkeypatch):
         assert worker.call(_pool_size, (1,), 60) == 1
     finally:
         worker.stop()
+
+
+def test_a_large_batch_of_worker_calls_shows_its_progress_on_a_terminal(monkeypatch):
+    """An NPU's up-front simulations ran minutes in silence: a batch of PROGRESS_FROM calls or more shows a bar."""
+    import io
+    import sys
+
+    from deploy.workers import PROGRESS_FROM, WorkerPool
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    pool = WorkerPool("test", 2)
+    try:
+        results = pool.map(pow, [(2, i) for i in range(PROGRESS_FROM)], 60, 0, "power")
+        assert results == [2**i for i in range(PROGRESS_FROM)]
+        assert "powers:" in screen.getvalue() and f"/{PROGRESS_FROM} [" in screen.getvalue()
+        shown = screen.getvalue()
+        pool.map(pow, [(2, 1)], 60, 0, "power")
+        assert screen.getvalue() == shown  # a small batch stays quiet
+    finally:
+        pool.close()
