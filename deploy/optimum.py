@@ -114,7 +114,10 @@ def best_choices(
             first = axis_of[layer.inputs[0]]
             factors.add(table.fixed_layer_vector(layer), (first,))
             for src, size in zip(layer.inputs[1:], elements[1:]):
-                factors.add(table.conversion_matrix(size), (axis_of[src], first))
+                if axis_of[src] == first:  # one state (e.g. x + pool(x)): converting a format into itself
+                    factors.add(np.diag(table.conversion_matrix(size)).copy(), (first,))
+                else:
+                    factors.add(table.conversion_matrix(size), (axis_of[src], first))
             axis_of[layer.name] = first
         for src in layer.inputs:
             readers_left[src] -= 1

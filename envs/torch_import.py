@@ -4,8 +4,11 @@ The module is traced with `torch.fx.symbolic_trace` (so layers keep their module
 its shapes come from one batch-1 forward pass (`ShapeProp`). Each graph node becomes at most one layer:
 convolutions, dense layers, pools, adds and concats become layers; a batch norm directly after a conv
 and an activation after a conv, dense or add (each the only reader of that output) are fused into it;
-dropout, identity and the flatten before a dense layer vanish. Anything else raises
-`UnsupportedOpError`, naming the op and the node, before the module is run.
+dropout, identity and the flatten before a dense layer vanish. A tensor multiplied by zero (NAS-Bench-
+201's `none` op) is a zero branch: it costs nothing, and an add drops it (an add left with one input
+forwards it, so `sum([x.mul(0), conv(x)])` is the conv alone). Python's `sum()` of n tensors (traced as
+`0 + a + b + ...`) is n-1 two-input adds. Anything else raises `UnsupportedOpError`, naming the op and
+the node, before the module is run.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from envs.network import NETWORK_INPUT, Layer, Network, Op, Shape, conv_op
 
 SUPPORTED = (
     "Conv2d, Linear, BatchNorm2d after a conv, ReLU, ReLU6, Hardswish, Sigmoid, MaxPool2d, AvgPool2d, "
-    "AdaptiveAvgPool2d(1), mean over (H, W), add, cat on channels, flatten/view/reshape before a Linear, "
-    "Identity, Dropout"
+    "AdaptiveAvgPool2d(1), mean over (H, W), add (also sum() of tensors), cat on channels, flatten/view/reshape "
+    "before a Linear, Identity, Dropout, multiplication by 0 (a zero branch)"
 )
 
 _ACTIVATION_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.Sigmoid: "sigmoid"}
@@ -35,6 +38,9 @@ _ACTIVATION_FUNCTIONS = {
 _ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
 _PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+_MUL_FUNCTIONS = (operator.mul, operator.imul, torch.mul)
+ZERO = "<zero>"
+"""The value of a zero branch (a tensor times 0): no layer produces it."""
 _CAT_FUNCTIONS = (torch.cat, torch.concat)
 _RESHAPE_FUNCTIONS = (torch.flatten, torch.reshape)
 _RESHAPE_METHODS = ("flatten", "view", "reshape")
@@ -83,6 +89,15 @@ def _is_global_mean(node: fx.Node) -> bool:
     return isinstance(dims, (tuple, list)) and sorted(d % 4 for d in dims) == [2, 3]
 
 
+def _times_zero(node: fx.Node) -> bool:
+    """`x * 0`, `x.mul(0.)`, `torch.mul(x, 0)`: one tensor times the constant 0."""
+    if len(node.args) != 2 or node.kwargs:
+        return False
+    tensors = [a for a in node.args if isinstance(a, fx.Node)]
+    constants = [a for a in node.args if not isinstance(a, fx.Node)]
+    return len(tensors) == 1 and constants == [0]
+
+
 def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     """What `node` becomes: a layer kind, a forwarding kind, or raise `UnsupportedOpError`."""
     if node.op in ("placeholder", "output"):
@@ -113,6 +128,8 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
             return "activation"
         if target in _ADD_FUNCTIONS:
             return "add"
+        if target in _MUL_FUNCTIONS and _times_zero(node):
+            return "zero"
         if target in _CAT_FUNCTIONS:
             return "concat"
         if target in _RESHAPE_FUNCTIONS:
@@ -132,6 +149,8 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
             return "activation"
         if target in ("add", "add_"):
             return "add"
+        if target in ("mul", "mul_") and _times_zero(node):
+            return "zero"
         if target in _RESHAPE_METHODS:
             return "reshape"
         if target == "mean" and _is_global_mean(node):
@@ -166,10 +185,12 @@ class _Importer:
     def _op(self, node: fx.Node) -> str:
         return _op_name(node, self.modules)
 
-    def _inputs(self, node: fx.Node, allow_flat: bool = False) -> list[fx.Node]:
-        """The tensor-valued input nodes; a flattened value may only feed a dense layer."""
+    def _inputs(self, node: fx.Node, allow_flat: bool = False, allow_zero: bool = False) -> list[fx.Node]:
+        """The tensor-valued input nodes; a flattened value may only feed a dense layer, a zero branch an add."""
         inputs = [n for n in node.all_input_nodes if n.meta["kind"] != "shape"]
         for n in inputs:
+            if self.value.get(n) == ZERO and not allow_zero:
+                raise UnsupportedOpError(self._op(node), node, f"it reads {n.name!r}, a tensor that is always zero")
             if n.meta["kind"] == "constant":
                 raise UnsupportedOpError(self._op(node), node, f"it reads the parameter or buffer {n.target!r}")
             if n in self.flattened and not allow_flat:
@@ -192,7 +213,7 @@ class _Importer:
         """The layer `node` can be fused into: of op `ops`, nothing fused after it yet, read only by `node`."""
         (src,) = self._inputs(node)
         name = self.value[src]
-        if name == NETWORK_INPUT or self.layers[name].op not in ops or self.layers[name].activation:
+        if name in (NETWORK_INPUT, ZERO) or self.layers[name].op not in ops or self.layers[name].activation:
             return None
         return self.layers[name] if self._readers(self.layer_node[name], node) == [node] else None
 
@@ -317,11 +338,21 @@ class _Importer:
             pool="global_avg",
         )
 
+    def _zero(self, node: fx.Node) -> None:
+        """A tensor times 0: a zero branch (module docstring)."""
+        self._inputs(node, allow_zero=True)
+        self.value[node] = ZERO
+
     def _add(self, node: fx.Node) -> None:
-        self._inputs(node)
-        srcs = [a for a in node.args if isinstance(a, fx.Node)]
-        if len(srcs) != 2 or _arg(node, 2, "alpha", 1) != 1:
-            raise UnsupportedOpError(self._op(node), node, "only the sum of two tensors is supported")
+        self._inputs(node, allow_zero=True)
+        srcs = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+        constants = [a for a in node.args[:2] if not isinstance(a, fx.Node)]
+        if constants not in ([], [0]) or _arg(node, 2, "alpha", 1) != 1:
+            raise UnsupportedOpError(self._op(node), node, "only a sum of tensors is supported (no constants but sum()'s 0)")
+        srcs = [n for n in srcs if self.value[n] != ZERO]
+        if len(srcs) < 2:  # a zero branch or sum()'s starting 0 dropped: the add forwards what is left
+            self.value[node] = self.value[srcs[0]] if srcs else ZERO
+            return
         shapes = {tuple(n.meta["tensor_meta"].shape) for n in srcs}
         if len(shapes) != 1:
             raise UnsupportedOpError(self._op(node), node, f"broadcasting add of shapes {sorted(shapes)}")

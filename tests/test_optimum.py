@@ -43,6 +43,19 @@ def basic_block() -> Network:
     ))
 
 
+def pooled_skip() -> Network:
+    """stem -> pool(stem) -> c1; add(pool, c1); add(that, stem): the pool and both adds run in the stem's
+    format, so the last add reads two tensors in one state (a NAS-Bench-201-style cell)."""
+    return Network("ps", (3, 8, 8), (
+        conv("stem", "input", 3, 16, 8, k=3, op=Op.CONV),
+        Layer("pool", Op.POOL, ("stem",), (16, 8, 8), (16, 8, 8), (3, 3), (1, 1), (1, 1), pool="avg"),
+        conv("c1", "pool", 16, 16, 8, k=3, op=Op.CONV),
+        Layer("add1", Op.ADD, ("pool", "c1"), (16, 8, 8), (16, 8, 8)),
+        Layer("add2", Op.ADD, ("add1", "stem"), (16, 8, 8), (16, 8, 8)),
+        conv("head", "add2", 16, 32, 8),
+    ))
+
+
 def few_choices(choice: Choice) -> bool:
     """Two precisions, both layouts, one or four threads, one schedule otherwise: 8 states, few choices."""
     d = choice.dataflow
@@ -56,7 +69,8 @@ def brute_force(network: Network, table, allow: Callable[[Choice, Layer], bool])
     return min(evaluate(network, dict(zip(names, combo)), table).latency_ms for combo in itertools.product(*options))
 
 
-@pytest.mark.parametrize("network", [inverted_residual(), basic_block()], ids=["skip-first", "main-path-first"])
+@pytest.mark.parametrize("network", [inverted_residual(), basic_block(), pooled_skip()],
+                         ids=["skip-first", "main-path-first", "two-inputs-one-state"])
 def test_equals_brute_force_on_networks_with_skips(network, a72_table):
     exact = evaluate(network, best_choices(network, a72_table, few_choices), a72_table).latency_ms
     assert exact == pytest.approx(brute_force(network, a72_table, lambda c, _: few_choices(c)), rel=1e-12)

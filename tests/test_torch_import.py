@@ -246,6 +246,48 @@ class ChannelShuffle(nn.Module):
         return self.conv(x.view(1, 3, 16, 4))
 
 
+class NasBench201Cell(nn.Module):
+    """A NAS-Bench-201-style cell: every node sums (Python's sum()) the ops on its incoming edges, and the
+    `none` op multiplies by zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 1)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.AvgPool2d(3, 1, 1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        n1 = sum([self.conv1(x)])
+        n2 = sum([x.mul(0.0), self.conv3(n1)])
+        n3 = sum([self.pool(x), n1 * 0, n2, x])
+        return self.head(n3.mean((2, 3)))
+
+
+def test_zero_branches_cost_nothing_and_a_sum_of_n_tensors_is_n_minus_1_adds() -> None:
+    from deploy.estimate import estimate_latency
+
+    network = import_module(NasBench201Cell(), (3, 8, 8))
+    ops = [layer.op for layer in network.layers]
+    assert ops == [Op.CONV, Op.POINTWISE, Op.CONV, Op.POOL, Op.ADD, Op.ADD, Op.POOL, Op.DENSE]
+    first, second = [layer for layer in network.layers if layer.op is Op.ADD]
+    assert set(first.inputs) == {"pool", "conv3"} and set(second.inputs) == {first.name, "stem"}
+    assert network["conv3"].inputs == ("conv1",)  # sum([conv1(x)]) and sum([0 * x, conv3]) forward their tensor
+    priced = estimate_latency(network, "cortex-a72")
+    assert all(layer.latency_ms > 0 for layer in priced.layers)  # adds and pools cost their memory traffic
+
+
+class ReadsAZeroTensor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.mul(0))
+
+
 @pytest.mark.parametrize(
     ("module", "message"),
     [
@@ -255,8 +297,9 @@ class ChannelShuffle(nn.Module):
         (WithBroadcastMul(), "unsupported op operator.mul at node 'mul'"),
         (ReluBeforeBatchNorm(), "unsupported op torch.nn.BatchNorm2d at node 'bn'"),
         (ChannelShuffle(), "unsupported op Tensor.view at node 'view'"),
+        (ReadsAZeroTensor(), "unsupported op torch.nn.Conv2d at node 'conv' (it reads 'mul', a tensor that is always zero)"),
     ],
-    ids=["lstm", "sort", "grid_sample", "mul", "bn_after_relu", "view_to_4d"],
+    ids=["lstm", "sort", "grid_sample", "mul", "bn_after_relu", "view_to_4d", "conv_of_zero"],
 )
 def test_unsupported_op_is_named(module: nn.Module, message: str) -> None:
     with pytest.raises(UnsupportedOpError, match="supported: Conv2d, Linear") as error:
