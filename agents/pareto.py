@@ -99,15 +99,29 @@ class ParetoFront:
         front.front = [Point.from_info(p) for p in d["front"]]
         return front
 
-    def figure(self, references: dict[str, tuple[float, float]] | None = None) -> Figure:
-        """Accuracy against latency: every point, the front, and labelled reference points."""
+    def figure(
+        self, references: dict[str, tuple[float, float]] | None = None, chosen: tuple[float, float] | None = None,
+        budget_ms: float | None = None,
+    ) -> Figure:
+        """Accuracy against latency: every point, the accuracy-latency front (points on the front only
+        because they use less energy hollow), labelled reference points (latency, accuracy), the chosen
+        deployment and the latency budget."""
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         if self.points:
             ax.scatter([p[1] for p in self.points], [100 * p[0] for p in self.points], s=6, c="0.75", label="evaluated")
-        ax.step([p.latency_ms for p in self.front], [100 * p.accuracy for p in self.front], "o-", where="post",
-                color="C3", markersize=4, label="Pareto front")
+        two = self.accuracy_latency()
+        ax.step([p.latency_ms for p in two], [100 * p.accuracy for p in two], "o-", where="post",
+                color="C3", markersize=4, label="Pareto front (accuracy, latency)")
+        by_energy = [p for p in self.front if p not in two]
+        if by_energy:
+            ax.scatter([p.latency_ms for p in by_energy], [100 * p.accuracy for p in by_energy], s=22, facecolors="none",
+                       edgecolors="C3", label="on the front by energy only")
         for label, (latency, accuracy) in (references or {}).items():
             ax.scatter([latency], [100 * accuracy], marker="*", s=120, label=label, zorder=3)
+        if chosen is not None:
+            ax.scatter([chosen[0]], [100 * chosen[1]], marker="D", s=60, color="k", label="chosen deployment", zorder=4)
+        if budget_ms is not None:
+            ax.axvline(budget_ms, color="0.3", linestyle="--", linewidth=1, label=f"budget {budget_ms:.2f} ms")
         ax.set_xlabel("latency (ms)")
         ax.set_ylabel("held-out accuracy (%)")
         ax.set_title(f"{len(self.points)} deployments evaluated, {len(self.front)} on the front")

@@ -342,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     save_best(best, "deployment.json", refs)
     (folder / "best_deployment.json").unlink(missing_ok=True)
     write_json(folder / "pareto.json", tensorboard.pareto.to_dict())
-    figure = tensorboard.pareto.figure({"baseline": (probe.baseline.latency_ms, oracle.baseline_accuracy)})
+    figure = tensorboard.pareto.figure(
+        {"baseline": (probe.baseline.latency_ms, oracle.baseline_accuracy)}, chosen=(best["latency_ms"], best["accuracy"]),
+        budget_ms=probe.reward_config.reference_ms if mode == "budget" else None,
+    )
     figure.savefig(folder / "pareto.png", dpi=120)
     fidelity = oracle.measure([c["quant"] for c in best["choices"].values()], *(
         [probe.arch_space.parse(best["architecture"])] if best.get("architecture") else []))

@@ -43,6 +43,21 @@ def test_json_round_trip_and_figure():
     assert figure.axes[0].get_xlabel() == "latency (ms)"
 
 
+def test_figure_marks_the_chosen_deployment_the_budget_and_points_on_the_front_by_energy_only():
+    front = ParetoFront()
+    for point in (Point(0.9, 10.0, 5.0), Point(0.95, 20.0, 5.0), Point(0.85, 15.0, 1.0)):  # the last: energy only
+        front.add(point)
+    ax = front.figure({"baseline": (25.0, 0.9)}, chosen=(10.0, 0.9), budget_ms=12.0).axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert {"chosen deployment", "budget 12.00 ms", "on the front by energy only"} <= set(labels)
+    (budget,) = [line for line in ax.get_lines() if line.get_label() == "budget 12.00 ms"]
+    assert list(budget.get_xdata()) == [12.0, 12.0]
+    (energy_only,) = [c for c in ax.collections if c.get_label() == "on the front by energy only"]
+    assert energy_only.get_offsets().tolist() == [[15.0, 85.0]]
+    (chosen,) = [c for c in ax.collections if c.get_label() == "chosen deployment"]
+    assert chosen.get_offsets().tolist() == [[10.0, 90.0]]
+
+
 def test_accuracy_latency_front_is_the_two_objective_front_of_every_point_added():
     rng = np.random.default_rng(1)
     latency = rng.choice(30, 300) + 1.0
