@@ -25,8 +25,10 @@ choices that search may make) and scored with the same reward. On an NPU they gi
 level, what a search that had tried exactly those networks would gain from per-layer dataflows, and
 each network's own gain; on a CPU, how much of the random front each joint search's front dominates.
 
-Writes <out>/nas-<target>.json (every search's choice, Pareto front and settings; the comparison)
-and nas-<target>.png (the fronts and the choices), <target> being the target's name; TensorBoard runs
+Writes <out>/nas-<target>.json (every search's choice, accuracy-latency front and settings; the
+comparison), nas-<target>.points.json (every evaluated point and each search's full Pareto front with
+per-layer choices: megabytes, not in git) and nas-<target>.png (the fronts and the choices), <target>
+being the target's name; TensorBoard runs
 go to <out>/nas-<target>/, with the fixed-dataflow descriptions of an NPU given as a YAML file.
 """
 
@@ -136,8 +138,14 @@ class Search:
                 {"latency_ms": p.latency_ms, "accuracy": p.accuracy, "architecture": p.architecture}
                 for p in self.front.accuracy_latency()
             ],
-            "pareto": self.front.to_dict(),
+            "evaluated": len(self.front.points),
         }
+
+
+def points_file(stem: Path) -> Path:
+    """Beside the report: every search's evaluated points and Pareto front with their choices, by
+    search name (megabytes: not kept in git)."""
+    return stem.with_name(stem.name + ".points.json")
 
 
 def search_env(plan: SearchPlan, oracle: SupernetOracle, db_path: Path, tradeoff_ms: float | None) -> Callable[[], DeploymentEnv]:
@@ -466,8 +474,11 @@ def main(argv: list[str] | None = None) -> int:
         "random_architectures": [s.to_dict() for s in drawn.values()],
         "references": [s.to_dict() for s in marks.values()],
         "comparison": comparison,
+        "points": points_file(stem).name,
     }
     write_json(stem.with_suffix(".json"), report)
+    every = [*searches, *drawn.values(), *marks.values()]
+    write_json(points_file(stem), {s.name: s.front.to_dict() for s in every})
     title = f"NAS on {target.name}: {args.timesteps} steps per search, seed {args.seed}"
     figure(searches, randoms, title, marks).savefig(stem.with_suffix(".png"), dpi=120)
     print(json.dumps(comparison, indent=2))

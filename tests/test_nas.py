@@ -35,10 +35,12 @@ def test_cpu_experiment_writes_fronts_choices_and_an_honest_dominance_verdict(tm
     assert report["target"]["target"] == "cortex-a72" and report["target"]["tvm_target"]["mcpu"] == "cortex-a72"
     # the reference: as many random architectures as the first search had episodes, each deployed in int8, drawn once
     (random,) = report["random_architectures"]
-    assert random["episodes"] == joint["episodes"] and len(random["pareto"]["points"]) == joint["episodes"]
+    points = json.loads((tmp_path / report["points"]).read_text())  # the per-point dump beside the report
+    assert set(points) == {s["name"] for s in [*report["searches"], random, *report["references"]]}
+    assert random["episodes"] == joint["episodes"] == random["evaluated"] == len(points[random["name"]]["points"])
     front = random["accuracy_latency_front"]
     assert front and all(len(p["architecture"]) == 17 for p in front)
-    stored = {tuple(p["architecture"]): p["choices"] for p in random["pareto"]["front"]}
+    stored = {tuple(p["architecture"]): p["choices"] for p in points[random["name"]]["front"]}
     assert all(c["quant"] == "int8" for p in front for c in stored[tuple(p["architecture"])].values())
 
     def covered(points, by):
@@ -62,7 +64,7 @@ def test_cpu_experiment_writes_fronts_choices_and_an_honest_dominance_verdict(tm
         assert row["random_points_dominated"] == sum(covered(front, search))
         assert row["dominates_fixed_network_int8_fastest"] == covered([original["choice"]], search)[0]
     # the environment deployed every layer of the fastest-implementation search: one dataflow of many is not a coincidence
-    fastest_choices = [c for p in fastest["pareto"]["front"] for c in p["choices"].values()]
+    fastest_choices = [c for p in points[fastest["name"]]["front"] for c in p["choices"].values()]
     assert len({json.dumps(c["dataflow"], sort_keys=True) for c in fastest_choices}) > 1
 
 
