@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, NoReturn
 
@@ -15,9 +16,12 @@ without a traceback."""
 
 def run_main(main: Callable[[], int]) -> NoReturn:
     """Exit with `main()`'s code; an error in `USER_ERRORS` prints `error: <message>` and exits 2, Ctrl-C
-    prints one line and exits 130 (no traceback)."""
+    prints one line and exits 130 (no traceback), a closed output pipe exits 141 (as a shell's SIGPIPE) quietly."""
     try:
         sys.exit(main())
+    except BrokenPipeError:  # the reader went away (`| head`): nothing to say, and nothing more to print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -120,6 +120,14 @@ def test_a_deployment_naming_a_layer_the_network_has_not_is_refused(tiny, tmp_pa
     assert result.returncode == 2 and "['conv9']" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`estimate_latency.py ... | head -1`: the reader is gone before the table is written; no error."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "estimate_latency.py"), "--net", "resnet18"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # long before the script has imported torch and written anything
+    assert process.wait(timeout=120) == 141 and process.stderr.read() == ""
+
+
 def test_a_deployment_missing_a_layer_or_not_text_is_refused_naming_the_file(tiny, tmp_path):
     from deploy.export import DeploymentFileError, load_deployment
 
