@@ -44,7 +44,8 @@ class EpisodicAgent:
         self.rng = np.random.default_rng(seed)
         self.num_timesteps = 0
         self.logger = configure_logger(0, None, self.name)
-        self._learn_span = (0, 1)
+        self._learn_end = 1
+        """The timestep the current `learn` call runs to."""
         self._nvec = np.asarray(env.action_space.nvec)
         self._splits = np.cumsum(self._nvec)[:-1]
         self.pause_hook: Callable[[], bool] | None = None
@@ -73,8 +74,7 @@ class EpisodicAgent:
     def progress(self) -> float:
         """Fraction of the search's timesteps done (0 to 1): of this `learn` call's and, when it
         continues an earlier one (`reset_num_timesteps=False`), of those before it, as in Stable-Baselines3."""
-        start, end = self._learn_span
-        return min(1.0, (self.num_timesteps - start) / max(end - start, 1))
+        return min(1.0, self.num_timesteps / max(self._learn_end, 1))
 
     def random_action(self, masks: list[np.ndarray]) -> np.ndarray:
         """Every component drawn uniformly among its valid entries."""
@@ -98,7 +98,7 @@ class EpisodicAgent:
         hooks = CallbackList(callbacks)
         hooks.init_callback(self)  # type: ignore[arg-type]
         end = self.num_timesteps + total_timesteps
-        self._learn_span = (0, end)
+        self._learn_end = end
         self.env.seed(self.seed + self.num_timesteps)
         observation = self.env.reset()
         hooks.on_training_start(locals(), globals())

@@ -159,10 +159,11 @@ class Checkpointer:
         """Write a checkpoint at the agent's current step (an exact pause point); its path."""
         path = self.folder / f"{self.prefix}_{self.agent.num_timesteps}_steps{self.suffix}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.agent.save(path)
+        partial = path.with_name(f".{path.name}")  # renamed when whole: a kill midway leaves no broken checkpoint
+        self.agent.save(partial)
+        partial.replace(path)
         env = self.agent.get_env()
         state = {
-            "num_timesteps": self.agent.num_timesteps,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "open_actions": getattr(env, "open_actions", None),
             "agent": {"_open": self.agent._open} if hasattr(self.agent, "_open") else {},
