@@ -70,6 +70,11 @@ class SeededNumerics:
         scales = np.abs(weight).reshape(cout, -1).max(axis=1) / 127.0
         return LayerNumerics(weight, np.zeros(cout, np.float32), scales, self.activation_scale, self.activation_scale)
 
+    def affine_numerics(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A standalone batch norm at its initial state: scale 1, shift 0."""
+        channels = self.network[name].in_shape[0]
+        return np.ones(channels, np.float32), np.zeros(channels, np.float32)
+
 
 def weights_for(network: Network, oracle: AccuracyOracle) -> tuple[NumericsSource, str]:
     """The weights a deployment of `network` is built with, and where they came from: the accuracy

@@ -6,8 +6,8 @@
   trained weights from the accuracy oracle (`LayerNumerics`): fp32 as trained, fp16 cast, int8
   quantised per output channel with the oracle's scales (int32 bias, per-channel requantisation to
   the output tensor's scale), Winograd weights transformed ahead of time;
-- the non-searchable layers (pools, adds, concatenations, activations) as Relax operators in fp32,
-  as the oracle runs them;
+- the non-searchable layers (pools, adds, concatenations, scales, activations, standalone batch norms
+  with the oracle's trained statistics) as Relax operators in fp32, as the oracle runs them;
 - the format conversions between them (fp32 <-> fp16 casts; int8 quantise at the reading layer's
   input scale, dequantise at the producer's output scale), each tensor converted once per format.
 Weights are constants inside the module. The numerics are the oracle's (`envs.accuracy`), so the
@@ -41,9 +41,12 @@ whole-network timings of an older build are not reused."""
 
 
 class NumericsSource(Protocol):
-    """Where a build takes each searchable layer's weights and scales (the accuracy oracle)."""
+    """Where a build takes each searchable layer's weights and scales (the accuracy oracle), and each
+    standalone batch norm's per-channel (scale, shift)."""
 
     def layer_numerics(self, name: str) -> LayerNumerics: ...
+
+    def affine_numerics(self, name: str) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def kernel_arguments(layer: Layer, choice: Choice, numerics: LayerNumerics) -> list[np.ndarray]:
@@ -76,18 +79,23 @@ def _activation(x: relax.Expr, name: str | None) -> relax.Expr:
         return relax.op.multiply(x, relax.op.divide(gate, relax.const(6.0)))
     if name == "sigmoid":
         return relax.op.sigmoid(x)
+    if name == "hardsigmoid":
+        gate = relax.op.clip(relax.op.add(x, relax.const(3.0)), relax.prim_value(0.0), relax.prim_value(6.0))
+        return relax.op.divide(gate, relax.const(6.0))
+    if name == "silu":
+        return relax.op.multiply(x, relax.op.sigmoid(x))
     raise ValueError(f"activation {name!r} has no Relax operator here")
 
 
-def _fixed_layer(layer: Layer, inputs: list[relax.Expr]) -> relax.Expr:
+def _fixed_layer(layer: Layer, inputs: list[relax.Expr], numerics: NumericsSource) -> relax.Expr:
     """A non-searchable layer in fp32."""
     if layer.op is Op.POOL:
         (x,) = inputs
         if layer.pool == "global_avg":
             return relax.op.mean(x, axis=[2, 3], keepdims=True)
-        pool = relax.op.nn.max_pool2d if layer.pool == "max" else relax.op.nn.avg_pool2d
-        kwargs = {} if layer.pool == "max" else {"count_include_pad": True}  # as torch's AvgPool2d
-        return pool(x, layer.kernel, layer.stride, layer.padding, **kwargs)
+        if layer.pool == "max":
+            return relax.op.nn.max_pool2d(x, layer.kernel, layer.stride, layer.padding, ceil_mode=layer.ceil_mode)
+        return relax.op.nn.avg_pool2d(x, layer.kernel, layer.stride, layer.padding, count_include_pad=True)  # as torch's
     if layer.op is Op.ADD:
         total = inputs[0]
         for x in inputs[1:]:
@@ -97,6 +105,11 @@ def _fixed_layer(layer: Layer, inputs: list[relax.Expr]) -> relax.Expr:
         return relax.op.concat(inputs, axis=1)
     if layer.op is Op.ACT:
         return _activation(inputs[0], layer.activation)
+    if layer.op is Op.SCALE:
+        return relax.op.multiply(*inputs)
+    if layer.op is Op.AFFINE:
+        scale, shift = (relax.const(v.reshape(1, -1, 1, 1).astype(np.float32)) for v in numerics.affine_numerics(layer.name))
+        return _activation(relax.op.add(relax.op.multiply(inputs[0], scale), shift), layer.activation)
     raise ValueError(f"layer {layer.name!r}: {layer.op.value} is not a fixed layer")
 
 
@@ -198,7 +211,7 @@ def _emit_layer(bb: relax.BlockBuilder, graph: "_Graph", layer: Layer, choice: C
     """One layer into the current dataflow block: a fixed layer in fp32; a searchable one as its kernel,
     after the conversions of its input."""
     if not layer.op.searchable:
-        graph.put(layer.name, "fp32", _fixed_layer(layer, [graph.get(src, "fp32") for src in layer.inputs]))
+        graph.put(layer.name, "fp32", _fixed_layer(layer, [graph.get(src, "fp32") for src in layer.inputs], numerics))
         return
     spec = kernel_spec(layer, choice)
     values = numerics.layer_numerics(layer.name)

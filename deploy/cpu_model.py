@@ -203,13 +203,9 @@ class CpuLatencyModel:
         return out  # type: ignore[return-value]
 
     def fixed_layer_cost(self, layer: Layer, fmt: TensorFormat, threads: int = 1) -> Cost:
-        """Pooling, add, concat and standalone activations: streaming passes over their tensors."""
+        """Pooling, add, concat, scale, affine and standalone activations: streaming passes over their tensors."""
         prec = _precision(fmt.quant, self.spec)
-        if layer.op is Op.ACT or (layer.op is Op.POOL and layer.pool != "global_avg"):
-            inputs = layer.in_elements
-        else:
-            inputs = layer.in_elements * max(1, len(layer.inputs))
-        elements = inputs + layer.out_elements
+        elements = layer.read_elements + layer.weight_elements + layer.out_elements
         ops = max(layer.macs, layer.out_elements) / prec.lanes
         phase = _Phase(
             cycles=np.array([ops / self.spec.simd_pipes + elements * prec.bytes / VECTOR_BYTES]),

@@ -9,10 +9,16 @@ as a function of the states it touches, and minimises a tensor's state out once 
 more (variable elimination). Choices that leave the same state behind cost their readers the same, so
 only the fastest admitted choice per state is kept for each layer. The result is exact for the costs
 `deploy.deployment.evaluate` sums (tested against brute force on small networks with skips).
+
+The table has one axis per live tensor, so a network that keeps many tensors live at once (DenseNet's
+concatenations read every earlier tensor of a block) would need more than `MAX_TABLE_ENTRIES`. There
+the oldest live tensor is pinned to its best state given what is known so far (greedy), and the result
+is a good deployment but no longer provably the fastest: `Optimum.exact` says which.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -34,6 +40,18 @@ class _Elimination:
     argmin: np.ndarray
 
 
+MAX_TABLE_ENTRIES = 1 << 22
+"""Largest table the program builds (32 MiB of float64); beyond it, live tensors are pinned (module docstring)."""
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """The fastest deployment found, and whether it is provably the fastest."""
+
+    choices: dict[str, Choice]
+    exact: bool
+
+
 class _Factors:
     """A table of the best latency so far over the states of the live variables (one array axis each)."""
 
@@ -42,9 +60,21 @@ class _Factors:
         self.value[start] = 0.0
         self.axes: list[int] = [0]
         self.eliminated: list[_Elimination] = []
+        self.pinned: dict[int, int] = {}
+
+    @property
+    def exact(self) -> bool:
+        """No variable was pinned."""
+        return not self.pinned
 
     def add(self, factor: np.ndarray, axes: tuple[int, ...]) -> None:
-        """Add a cost that depends on the states of `axes` (a new axis is appended first)."""
+        """Add a cost that depends on the states of `axes` (a new axis is appended first; a pinned one is
+        read at its pinned state)."""
+        factor = factor[tuple(self.pinned.get(axis, slice(None)) for axis in axes)]
+        axes = tuple(axis for axis in axes if axis not in self.pinned)
+        growth = math.prod(n for n, axis in zip(factor.shape, axes) if axis not in self.axes)
+        while self.value.size * growth > MAX_TABLE_ENTRIES:
+            self._pin(next(a for a in self.axes if a not in axes))
         for axis in axes:
             if axis not in self.axes:
                 self.axes.append(axis)
@@ -54,6 +84,15 @@ class _Factors:
         for i in order:
             shape[self.axes.index(axes[i])] = factor.shape[i]
         self.value = self.value + np.transpose(factor, order).reshape(shape)
+
+    def _pin(self, axis: int) -> None:
+        """Fix `axis` to its best state given everything added so far (greedy; the result stops being exact)."""
+        i = self.axes.index(axis)
+        others = tuple(j for j in range(self.value.ndim) if j != i)
+        state = int(np.argmin(np.min(self.value, axis=others) if others else self.value))
+        self.value = np.take(self.value, state, axis=i)
+        self.axes.remove(axis)
+        self.pinned[axis] = state
 
     def eliminate(self, axis: int) -> None:
         """Minimise `axis` out, remembering the argmin for the way back."""
@@ -65,7 +104,7 @@ class _Factors:
 
     def assignment(self) -> dict[int, int]:
         """The state of every eliminated variable in the minimum (all variables must be eliminated)."""
-        states: dict[int, int] = {}
+        states: dict[int, int] = dict(self.pinned)
         for step in reversed(self.eliminated):
             states[step.axis] = int(step.argmin[tuple(states[a] for a in step.rest)])
         return states
@@ -77,7 +116,18 @@ def best_choices(
     allow: Callable[[Choice], bool] | None = None,
     precisions: Mapping[str, str] | None = None,
 ) -> dict[str, Choice]:
-    """The fastest deployment of `network` (one choice per searchable layer, by name), exactly.
+    """The fastest deployment of `network` (one choice per searchable layer, by name): `optimum`'s choices."""
+    return optimum(network, table, allow, precisions).choices
+
+
+def optimum(
+    network: Network,
+    table: CostTable,
+    allow: Callable[[Choice], bool] | None = None,
+    precisions: Mapping[str, str] | None = None,
+) -> Optimum:
+    """The fastest deployment of `network` (one choice per searchable layer, by name), exact unless the
+    network keeps too many tensors live (module docstring).
 
     Args:
         network: the network (layers in topological order).
@@ -129,7 +179,7 @@ def best_choices(
     if not np.isfinite(factors.value):
         raise ValueError(f"no admitted deployment exists for {network.name!r}")
     state = factors.assignment()
-    return {name: table.choices[best[state[axis_of[name]]]] for name, best in picks.items()}
+    return Optimum({name: table.choices[best[state[axis_of[name]]]] for name, best in picks.items()}, factors.exact)
 
 
 def _eliminate_dead(factors: _Factors, axis_of: dict[str, int], readers_left: dict[str, int]) -> None:

@@ -35,6 +35,7 @@ from tvm import te
 from deploy.tvm_schedules import PRECISIONS, WINOGRAD, WINOGRAD_WEIGHT_DTYPE, kernel_module, winograd_weight
 from envs.network import Layer, Op
 from envs.space import BASE_ARCH, Choice, InvalidChoice, why_invalid
+from envs.torch_build import activation_module
 
 HOST_TARGET: dict = {
     "kind": "llvm",
@@ -112,9 +113,7 @@ def build_module(layer: Layer, choice: Choice) -> tvm.IRModule:
 
 
 def _activate(x: torch.Tensor, activation: str | None) -> torch.Tensor:
-    if activation is None:
-        return x
-    return {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "sigmoid": torch.sigmoid}[activation](x)
+    return activation_module(activation)(x)
 
 
 def _accumulate(layer: Layer, data: np.ndarray, weight: np.ndarray) -> np.ndarray:

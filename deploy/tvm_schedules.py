@@ -141,6 +141,10 @@ def _activate(x: tirx.PrimExpr, activation: str | None) -> tirx.PrimExpr:
         return x * te.min(te.max(x + 3.0, zero), six) / six
     if activation == "sigmoid":
         return te.sigmoid(x)
+    if activation == "hardsigmoid":
+        return te.min(te.max(x + 3.0, zero), six) / six
+    if activation == "silu":
+        return x * te.sigmoid(x)
     raise ValueError(f"activation {activation!r} has no kernel epilogue")
 
 

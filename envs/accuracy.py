@@ -581,6 +581,16 @@ class AccuracyOracle(CachedAccuracies):
             output_scale=q.output_scale,
         )
 
+    def affine_numerics(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The per-channel (scale, shift) of standalone batch norm `name`, from its trained statistics."""
+        layer = self.network[name]
+        if layer.op is not Op.AFFINE:
+            raise KeyError(f"{name!r} is not a standalone batch norm of {self.network.name!r}")
+        bn = self._model.layer_module(name).bn
+        scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+        shift = (bn.bias.detach() - bn.running_mean * scale)
+        return scale.numpy().astype(np.float32), shift.numpy().astype(np.float32)
+
     @property
     def baseline_accuracy(self) -> float:
         """Accuracy with every layer in fp32: the fp32 network's held-out top-1."""

@@ -30,6 +30,8 @@ class Op(str, Enum):
     ADD = "add"  # elementwise sum of two or more inputs
     CONCAT = "concat"  # channel concatenation
     ACT = "act"  # standalone activation (activations right after a conv are fused into it)
+    SCALE = "scale"  # a (C, H, W) tensor times a per-channel (C, 1, 1) one (squeeze-and-excitation)
+    AFFINE = "affine"  # per-channel scale and shift: a batch norm that follows no conv (inference form)
 
     @property
     def searchable(self) -> bool:
@@ -37,7 +39,7 @@ class Op(str, Enum):
         return self in (Op.CONV, Op.POINTWISE, Op.DEPTHWISE, Op.DENSE)
 
 
-ACTIVATIONS = ("relu", "relu6", "hardswish", "sigmoid")
+ACTIVATIONS = ("relu", "relu6", "hardswish", "sigmoid", "hardsigmoid", "silu")
 POOL_KINDS = ("max", "avg", "global_avg")
 
 
@@ -46,7 +48,9 @@ class Layer:
     """One layer of a batch-1 CNN. Shapes are (C, H, W); a dense layer has (features, 1, 1).
 
     `inputs` name the producing layers (`"input"` is the network input). Convolutions and dense
-    layers may carry a fused batch norm and a fused activation, as deployment runtimes fuse them.
+    layers may carry a fused batch norm and a fused activation, as deployment runtimes fuse them. A
+    SCALE layer reads the tensor to scale first, then the per-channel factors. `ceil_mode` (max pools
+    only) rounds the output size up, as torch's `MaxPool2d(ceil_mode=True)`.
     """
 
     name: str
@@ -62,6 +66,7 @@ class Layer:
     batch_norm: bool = False
     activation: str | None = None
     pool: str | None = None
+    ceil_mode: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "op", Op(self.op))
@@ -71,6 +76,10 @@ class Layer:
             raise ValueError(f"layer {self.name!r}: activation {self.activation!r} is not one of {ACTIVATIONS}")
         if self.op is Op.POOL and self.pool not in POOL_KINDS:
             raise ValueError(f"layer {self.name!r}: pool kind {self.pool!r} is not one of {POOL_KINDS}")
+        if self.ceil_mode and (self.op is not Op.POOL or self.pool != "max"):
+            raise ValueError(f"layer {self.name!r}: ceil_mode is only supported on max pools")
+        if self.op is Op.SCALE and len(self.inputs) != 2:
+            raise ValueError(f"layer {self.name!r}: a scale reads a tensor and its per-channel factors, got {self.inputs}")
         if self.op in (Op.CONV, Op.POINTWISE, Op.DEPTHWISE):
             self._check_conv_shapes()
 
@@ -102,8 +111,21 @@ class Layer:
         return math.prod(self.out_shape)
 
     @property
+    def read_elements(self) -> int:
+        """Elements read from all inputs together."""
+        if self.op is Op.ADD:
+            return self.in_elements * len(self.inputs)
+        if self.op is Op.CONCAT:
+            return self.out_elements
+        if self.op is Op.SCALE:
+            return self.in_elements + self.in_shape[0]
+        return self.in_elements
+
+    @property
     def weight_elements(self) -> int:
-        """Number of weights (bias included)."""
+        """Number of weights (bias included; a standalone batch norm's scale and shift)."""
+        if self.op is Op.AFFINE:
+            return 2 * self.in_shape[0]
         if self.op is Op.DENSE:
             return self.in_elements * self.out_shape[0] + (self.out_shape[0] if self.bias else 0)
         if not self.op.searchable:
@@ -132,8 +154,7 @@ class Layer:
 
     def bytes_moved(self, element_bytes: float) -> float:
         """Compulsory traffic: inputs, weights and output once each at `element_bytes` per element."""
-        inputs = self.in_elements * max(1, len(self.inputs) if self.op in (Op.ADD, Op.CONCAT) else 1)
-        return (inputs + self.weight_elements + self.out_elements) * element_bytes
+        return (self.read_elements + self.weight_elements + self.out_elements) * element_bytes
 
     @cached_property
     def signature(self) -> str:
@@ -149,6 +170,8 @@ class Layer:
         ]
         if self.pool:
             parts.append(self.pool)
+        if self.ceil_mode:
+            parts.append("ceil")
         if self.op in (Op.ADD, Op.CONCAT):
             parts.append(f"n{len(self.inputs)}")
         return ":".join(parts)
@@ -170,6 +193,8 @@ class Layer:
         """JSON-ready dict."""
         d = asdict(self)
         d["op"] = self.op.value
+        if not self.ceil_mode:  # left out when off, so networks saved before it existed keep their fingerprint
+            del d["ceil_mode"]
         return d
 
     @classmethod

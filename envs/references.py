@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
-from deploy.optimum import best_choices
+from deploy.optimum import best_choices, optimum
 from envs.env import DeploymentEnv
 from envs.network import Network
 from envs.space import QUANTS, Choice
@@ -131,13 +131,17 @@ def references(env: DeploymentEnv, info: Mapping[str, Any], max_passes: int = MA
         return Reference(reward, end["latency_ms"], end["accuracy"], counts, {k: c.to_dict() for k, c in choices.items()})
 
     found = {name: Choice.from_dict(c) for name, c in info["choices"].items()}
-    own = score(best_choices(network, env.costs, precisions={n: c.quant for n, c in found.items()}))
-    fastest = score(best_choices(network, env.costs))
+    own_optimum = optimum(network, env.costs, precisions={n: c.quant for n, c in found.items()})
+    fastest_optimum = optimum(network, env.costs)
+    exact_program = own_optimum.exact and fastest_optimum.exact
+    if not exact_program:
+        notes.append("the network keeps too many tensors live for the exact program: the fastest deployments are greedy")
+    own, fastest = score(own_optimum.choices), score(fastest_optimum.choices)
     best_known = max((_coordinate_descent(env, network, fastest, score, max_passes), own, fastest), key=lambda r: r.reward)
     bound = None
     if env.arch is None and env.reward_config.mode == "budget":
         bound = env.reward_config.total(env.oracle.baseline_accuracy, fastest.latency_ms)
-    return References(complete and env.arch is None, "; ".join(notes), score(found), own, fastest, best_known, bound)
+    return References(complete and env.arch is None and exact_program, "; ".join(notes), score(found), own, fastest, best_known, bound)
 
 
 def _coordinate_descent(

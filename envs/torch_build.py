@@ -28,10 +28,12 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu6": nn.ReLU6,
     "hardswish": nn.Hardswish,
     "sigmoid": nn.Sigmoid,
+    "hardsigmoid": nn.Hardsigmoid,
+    "silu": nn.SiLU,
 }
 
 
-def _activation(name: str | None, inplace: bool = False) -> nn.Module:
+def activation_module(name: str | None, inplace: bool = False) -> nn.Module:
     """The activation module; `inplace` only where the input is a fresh tensor nobody else reads."""
     if name is None:
         return nn.Identity()
@@ -66,7 +68,7 @@ class ConvLayer(nn.Module):
         conv = PointwiseConv2d if layer.op is Op.POINTWISE else nn.Conv2d
         self.conv = conv(cin, cout, layer.kernel, layer.stride, layer.padding, groups=layer.groups, bias=layer.bias)
         self.bn: nn.Module = nn.BatchNorm2d(cout) if layer.batch_norm else nn.Identity()
-        self.act = _activation(layer.activation, inplace=True)
+        self.act = activation_module(layer.activation, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
@@ -80,7 +82,7 @@ class DenseLayer(nn.Module):
         out = layer.out_shape[0]
         self.linear = nn.Linear(in_features, out, bias=layer.bias)
         self.bn: nn.Module = nn.BatchNorm1d(out) if layer.batch_norm else nn.Identity()
-        self.act = _activation(layer.activation, inplace=True)
+        self.act = activation_module(layer.activation, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.bn(self.linear(x.flatten(1))))
@@ -92,13 +94,32 @@ class AddLayer(nn.Module):
 
     def __init__(self, activation: str | None) -> None:
         super().__init__()
-        self.act = _activation(activation)
+        self.act = activation_module(activation)
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         total = xs[0]
         for x in xs[1:]:
             total = total + x
         return self.act(total)
+
+
+class ScaleLayer(nn.Module):
+    """A tensor times per-channel factors (squeeze-and-excitation's rescale)."""
+
+    def forward(self, x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        return x * factors
+
+
+class AffineLayer(nn.Module):
+    """A batch norm that follows no convolution (a per-channel affine at inference), then the layer's activation."""
+
+    def __init__(self, layer: Layer) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(layer.in_shape[0])
+        self.act = activation_module(layer.activation, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(x))
 
 
 class ConcatLayer(nn.Module):
@@ -112,7 +133,7 @@ def _pool(layer: Layer) -> nn.Module:
     if layer.pool == "global_avg":
         return nn.AdaptiveAvgPool2d(1)
     if layer.pool == "max":
-        return nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
+        return nn.MaxPool2d(layer.kernel, layer.stride, layer.padding, ceil_mode=layer.ceil_mode)
     return nn.AvgPool2d(layer.kernel, layer.stride, layer.padding)
 
 
@@ -127,6 +148,8 @@ def _check_inputs(network: Network, layer: Layer) -> None:
         ok = sum(s[0] for s in shapes) == layer.out_shape[0] and all(s[1:] == layer.out_shape[1:] for s in shapes)
     elif layer.op is Op.ADD:
         ok = all(s == layer.out_shape for s in shapes)
+    elif layer.op is Op.SCALE:
+        ok = shapes == [layer.in_shape, (layer.in_shape[0], 1, 1)]
     else:
         ok = shapes[0] == layer.in_shape
     if not ok:
@@ -148,7 +171,11 @@ def _layer_module(network: Network, layer: Layer) -> nn.Module:
         return AddLayer(layer.activation)
     if layer.op is Op.CONCAT:
         return ConcatLayer()
-    return _activation(layer.activation)
+    if layer.op is Op.SCALE:
+        return ScaleLayer()
+    if layer.op is Op.AFFINE:
+        return AffineLayer(layer)
+    return activation_module(layer.activation)
 
 
 class NetworkModule(nn.Module):

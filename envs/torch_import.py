@@ -3,8 +3,13 @@
 The module is traced with `torch.fx.symbolic_trace` (so layers keep their module paths as names) and
 its shapes come from one batch-1 forward pass (`ShapeProp`). Each graph node becomes at most one layer:
 convolutions, dense layers, pools, adds and concats become layers; a batch norm directly after a conv
-and an activation after a conv, dense or add (each the only reader of that output) are fused into it;
-dropout, identity and the flatten before a dense layer vanish. A tensor multiplied by zero (NAS-Bench-
+and an activation after a conv, dense, add or standalone batch norm (each the only reader of that
+output) are fused into it; any other batch norm is a per-channel affine layer (as in pre-activation
+networks); a tensor times per-channel factors (squeeze-and-excitation) is a scale layer; dropout,
+identity, torchvision's stochastic depth at inference, arithmetic on shapes and the flatten before a
+dense layer vanish. An adaptive average pool
+is a global pool, a plain average pool when its output divides its input, or nothing when it keeps
+the size (AlexNet's and VGG's at 224x224). A tensor multiplied by zero (NAS-Bench-
 201's `none` op) is a zero branch: it costs nothing, and an add drops it (an add left with one input
 forwards it, so `sum([x.mul(0), conv(x)])` is the conv alone). Python's `sum()` of n tensors (traced as
 `0 + a + b + ...`) is n-1 two-input adds. Anything else raises `UnsupportedOpError`, naming the op and
@@ -25,15 +30,19 @@ from torch.fx.passes.shape_prop import ShapeProp
 from envs.network import NETWORK_INPUT, Layer, Network, Op, Shape, conv_op
 
 SUPPORTED = (
-    "Conv2d, Linear, BatchNorm2d after a conv, ReLU, ReLU6, Hardswish, Sigmoid, MaxPool2d, AvgPool2d, "
-    "AdaptiveAvgPool2d(1), mean over (H, W), add (also sum() of tensors), cat on channels, flatten/view/reshape "
-    "before a Linear, Identity, Dropout, multiplication by 0 (a zero branch)"
+    "Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, Hardswish, Hardsigmoid, Sigmoid, SiLU, MaxPool2d (ceil_mode too), "
+    "AvgPool2d, AdaptiveAvgPool2d to a size dividing its input, mean over (H, W), add (also sum() of tensors), "
+    "multiplication by per-channel (1, C, 1, 1) factors, cat on channels, flatten/view/reshape before a Linear, "
+    "Identity, Dropout, multiplication by 0 (a zero branch)"
 )
 
-_ACTIVATION_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.Sigmoid: "sigmoid"}
+_ACTIVATION_MODULES = {
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid",
+    nn.SiLU: "silu",
+}
 _ACTIVATION_FUNCTIONS = {
     F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6", F.hardswish: "hardswish",
-    torch.sigmoid: "sigmoid",
+    torch.sigmoid: "sigmoid", F.hardsigmoid: "hardsigmoid", F.silu: "silu",
 }
 _ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
 _PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -46,7 +55,8 @@ _RESHAPE_FUNCTIONS = (torch.flatten, torch.reshape)
 _RESHAPE_METHODS = ("flatten", "view", "reshape")
 # Node kinds that forward their input's value without becoming a layer
 _FORWARDING = ("pass", "reshape", "batch_norm")
-_FUSE_ACTIVATION_INTO = (Op.CONV, Op.POINTWISE, Op.DEPTHWISE, Op.DENSE, Op.ADD)
+_FUSE_ACTIVATION_INTO = (Op.CONV, Op.POINTWISE, Op.DEPTHWISE, Op.DENSE, Op.ADD, Op.AFFINE)
+_SHAPE_ARITHMETIC = (operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv)
 
 
 class UnsupportedOpError(ValueError):
@@ -98,6 +108,19 @@ def _times_zero(node: fx.Node) -> bool:
     return len(tensors) == 1 and constants == [0]
 
 
+def _is_inference_stochastic_depth(node: fx.Node) -> bool:
+    """torchvision's `stochastic_depth(x, p, mode, training=False)` (EfficientNet): the identity."""
+    target = node.target
+    named = getattr(target, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(target, "__module__", "")
+    return named and _arg(node, 3, "training", True) is False
+
+
+def _on_shapes(node: fx.Node) -> bool:
+    """Arithmetic on shape values only (`channels // groups`): computes no tensor."""
+    nodes = [a for a in node.args if isinstance(a, fx.Node)]
+    return node.target in _SHAPE_ARITHMETIC and bool(nodes) and all(n.meta.get("kind") == "shape" for n in nodes)
+
+
 def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     """What `node` becomes: a layer kind, a forwarding kind, or raise `UnsupportedOpError`."""
     if node.op in ("placeholder", "output"):
@@ -117,27 +140,29 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
             return "activation"
         if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
             return "pool"
-        if isinstance(module, nn.AdaptiveAvgPool2d) and _pair(module.output_size) == (1, 1):
-            return "global_pool"
+        if isinstance(module, nn.AdaptiveAvgPool2d):
+            return "adaptive_pool"
         if isinstance(module, _PASS_MODULES):
             return "pass"
         if isinstance(module, nn.Flatten):
             return "reshape"
     elif node.op == "call_function":
+        if _on_shapes(node):
+            return "shape"
         if target in _ACTIVATION_FUNCTIONS:
             return "activation"
         if target in _ADD_FUNCTIONS:
             return "add"
-        if target in _MUL_FUNCTIONS and _times_zero(node):
-            return "zero"
+        if target in _MUL_FUNCTIONS:
+            return "zero" if _times_zero(node) else "scale"
         if target in _CAT_FUNCTIONS:
             return "concat"
         if target in _RESHAPE_FUNCTIONS:
             return "reshape"
-        if target is F.dropout:
+        if target is F.dropout or _is_inference_stochastic_depth(node):
             return "pass"
-        if target is F.adaptive_avg_pool2d and _pair(_arg(node, 1, "output_size")) == (1, 1):
-            return "global_pool"
+        if target is F.adaptive_avg_pool2d:
+            return "adaptive_pool"
         if target is torch.mean and _is_global_mean(node):
             return "global_pool"
         if target is getattr and node.args[1] == "shape":
@@ -149,8 +174,8 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
             return "activation"
         if target in ("add", "add_"):
             return "add"
-        if target in ("mul", "mul_") and _times_zero(node):
-            return "zero"
+        if target in ("mul", "mul_"):
+            return "zero" if _times_zero(node) else "scale"
         if target in _RESHAPE_METHODS:
             return "reshape"
         if target == "mean" and _is_global_mean(node):
@@ -299,10 +324,12 @@ class _Importer:
 
     def _batch_norm(self, node: fx.Node) -> None:
         conv = self._fusion_target(node, (Op.CONV, Op.POINTWISE, Op.DEPTHWISE))
-        if conv is None or conv.batch_norm:
-            reason = "a batch norm must directly follow a conv that nothing else reads"
-            raise UnsupportedOpError(self._op(node), node, reason)
-        self._replace(node, conv, batch_norm=True)
+        if conv is not None and not conv.batch_norm:
+            self._replace(node, conv, batch_norm=True)
+            return
+        (src,) = self._inputs(node)
+        shape = _shape(src)
+        self._add_layer(node, op=Op.AFFINE, inputs=(self.value[src],), in_shape=shape, out_shape=shape)
 
     def _activation(self, node: fx.Node) -> None:
         if node.op == "call_module":
@@ -322,13 +349,31 @@ class _Importer:
     def _pool(self, node: fx.Node) -> None:
         pool: nn.MaxPool2d | nn.AvgPool2d = self.modules[node.target]
         (src,) = self._inputs(node)
-        if pool.ceil_mode or _pair(getattr(pool, "dilation", 1)) != (1, 1):
-            raise UnsupportedOpError(self._op(node), node, "ceil_mode and dilation are not supported")
+        is_max = isinstance(pool, nn.MaxPool2d)
+        if _pair(getattr(pool, "dilation", 1)) != (1, 1):
+            raise UnsupportedOpError(self._op(node), node, "dilation is not supported")
+        if pool.ceil_mode and not is_max:
+            raise UnsupportedOpError(self._op(node), node, "ceil_mode is supported on max pools only")
         self._add_layer(
             node, op=Op.POOL, inputs=(self.value[src],), in_shape=_shape(src), out_shape=_shape(node),
             kernel=_pair(pool.kernel_size), stride=_pair(pool.stride or pool.kernel_size), padding=_pair(pool.padding),
-            pool="max" if isinstance(pool, nn.MaxPool2d) else "avg",
+            pool="max" if is_max else "avg", ceil_mode=bool(pool.ceil_mode),
         )
+
+    def _adaptive_pool(self, node: fx.Node) -> None:
+        """A global pool, an average pool with kernel = stride = input / output, or nothing at equal sizes."""
+        (src,) = self._inputs(node)
+        (c, h, w), (_, oh, ow) = _shape(src), _shape(node)
+        if (oh, ow) == (1, 1):
+            self._global_pool(node)
+        elif (oh, ow) == (h, w):
+            self.value[node] = self.value[src]
+        elif h % oh or w % ow:
+            raise UnsupportedOpError(self._op(node), node, f"output {oh}x{ow} does not divide the input {h}x{w}")
+        else:
+            kernel = (h // oh, w // ow)
+            self._add_layer(node, op=Op.POOL, inputs=(self.value[src],), in_shape=(c, h, w), out_shape=(c, oh, ow),
+                            kernel=kernel, stride=kernel, pool="avg")
 
     def _global_pool(self, node: fx.Node) -> None:
         (src,) = self._inputs(node)
@@ -337,6 +382,18 @@ class _Importer:
             node, op=Op.POOL, inputs=(self.value[src],), in_shape=in_shape, out_shape=(in_shape[0], 1, 1),
             pool="global_avg",
         )
+
+    def _scale(self, node: fx.Node) -> None:
+        """A feature map times per-channel factors, in either order."""
+        srcs = self._inputs(node)
+        shapes = [tuple(n.meta["tensor_meta"].shape) for n in srcs]
+        if len(srcs) != 2 or node.kwargs or len(node.args) != 2 or any(len(d) != 4 for d in shapes):
+            raise UnsupportedOpError(self._op(node), node, "only a (1, C, H, W) tensor times (1, C, 1, 1) factors")
+        x, factors = srcs if shapes[1][2:] == (1, 1) else srcs[::-1]
+        if tuple(factors.meta["tensor_meta"].shape) != (1, _shape(x)[0], 1, 1):
+            raise UnsupportedOpError(self._op(node), node, f"only a (1, C, H, W) tensor times (1, C, 1, 1) factors, got {shapes}")
+        self._add_layer(node, op=Op.SCALE, inputs=(self.value[x], self.value[factors]), in_shape=_shape(x),
+                        out_shape=_shape(x))
 
     def _zero(self, node: fx.Node) -> None:
         """A tensor times 0: a zero branch (module docstring)."""
@@ -364,6 +421,9 @@ class _Importer:
     def _concat(self, node: fx.Node) -> None:
         parts = list(_arg(node, 0, "tensors"))
         self._inputs(node)
+        if len(parts) == 1:  # DenseNet's first layer concatenates a list of one
+            self.value[node] = self.value[parts[0]]
+            return
         if _arg(node, 1, "dim", 0) not in (1, -3) or len(node.meta["tensor_meta"].shape) != 4:
             raise UnsupportedOpError(self._op(node), node, "only concatenation of (1, C, H, W) tensors on channels")
         self._add_layer(

@@ -116,3 +116,32 @@ def pytest_configure(config) -> None:
     from pathlib import Path
 
     os.environ.setdefault("DEPLOYGYM_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "deploygym"))
+
+
+_TORCHVISION_OPS: list = []
+
+
+def torchvision_models() -> ModuleType:
+    """`torchvision.models`, importable beside the CPU build of torch pinned here.
+
+    PyPI's torchvision wheel is built against the CUDA build of torch: its compiled ops do not load
+    beside the CPU build, and importing it then fails while registering shapes for `torchvision::nms`
+    and `qnms` ("operator ... does not exist"). The model definitions are pure Python and use none of
+    those ops, so when that happens the two operator schemas are declared (no kernels) and the import
+    is retried.
+    """
+    try:
+        import torchvision
+    except RuntimeError as error:
+        if "torchvision::" not in str(error):
+            raise
+        import torch
+
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        library = torch.library.Library("torchvision", "DEF")
+        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_OPS.append(library)  # the schemas live as long as the library object
+        import torchvision
+    return torchvision.models

@@ -109,3 +109,32 @@ def test_module_memory_counts_every_weight_once_and_the_peak_of_live_tensors(tin
     largest = max(4 * (layer.in_elements + layer.out_elements) for layer in tiny.layers)
     assert largest <= fp32["peak_activation_bytes"] <= 4 * sum(layer.out_elements for layer in tiny.layers) + 4 * tiny.layers[0].in_elements
     assert int8["total_bytes"] < fp32["total_bytes"] == fp32["weights_bytes"] + fp32["peak_activation_bytes"]
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    """SiLU, squeeze-and-excitation, a pre-activation batch norm, a ceil-mode max pool, an adaptive pool."""
+    from envs.torch_import import import_module
+    from tests.test_torch_import import TorchvisionStyleBlocks
+
+    return import_module(TorchvisionStyleBlocks(), (3, 16, 16))
+
+
+@pytest.mark.parametrize("quant, seed", [("fp32", 0), ("int8", 1)])
+def test_newer_ops_build_to_what_the_oracle_computes(blocks, quant, seed):
+    """Scale, affine (with the oracle's trained statistics), ceil-mode pools and the SiLU/Hardsigmoid
+    epilogues built into one module compute the oracle's logits."""
+    from envs.accuracy import oracle_for
+
+    oracle = oracle_for(blocks, epochs=3)
+    choices = _deployment(blocks, quant, seed)
+    got = host_logits(blocks, choices, oracle, oracle.dataset.x_test[:IMAGES].numpy())
+    want = oracle.logits([choices[name].quant for name in oracle.layer_names]).numpy()[:IMAGES]
+    scale, shift = oracle.affine_numerics("norm")
+    assert scale.shape == shift.shape == (16,) and not np.allclose(shift, 0)  # trained statistics, not the initial ones
+    if quant == "int8":
+        tolerance = oracle.layer_numerics(blocks.layers[-1].name).output_scale * 1.0001
+    else:
+        tolerance = 1e-4 * max(1.0, float(np.abs(want).max()))
+    assert np.abs(got - want).max() <= tolerance
+    assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() >= 0.99

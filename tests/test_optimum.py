@@ -10,7 +10,8 @@ from typing import Callable
 import pytest
 
 from deploy.deployment import evaluate
-from deploy.optimum import best_choices
+from deploy import optimum as optimum_module
+from deploy.optimum import best_choices, optimum
 from envs.network import Layer, Network, Op
 from envs.space import Choice
 
@@ -97,3 +98,28 @@ def test_mobilenet_v2_minimum_and_uniform_precisions(mobilenet_v2, a72_table):
 def test_nothing_admitted_is_an_error(a72_table):
     with pytest.raises(ValueError, match="no admitted deployment"):
         best_choices(inverted_residual(), a72_table, lambda c: c.algo == "winograd_f4")
+
+
+def dense_block() -> Network:
+    """A DenseNet block: each conv reads the concatenation of every tensor before it, so the stem's,
+    c1's and c2's tensors are all live at once."""
+    return Network("db", (3, 8, 8), (
+        conv("stem", "input", 3, 16, 8, k=3, op=Op.CONV),
+        conv("c1", "stem", 16, 8, 8, k=3, op=Op.CONV),
+        Layer("cat1", Op.CONCAT, ("stem", "c1"), (16, 8, 8), (24, 8, 8)),
+        conv("c2", "cat1", 24, 8, 8, k=3, op=Op.CONV),
+        Layer("cat2", Op.CONCAT, ("stem", "c1", "c2"), (16, 8, 8), (32, 8, 8)),
+        conv("c3", "cat2", 32, 8, 8),
+    ))
+
+
+def test_many_live_tensors_are_pinned_greedily_and_the_result_says_it_is_not_exact(a72_table, monkeypatch):
+    network = dense_block()
+    brute = brute_force(network, a72_table, lambda c, _: few_choices(c))
+    exact = optimum(network, a72_table, few_choices)
+    assert exact.exact and evaluate(network, exact.choices, a72_table).latency_ms == pytest.approx(brute, rel=1e-12)
+    states = len(a72_table.states()[0])
+    monkeypatch.setattr(optimum_module, "MAX_TABLE_ENTRIES", states**2)  # room for two live tensors only
+    greedy = optimum(network, a72_table, few_choices)
+    assert not greedy.exact and set(greedy.choices) == {layer.name for layer in network.searchable_layers}
+    assert brute - 1e-9 <= evaluate(network, greedy.choices, a72_table).latency_ms <= 1.5 * brute

@@ -217,24 +217,32 @@ class WithGridSample(nn.Module):
         return F.grid_sample(self.conv(x), self.grid, align_corners=False)
 
 
-class WithBroadcastMul(nn.Module):
+class ProductOfFeatureMaps(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        return y * y.mean((2, 3), keepdim=True)
+        return y * y
 
 
-class ReluBeforeBatchNorm(nn.Module):
+class AvgPoolCeilMode(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.bn = nn.BatchNorm2d(4)
+        self.pool = nn.AvgPool2d(3, 2, ceil_mode=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(torch.relu(self.conv(x)))
+        return self.pool(x)
+
+
+class AdaptivePoolNotDividing(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x)
 
 
 class ChannelShuffle(nn.Module):
@@ -294,14 +302,101 @@ class ReadsAZeroTensor(nn.Module):
         (WithLSTM(), "unsupported op torch.nn.LSTM at node 'rnn'"),
         (WithSort(), "unsupported op torch.sort at node 'sort'"),
         (WithGridSample(), "unsupported op torch.nn.functional.grid_sample at node 'grid_sample'"),
-        (WithBroadcastMul(), "unsupported op operator.mul at node 'mul'"),
-        (ReluBeforeBatchNorm(), "unsupported op torch.nn.BatchNorm2d at node 'bn'"),
+        (ProductOfFeatureMaps(), "unsupported op operator.mul at node 'mul' (only a (1, C, H, W) tensor times (1, C, 1, 1) factors"),
+        (AvgPoolCeilMode(), "(ceil_mode is supported on max pools only)"),
+        (AdaptivePoolNotDividing(), "(output 3x3 does not divide the input 8x8)"),
         (ChannelShuffle(), "unsupported op Tensor.view at node 'view'"),
         (ReadsAZeroTensor(), "unsupported op torch.nn.Conv2d at node 'conv' (it reads 'mul', a tensor that is always zero)"),
     ],
-    ids=["lstm", "sort", "grid_sample", "mul", "bn_after_relu", "view_to_4d", "conv_of_zero"],
+    ids=["lstm", "sort", "grid_sample", "mul", "avg_pool_ceil", "adaptive_pool", "view_to_4d", "conv_of_zero"],
 )
 def test_unsupported_op_is_named(module: nn.Module, message: str) -> None:
     with pytest.raises(UnsupportedOpError, match="supported: Conv2d, Linear") as error:
         import_module(module, (3, 8, 8))
     assert message in str(error.value)
+
+
+class TorchvisionStyleBlocks(nn.Module):
+    """The ops of torchvision's newer CNNs: SiLU and Hardsigmoid, squeeze-and-excitation (x times
+    per-channel factors), pre-activation batch norms (DenseNet), a ceil-mode max pool (GoogLeNet,
+    SqueezeNet), an adaptive pool to 2x2, a concat of one tensor and arithmetic on shapes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(16)
+        self.stem_act = nn.SiLU()
+        self.squeeze = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(16, 4, 1)
+        self.fc2 = nn.Conv2d(4, 16, 1)
+        self.gate = nn.Hardsigmoid()
+        self.norm = nn.BatchNorm2d(16)
+        self.conv = nn.Conv2d(16, 8, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.grid = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(8 * 2 * 2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_act(self.stem_bn(self.stem(x)))
+        x = x * self.gate(self.fc2(torch.relu(self.fc1(self.squeeze(x)))))
+        x = torch.cat([x], 1)
+        y = self.conv(F.relu(self.norm(x)))  # pre-activation: BN and ReLU before the conv
+        y = self.grid(self.pool(y))
+        return self.fc(y.reshape(y.shape[0], y.shape[1] // 1 * 4))
+
+
+def test_newer_torchvision_ops_import_as_layers() -> None:
+    net = import_module(TorchvisionStyleBlocks(), (3, 16, 16))
+    rows = [(l.name, l.op, l.inputs, l.out_shape, l.batch_norm, l.activation) for l in net.layers]
+    assert rows == [
+        ("stem", Op.CONV, (NETWORK_INPUT,), (16, 16, 16), True, "silu"),
+        ("squeeze", Op.POOL, ("stem",), (16, 1, 1), False, None),
+        ("fc1", Op.POINTWISE, ("squeeze",), (4, 1, 1), False, "relu"),
+        ("fc2", Op.POINTWISE, ("fc1",), (16, 1, 1), False, "hardsigmoid"),
+        ("mul", Op.SCALE, ("stem", "fc2"), (16, 16, 16), False, None),
+        ("norm", Op.AFFINE, ("mul",), (16, 16, 16), False, "relu"),
+        ("conv", Op.CONV, ("norm",), (8, 16, 16), False, None),
+        ("pool", Op.POOL, ("conv",), (8, 8, 8), False, None),  # ceil((16 - 3) / 2) + 1 = 8, not 7
+        ("grid", Op.POOL, ("pool",), (8, 2, 2), False, None),
+        ("fc", Op.DENSE, ("grid",), (10, 1, 1), False, None),
+    ]
+    assert (net["pool"].pool, net["pool"].ceil_mode, "ceil" in net["pool"].signature) == ("max", True, True)
+    assert (net["grid"].pool, net["grid"].kernel, net["grid"].stride) == ("avg", (4, 4), (4, 4))
+    assert net["norm"].weight_elements == 32  # a scale and a shift per channel
+    assert net["mul"].read_elements == 16 * 16 * 16 + 16 and net["mul"].macs == 16 * 16 * 16
+    assert "ceil_mode" not in net["grid"].to_dict()  # networks saved before the field keep their fingerprint
+    assert type(net).from_dict(net.to_dict()) == net
+    from deploy.estimate import estimate_latency
+
+    for target in ("cortex-a72", "npu-eyeriss"):
+        priced = {layer.name: layer.latency_ms for layer in estimate_latency(net, target).layers}
+        assert all(ms > 0 for ms in priced.values()), (target, priced)
+        assert priced["mul"] > priced["squeeze"] / 2  # the scale streams its whole feature map
+
+
+# torchvision's model zoo at 224x224: multiply-accumulates of the convolutions and dense layers as
+# torchvision's documentation gives them (GFLOPS there counts multiply-adds), in GMAC.
+TORCHVISION_GMACS = {
+    "mobilenet_v3_small": 0.06, "mobilenet_v3_large": 0.22, "efficientnet_b0": 0.39, "regnet_y_400mf": 0.40,
+    "squeezenet1_0": 0.82, "resnet50": 4.09, "densenet121": 2.83, "googlenet": 1.50,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_GMACS))
+def test_torchvision_cnns_import_with_their_published_size_and_are_priced(name: str) -> None:
+    from deploy.estimate import estimate_latency
+    from tests.conftest import torchvision_models
+
+    net = import_module(getattr(torchvision_models(), name)(weights=None).eval(), (3, 224, 224), name)
+    gmacs = sum(layer.macs for layer in net.searchable_layers) / 1e9
+    assert gmacs == pytest.approx(TORCHVISION_GMACS[name], abs=0.005)
+    priced = estimate_latency(net, "cortex-a72")
+    assert all(layer.latency_ms > 0 for layer in priced.layers)  # fixed layers too: memory traffic, dispatch
+    assert 5 < priced.latency_ms < 1000
+
+
+def test_shufflenet_is_refused_at_its_channel_shuffle() -> None:
+    from tests.conftest import torchvision_models
+
+    with pytest.raises(UnsupportedOpError, match=r"unsupported op torch\.transpose at node 'transpose'"):
+        import_module(torchvision_models().shufflenet_v2_x1_0(weights=None).eval(), (3, 224, 224))
