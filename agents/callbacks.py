@@ -121,6 +121,18 @@ class DeploymentTensorBoard(BaseCallback):
             self._log_episode(episode_reward, info)
         return True
 
+    def record(self, agent: Any, episode_reward: float, info: dict[str, Any]) -> None:
+        """A deployment evaluated outside `agent`'s rollouts (a model-guided search's measured pick,
+        `agents.model_guided`): logged as an episode, with the best-so-far scalars, at the agent's step."""
+        if getattr(self, "model", None) is not agent:
+            self.init_callback(agent)
+            self._on_training_start()
+        self.num_timesteps = agent.num_timesteps
+        self.episodes += 1
+        self._log_episode(episode_reward, info)
+        self._on_rollout_end()
+        self.logger.dump(self.num_timesteps)
+
     def _log_episode(self, episode_reward: float, info: dict[str, Any]) -> None:
         record = self.logger.record_mean
         record("deploy/episode_reward", episode_reward)

@@ -8,8 +8,9 @@ Rows (the main job's reward, each network's default budget):
 - `mobilenet_v2_32@host`: measured with TVM on this machine, at a fixed budget of distinct kernels
   (what a board's time goes to); the metric is the best measured deployment per kernel spent.
   `maskable_ppo` there measures one kernel per class of layer, corrects the host's latency model by
-  them (Zeng et al.'s layer-adaptive correction), learns on the corrected model, measures its pick,
-  and then searches on the board: learning on the model costs no measurement, correcting it does.
+  them (Zeng et al.'s layer-adaptive correction), learns on the corrected model, measures its pick, and
+  repeats with the model corrected again (`agents.model_guided`, what `run_ppo.py` does on a measured
+  target): learning on the model costs no measurement, correcting it does.
 
 For every agent and seed the best reward and latency are recorded after every improvement, so the
 curves are exact. `random` runs `RANDOM_FACTOR` times the budget, which measures how many episodes it
@@ -222,85 +223,23 @@ def _exact_curve(
 
 
 def _model_guided_search(agent, stop: _Stop, row: str, probe, seed: int) -> None:
-    """Measured row, maskable_ppo: measure one kernel per class of the latency correction (on a random
-    layer, with a random schedule); then, in rounds, correct the target's model by every kernel
-    measured so far (`deploy.latency_correction`, Zeng et al.; a measured kernel keeps its measured
-    cost), learn on the corrected model (`PRETRAIN_STEPS`, then `ROUND_STEPS`), and measure the
-    deployment the policy picks (greedy, else the best of `ROUND_SAMPLES` sampled ones that measures
-    something new within the budget). Ends when no pick fits the budget."""
-    from agents.ppo import make_vec_env
-    from deploy.calibration import LayerSample
-    from deploy.cost import CostUnavailable
-    from deploy.cost_table import CostTable
-    from deploy.latency_correction import CorrectedBackend, fit_correction, layer_class
+    """Measured row, maskable_ppo: the product's model-guided search (`agents.model_guided`) at this
+    benchmark's settings, its measured deployments recorded in `stop`."""
+    from agents.model_guided import GuideSettings, ModelGuidedSearch
     from deploy.targets import get_target
     from envs.make import make_deployment_env
-    from envs.space import Choice
 
-    rng = np.random.default_rng(seed)
-    classes: dict[str, list[tuple]] = {}
-    for layer in probe.layers:
-        for choice in probe.costs.space.valid_choices(layer):
-            classes.setdefault(layer_class(layer, choice), []).append((layer, choice))
-    keys = sorted(classes)
-    keys = [keys[i] for i in sorted(rng.choice(len(keys), min(CALIBRATION_KERNELS, len(keys)), replace=False))]
-    pairs = [classes[k][rng.integers(len(classes[k]))] for k in keys]
-    probe.costs.prefetch(pairs)  # compiled in parallel
-    stop.used |= {(layer.signature, choice.key) for layer, choice in pairs}
-    layers = {layer.signature: layer for layer in probe.layers}
     target = get_target(row.split("@")[1])
-    measured_env, steps = agent.get_env(), PRETRAIN_STEPS
-    while True:
-        measured = {}
-        for signature, key in stop.used:
-            try:
-                cost = probe.costs.cost(layers[signature], Choice.from_key(key))
-            except CostUnavailable:
-                continue
-            if cost.provenance.startswith("measured:"):
-                measured[(signature, key)] = cost
-        samples = [LayerSample(layers[sig], Choice.from_key(key), c.latency_ms) for (sig, key), c in measured.items()]
-        backend = CorrectedBackend(target.model(), fit_correction(target.model(), samples), measured)
-        corrected = CostTable(backend, target.search_space())
 
-        def make_corrected():
-            return make_deployment_env(probe.network, target.name, accuracy=probe.oracle, costs=corrected)
+    def make_env(costs):
+        return make_deployment_env(probe.network, target.name, accuracy=probe.oracle, costs=costs)
 
-        agent.set_env(make_vec_env(make_corrected, agent.n_envs))
-        agent.learn(steps)
-        agent.forget_episodes()  # their returns are on the model's scale
-        steps = ROUND_STEPS
-        pick = _pick(agent, make_corrected(), probe, stop, seed)
-        if pick is None:
-            break
-        choices, kernels = pick
-        stop.record(*probe.replay(choices), kernels)
+    settings = GuideSettings(KERNEL_BUDGET, CALIBRATION_KERNELS, PRETRAIN_STEPS, ROUND_STEPS, ROUND_SAMPLES)
+    search = ModelGuidedSearch(probe, target, make_env, settings, seed)
+    search.used = stop.used  # one set: the kernels the curve counts are the ones the search spent
+    measured_env = agent.get_env()
+    search.run(agent, stop.record)
     agent.set_env(measured_env)
-
-
-def _pick(agent, env, probe, stop: _Stop, seed: int) -> tuple[dict, set] | None:
-    """The policy's greedy deployment on `env` if it measures something new within the budget, else
-    the best (on `env`) of `ROUND_SAMPLES` sampled ones that does; None if none does."""
-    from envs.space import Choice
-
-    best = None
-    for attempt in range(ROUND_SAMPLES + 1):
-        obs, _ = env.reset(seed=seed + attempt)
-        total, done = 0.0, False
-        while not done:
-            action, _ = agent.predict(obs, action_masks=env.action_masks(), deterministic=attempt == 0)
-            obs, reward, done, _, info = env.step(action)
-            total += reward
-        if "accuracy" not in info:
-            continue
-        choices = {name: Choice.from_dict(c) for name, c in info["choices"].items()}
-        kernels = {(probe.network[n].signature, c.key) for n, c in choices.items()}
-        new = len(kernels - stop.used)
-        if new and len(stop.used) + new <= stop.kernels and (best is None or total > best[0]):
-            best = (total, choices, kernels)
-        if attempt == 0 and best is not None:
-            break
-    return None if best is None else best[1:]
 
 
 def row_references(row: str) -> dict[str, Any]:

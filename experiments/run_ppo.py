@@ -10,11 +10,14 @@
     python experiments/run_ppo.py --target npu-eyeriss --dataflow latency   # FlowOptimizer picks dataflows
     python experiments/run_ppo.py --target npu-eyeriss --arch          # joint search: architecture too
     python experiments/run_ppo.py --arch --implementation fastest      # the agent: architecture + quantization
-    python experiments/run_ppo.py --target host                        # measured with TVM on this machine
+    python experiments/run_ppo.py --target host                        # measured with TVM on this machine (model-guided)
     python experiments/run_ppo.py --target cortex-a72 --rpc-tracker 127.0.0.1:9190 --rpc-key pi4   # on a board
 
 Without a board the latencies come from the calibrated Cortex-A72 model (every number says so); NPU
-targets (npu-eyeriss, npu-nvdla, npu-tpu, or an NPU's YAML file) are simulated with ZigZag.
+targets (npu-eyeriss, npu-nvdla, npu-tpu, or an NPU's YAML file) are simulated with ZigZag. On a
+measured target (host, --rpc, --rpc-tracker) MaskablePPO learns on the target's model corrected by the
+kernels measured so far and measures one picked deployment per round, within --kernel-budget kernels
+(`agents.model_guided`); --guide none makes it learn on measured rewards instead.
 Ctrl-C (or SIGTERM) stops the search at its next pause point (well under a second), saves a checkpoint and
 says how to resume; `--resume` continues exactly where it stopped (`agents.resumable`). A checkpoint is
 also saved every --checkpoint-minutes, so a killed run loses at most that much.
@@ -41,11 +44,13 @@ import torch
 import yaml
 
 from agents.callbacks import BestDeployment, DeploymentTensorBoard
+from agents.model_guided import GuideSettings, ModelGuidedSearch
 from agents.resumable import Checkpointer, StopRequest, at_pause_points, checkpoints, restore
 from agents.pareto import ParetoFront
 from agents.ppo import DEFAULT_HYPERPARAMS, SEARCH_THREADS, load_hyperparams
 from agents.registry import AGENTS, check_agent, checkpoint_suffix, load_search_agent, make_search_agent
 from deploy.cli import run_main
+from deploy.cost_table import CostTable
 from deploy.tvm_measure import Device
 from deploy.deployment import evaluate
 from deploy.optimum import best_choices
@@ -118,6 +123,16 @@ class Config:
     """with --arch: fit an accuracy predictor on this many measured sub-networks and search with its predictions (exports stay measured)"""
     restart_supernet: bool = False
     """with --arch: train the supernet from scratch, replacing a corrupt or unfinished checkpoint"""
+    guide: str = "auto"
+    """model: learn on the target's model corrected by the kernels measured, measure one picked deployment a round (maskable_ppo); none: learn on measured rewards; auto: model on a measured target"""
+    kernel_budget: int = GuideSettings.kernel_budget
+    """model-guided search: distinct kernels it may measure (about a second each; --timesteps does not apply)"""
+    calibration_kernels: int = GuideSettings.calibration_kernels
+    """model-guided search: kernels measured first, one per class of layer, to correct the model"""
+    pretrain_steps: int = GuideSettings.pretrain_steps
+    """model-guided search: steps learnt on the corrected model before the first measured deployment"""
+    round_steps: int = GuideSettings.round_steps
+    """model-guided search: steps learnt on the model corrected again before each later measured deployment"""
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -137,7 +152,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
             continue
         kind = {
             "timesteps": int, "seed": int, "checkpoint_minutes": float, "budget_ms": float, "tradeoff": float, "points_per_ms": float,
-            "zigzag_lpf": int, "supernet_epochs": int, "predictor_samples": int,
+            "zigzag_lpf": int, "supernet_epochs": int, "predictor_samples": int, "kernel_budget": int,
+            "calibration_kernels": int, "pretrain_steps": int, "round_steps": int,
         }.get(f.name, str)
         parser.add_argument(flag, type=kind, default=default, help=doc[f.name])
     config = Config(**vars(parser.parse_args(argv)))
@@ -145,7 +161,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
         check_agent(config.agent)
     except ValueError as err:
         parser.error(str(err))
-    for name in ("budget_ms", "tradeoff", "points_per_ms", "timesteps"):
+    if config.guide not in ("auto", "model", "none"):
+        parser.error(f"--guide must be auto, model or none, got {config.guide!r}")
+    if config.guide == "model" and config.agent != "maskable_ppo":
+        parser.error(f"--guide model needs --agent maskable_ppo (its policy picks with action masks), got {config.agent}")
+    if config.guide == "model" and config.arch:
+        parser.error("--guide model searches one network's deployment: it does not combine with --arch")
+    for name in ("budget_ms", "tradeoff", "points_per_ms", "timesteps", "kernel_budget", "calibration_kernels",
+                 "pretrain_steps", "round_steps"):
         value = getattr(config, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value:g}")
@@ -223,6 +246,30 @@ def earlier_best(folder: Path, env: DeploymentEnv) -> BestDeployment | None:
     return None
 
 
+def run_guided(agent: Any, search: ModelGuidedSearch, tensorboard: DeploymentTensorBoard, checkpointer: Checkpointer,
+               stop: StopRequest, tb_log_name: str) -> None:
+    """The model-guided search (`agents.model_guided`): a line and a checkpoint after each measured deployment."""
+    measured_env = agent.get_env()
+    at_pause_points(agent, lambda: bool(stop))
+    s = search.settings
+    print(f"model-guided search: {s.calibration_kernels} calibration kernels, then one measured deployment a round "
+          f"(learning {s.pretrain_steps} steps on the corrected model first, {s.round_steps} a round after), "
+          f"within {s.kernel_budget} kernels", flush=True)
+
+    def measured(reward: float, info: dict[str, Any], kernels: set) -> None:
+        tensorboard.record(agent, reward, info)
+        print(f"round {search.rounds}: {info['latency_ms']:.2f} ms measured, reward {reward:.3f} "
+              f"(best {tensorboard.best.reward:.3f}), {len(search.used)}/{s.kernel_budget} kernels", flush=True)
+
+    def round_done(rounds: int) -> None:
+        agent.set_env(measured_env)  # a checkpoint holds no unfinished episode of the model's
+        checkpointer()
+
+    search.run(agent, measured, stop=lambda: bool(stop), on_round=round_done,
+               learn_kwargs={"tb_log_name": tb_log_name, "progress_bar": True})
+    agent.set_env(measured_env)
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     torch.set_num_threads(SEARCH_THREADS)
@@ -257,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
               f"mean error {100 * report.mean_abs_error:.2f} points on {report.held_out} held-out sub-networks")
     mode = "tradeoff" if config.tradeoff is not None else "budget"
 
-    def make_env():
+    def make_env(table: CostTable = costs) -> DeploymentEnv:
         return make_deployment_env(
-            network, config.target, mode, config.budget_ms, config.tradeoff, accuracy=search_accuracy, costs=costs,
+            network, config.target, mode, config.budget_ms, config.tradeoff, accuracy=search_accuracy, costs=table,
             dataflow=config.dataflow, architecture=config.arch, implementation=config.implementation,
             points_per_ms=config.points_per_ms,
         )
@@ -315,24 +362,38 @@ def main(argv: list[str] | None = None) -> int:
         hparams, on_best=save_best, best=earlier_best(folder, probe), pareto=earlier_front, arch_labels=arch_labels,
         minimum_latency_ms=None if config.arch else evaluate(network, best_choices(network, costs), costs).latency_ms,
     )
+    keeps: dict[str, Any] = {"tensorboard": tensorboard}
+    measured_target = costs.backend.provenance.startswith("measured:")
+    search = None
+    if config.guide == "model" or (config.guide == "auto" and measured_target and config.agent == "maskable_ppo" and not config.arch):
+        settings = GuideSettings(config.kernel_budget, config.calibration_kernels, config.pretrain_steps, config.round_steps)
+        search = keeps["guide"] = ModelGuidedSearch(probe, target, make_env, settings, config.seed)
     if saved:
-        exact = restore(agent, saved[-1], {"tensorboard": tensorboard})
+        exact = restore(agent, saved[-1], keeps)
         how = "exactly where it stopped" if exact else "with new episodes (the checkpoint has no resume state)"
+        if search is not None:
+            how = f"after round {search.rounds} ({len(search.used)} kernels measured)"
         print(f"resuming from {saved[-1]} at {agent.num_timesteps} steps, {how}")
     remaining = max(config.timesteps - agent.num_timesteps, 0)
     with StopRequest() as stop:
-        checkpointer = Checkpointer(agent, folder / "checkpoints", config.agent, suffix, config.checkpoint_minutes, stop,
-                                    {"tensorboard": tensorboard})
-        at_pause_points(agent, checkpointer)
-        agent.learn(remaining, callback=tensorboard, progress_bar=True, reset_num_timesteps=not saved, tb_log_name=config.agent)
-    if stop and agent.num_timesteps < config.timesteps:
+        checkpointer = Checkpointer(agent, folder / "checkpoints", config.agent, suffix, config.checkpoint_minutes, stop, keeps)
+        if search is None:
+            at_pause_points(agent, checkpointer)
+            agent.learn(remaining, callback=tensorboard, progress_bar=True, reset_num_timesteps=not saved, tb_log_name=config.agent)
+        else:
+            run_guided(agent, search, tensorboard, checkpointer, stop, config.agent)
+    if stop and (search is not None or agent.num_timesteps < config.timesteps):
         print(f"{stop.signal_name}: stopped at {agent.num_timesteps} steps, checkpoint {checkpointer.last}; "
               f"continue with: python experiments/run_ppo.py --resume {folder}", file=sys.stderr)
         return 130
     checkpointer.save()
     best = tensorboard.best.info
     if not best:
-        print("no complete deployment was evaluated; train for more timesteps", file=sys.stderr)
+        if search is not None and search.needed:
+            print(f"no deployment was measured: the policy's picks needed {search.needed} kernels, more than "
+                  f"--kernel-budget {config.kernel_budget}", file=sys.stderr)
+        else:
+            print("no complete deployment was evaluated; train for more timesteps", file=sys.stderr)
         return 1
     print("computing the references (exact optima by dynamic programming, coordinate descent over precisions)")
     refs = references(probe, best, max_passes=MAX_PASSES if costs.backend.batch_friendly else 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agents.resumable import checkpoints
 from deploy.export import load_deployment, reevaluate
 from tests.conftest import load_script
 from tests.test_pareto import brute_force_front
@@ -194,8 +196,8 @@ def whole_episodes(tmp_path: Path, n_envs: int) -> tuple[str, ...]:
 
 
 def one_measured_episode(tmp_path: Path) -> tuple[str, ...]:
-    """Arguments of a host search just long enough for one complete episode."""
-    return ("--target", "host", *whole_episodes(tmp_path, 1))
+    """Arguments of a host search learning on measured rewards just long enough for one complete episode."""
+    return ("--target", "host", "--guide", "none", *whole_episodes(tmp_path, 1))
 
 
 def test_host_target_searches_with_measured_rewards(tmp_path):
@@ -210,6 +212,32 @@ def test_host_target_searches_with_measured_rewards(tmp_path):
     assert measured and all(l["provenance"].startswith("measured:local:") for l in measured)
     assert doc["totals"]["energy_mj"] is None  # kernels were timed, not metered: no made-up total
     assert "energy n/a" in result.stdout
+
+
+def test_a_measured_target_is_searched_on_its_corrected_model_and_measured_a_deployment_a_round(tmp_path):
+    """The default on a measured target: a first measured deployment after a few calibration kernels and
+    a short learning, then one a round within the kernel budget; each logged and exported as measured."""
+    small = ("--target", "host", "--net", "mobilenet_v2_32", "--hyperparams", str(tmp_path / "ppo.yml"),
+             "--calibration-kernels", "8", "--pretrain-steps", "512", "--round-steps", "256", "--logdir", str(tmp_path))
+    (tmp_path / "ppo.yml").write_text("default:\n  n_envs: 2\n  n_steps: 64\n  batch_size: 64\n  n_epochs: 1\n")
+    short = run(*small, "--kernel-budget", "24", cwd=tmp_path)
+    assert short.returncode == 1 and "Traceback" not in short.stderr
+    assert "more than --kernel-budget 24" in short.stderr  # says what to raise
+    result = run(*small, "--kernel-budget", "90", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model-guided search: 8 calibration kernels" in result.stdout
+    rounds = re.findall(r"round (\d+): [\d.]+ ms measured, reward (-?[\d.]+) \(best -?[\d.]+\), (\d+)/90 kernels", result.stdout)
+    assert rounds and [int(r) for r, _, _ in rounds] == list(range(1, len(rounds) + 1))
+    assert all(8 < int(k) <= 90 for _, _, k in rounds)
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir() and (p / "deployment.json").exists()]
+    doc = json.loads((folder / "deployment.json").read_text())
+    searched = [l for l in doc["layers"] if l["choice"] is not None]
+    assert all(l["provenance"].startswith("measured:local:") for l in searched)
+    assert checkpoints(folder / "checkpoints", "maskable_ppo", ".zip")
+    (events_dir,) = list((folder / "tb").iterdir())
+    events = EventAccumulator(str(events_dir)).Reload()
+    assert len(events.Scalars("deploy/latency_ms")) == len(rounds)  # the measured deployments, not the model's episodes
+    assert events.Scalars("best/reward")[-1].value == pytest.approx(max(float(r) for _, r, _ in rounds), abs=1e-3)
 
 
 def test_main_job_on_an_npu_reports_simulated_latency_and_energy(tmp_path):
