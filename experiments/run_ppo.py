@@ -268,6 +268,8 @@ def run_guided(agent: Any, search: ModelGuidedSearch, tensorboard: DeploymentTen
     search.run(agent, measured, stop=lambda: bool(stop), on_round=round_done,
                learn_kwargs={"tb_log_name": tb_log_name, "progress_bar": True})
     agent.set_env(measured_env)
+    if stop:  # a resumed search learns the interrupted round again, from the policy as it was
+        checkpointer.save()
 
 
 def main(argv: list[str] | None = None) -> int:
