@@ -350,6 +350,9 @@ def test_main_job_measures_through_an_rpc_tracker_and_names_an_unreachable_board
         (["--resume", "/tmp"], "--resume /tmp: not a run folder (no config.yml)"),
         (["--budget-ms", "-5"], "--budget-ms must be positive, got -5"),
         (["--tradeoff", "0"], "--tradeoff must be positive, got 0"),
+        (["--guide", "maybe"], "--guide must be auto, model or none, got 'maybe'"),
+        (["--guide", "model", "--agent", "evolution"], "--guide model needs --agent maskable_ppo"),
+        (["--kernel-budget", "0"], "--kernel-budget must be positive, got 0"),
     ],
 )
 def test_bad_arguments_give_a_clear_error_and_no_traceback(args, message, tmp_path, capsys, monkeypatch):
