@@ -316,7 +316,7 @@ def test_flow_optimizer_command_prints_and_exports_each_layers_best_dataflow(tmp
     out = tmp_path / "best.json"
     result = subprocess.run(
         [sys.executable, str(script), "--target", "npu-tpu", "--net", "mobilenet_v2_32", "--logdir", str(tmp_path),
-         "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+         "--out", str(out), "--zigzag-lpf", "2"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     doc = json.loads(out.read_text())
