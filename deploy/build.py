@@ -75,8 +75,7 @@ def _activation(x: relax.Expr, name: str | None) -> relax.Expr:
     if name == "relu6":
         return relax.op.clip(x, relax.prim_value(0.0), relax.prim_value(6.0))
     if name == "hardswish":
-        gate = relax.op.clip(relax.op.add(x, relax.const(3.0)), relax.prim_value(0.0), relax.prim_value(6.0))
-        return relax.op.multiply(x, relax.op.divide(gate, relax.const(6.0)))
+        return relax.op.multiply(x, _activation(x, "hardsigmoid"))
     if name == "sigmoid":
         return relax.op.sigmoid(x)
     if name == "hardsigmoid":
