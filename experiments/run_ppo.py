@@ -165,6 +165,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
         parser.error(f"--guide must be auto, model or none, got {config.guide!r}")
     if config.guide == "model" and config.agent != "maskable_ppo":
         parser.error(f"--guide model needs --agent maskable_ppo (its policy picks with action masks), got {config.agent}")
+    if config.guide == "model" and config.target != "host" and not (config.rpc or config.rpc_tracker):
+        parser.error("--guide model corrects the model by measured kernels: it needs a measured target "
+                     "(--target host, --rpc or --rpc-tracker)")
     if config.guide == "model" and config.arch:
         parser.error("--guide model searches one network's deployment: it does not combine with --arch")
     for name in ("budget_ms", "tradeoff", "points_per_ms", "timesteps", "kernel_budget", "calibration_kernels",

@@ -341,6 +341,7 @@ def test_a_board_over_an_rpc_tracker_is_searched_model_guided_and_an_unreachable
         (["--tradeoff", "0"], "--tradeoff must be positive, got 0"),
         (["--guide", "maybe"], "--guide must be auto, model or none, got 'maybe'"),
         (["--guide", "model", "--agent", "evolution"], "--guide model needs --agent maskable_ppo"),
+        (["--guide", "model"], "--guide model corrects the model by measured kernels: it needs a measured target"),
         (["--kernel-budget", "0"], "--kernel-budget must be positive, got 0"),
     ],
 )
