@@ -22,8 +22,8 @@ cross-tools:  ## the aarch64 cross compiler and qemu (build and check cortex-a72
 		gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static; } \
 		|| echo "note: install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static to build and check for cortex-a72"
 
-test: $(VENV)/.installed cross-tools  ## the test suite (what CI runs)
-	$(PY) -m pytest -q
+test: $(VENV)/.installed cross-tools  ## the test suite (what CI runs): whole test modules spread over 2 workers
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 bench: $(VENV)/.installed  ## benchmark JSON + PNG into benchmarks/out/
 	$(PY) benchmarks/main_job.py

@@ -116,6 +116,22 @@ def pytest_configure(config) -> None:
     from pathlib import Path
 
     os.environ.setdefault("DEPLOYGYM_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "deploygym"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one of `make test`'s parallel workers: one core each
+        import torch
+
+        torch.set_num_threads(1)
+
+
+SLOWEST_FIRST = ("test_run_ppo.py", "test_validate.py", "test_nas.py", "test_npu.py", "test_measured_search.py")
+"""Test modules that run for minutes (end-to-end searches and builds), longest first."""
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`make test` hands whole modules to two workers (pytest-xdist `--dist loadscope`, so a module's
+    fixtures are built once) in collection order: the modules that run for minutes come first, so that
+    neither worker starts one near the end while the other sits idle."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 _TORCHVISION_OPS: list = []
