@@ -20,10 +20,13 @@ Prado et al.'s 2x claim). The whole-network correction: `experiments/fit_latency
 these two networks (`SAMPLES` sampled deployments each, cached in the database), its leave-one-network-
 out and cross-validated errors. `validate.py` on the main job's run folder, timed, when one exists.
 
-    python benchmarks/deployments.py      # ~1 h on 2 cores the first time (kernels and networks measured once)
+    python benchmarks/deployments.py      # ~1 h on 2 cores: every kernel and network timed in this run
 
 Writes benchmarks/out/deployments.json and .png, and the correction to benchmarks/out/deployments/host-correction.json;
-measurements go to benchmarks/out/deployments/measurements.sqlite (a rerun measures nothing twice).
+measurements go to benchmarks/out/deployments/measurements.sqlite, started afresh each run: layer costs
+timed hours before the whole networks are not comparable with them on a machine whose speed drifts
+(PyTorch eager ran 15-44% slower here in the evening than in the morning). `--reuse-measurements` keeps
+them (~25 min), for a quick look only.
 """
 
 from __future__ import annotations
@@ -245,7 +248,12 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="runs", help="where the main job's run folders are (for the validate timing)")
+    parser.add_argument("--reuse-measurements", action="store_true",
+                        help="keep the kernels and networks an earlier run timed (quicker; not side by side with this run's)")
     args = parser.parse_args(argv)
+    if not args.reuse_measurements:
+        for suffix in ("", "-wal", "-shm"):
+            (WORK / f"measurements.sqlite{suffix}").unlink(missing_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     import tvm
