@@ -1,8 +1,7 @@
 """The searched deployment built as one artifact, against the field's usual ways of running the same network.
 
 Measured side by side in one run on this machine (`host`), MobileNetV2 and ResNet-18 at 224x224,
-batch 1, on 1 and 2 threads (every layer on that many: letting ResNet-18's 2-thread search run its last layer on
-one thread cost 7 ms a run here, 31.4 -> 38.3 ms, though the layers' sum fell; the pool switch is not priced):
+batch 1, on 1 and 2 threads (every layer on that many):
 - `searched`: the deployment search on measured kernels (`measured_optimum`: the exact optimum of the
   cost table, whose unmeasured kernels are the host model's estimates; its pick's kernels measured;
   again until the pick is measured throughout), built as one TVM library (`deploy.artifact`) and timed

@@ -8,9 +8,9 @@
   file (and of the deployment file it was built from);
 - `run.py`: a runner that needs only the TVM runtime (`deploy/runner.py`, copied).
 
-Every layer runs on the thread count it chose: the module switches the runtime's thread pool between
-runs of layers on different counts (`deploy.build.network_module`); `threads` in the manifest is the
-pool's size, the largest count any layer chose, at most the target's cores.
+Every layer runs on the thread count it chose, in one thread pool sized at the largest count any layer
+chose (`deploy.build.network_module`, `on_threads`); `threads` in the manifest is that size, at most the
+target's cores.
 """
 
 from __future__ import annotations

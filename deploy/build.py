@@ -16,7 +16,8 @@ module's outputs are the fake-quantised torch model's up to float rounding.
 `compile_network` compiles it: the kernels stay as they were timed (opaque to fusion), and each chain
 of fixed layers and conversions between two kernels fuses into one pass (e.g. dequantise both
 inputs, add, ReLU, quantise for the next layer), parallel over its leading spatial loops on the
-threads of the run it is in, as the cost model prices it (one streaming pass on the layer's threads).
+pool's threads (the cost model prices it as one streaming pass on its layer's threads: where a layer
+runs on fewer threads than the pool, its fixed layers get more than priced).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from envs.network import NETWORK_INPUT, Layer, Network, Op
 from envs.space import Choice
 
 
-BUILD_REVISION = 2
-"""Changes whenever the module a deployment builds into does (2: fixed layers fused and parallel), so
-whole-network timings of an older build are not reused."""
+BUILD_REVISION = 3
+"""Changes whenever the module a deployment builds into does, so whole-network timings of an older build
+are not reused (2: fixed layers fused and parallel; 3: one thread pool, each kernel on its own threads in it)."""
 
 
 class NumericsSource(Protocol):
@@ -126,13 +127,6 @@ class _Graph:
         if scale is not None:
             self.scales[name] = scale
 
-    def keep(self, names: set[str]) -> None:
-        """End of a dataflow block: the tensors in `names` (every form held) become its outputs, the rest are dropped."""
-        self.tensors = {
-            name: {precision: self.bb.emit_output(value) for precision, value in forms.items()}
-            for name, forms in self.tensors.items() if name in names
-        }
-
     def get(self, name: str, precision: str, scale: float | None = None) -> relax.Expr:
         """Tensor `name` in `precision` (int8: at `scale`, which must be the one it is stored at when it is int8)."""
         forms = self.tensors[name]
@@ -170,45 +164,71 @@ def layer_threads(network: Network, choices: Mapping[str, Choice]) -> dict[str, 
 
 
 def _set_threads(count: int) -> relax.Call:
-    """The runtime call that makes the thread pool use `count` workers from here on. The call itself is
-    cheap (~11 us from Python), the switch is not: ResNet-18-224 on 2 threads with only its last layer
-    on 1 ran 38.3 ms a run instead of 31.4 on this host (two switches a run). The search does not price it."""
+    """The runtime call that sizes the thread pool at `count` workers (capped by `TVM_NUM_THREADS`, which a
+    runner sets). Made once a run: a switch of the pool's size costs milliseconds (~3.5 ms on this host,
+    build revision 2 switched between runs of layers on different thread counts)."""
     return relax.Call(relax.ExternFunc("runtime.config_threadpool"), [relax.prim_value(1), relax.prim_value(count)],
                       ty_args=[relax.ObjectType()])
+
+
+def on_threads(kernel: tirx.PrimFunc, threads: int, pool: int) -> tirx.PrimFunc:
+    """`kernel` as it ran when timed on `threads` threads, inside a pool of `pool` workers: unchanged when
+    they are equal; otherwise each parallel loop longer than `threads` is split in two, the outer of
+    `threads` iterations parallel (TVM hands a parallel loop's iterations to the pool's workers in
+    contiguous chunks, so `threads` of them get work, as when timed), the inner serial; on 1 thread no
+    loop is parallel (the kernel runs on the calling thread, as the pool of 1 it was timed in runs it)."""
+    if threads >= pool:
+        return kernel
+    # without the primitives' checks: a loop the kernel's schedule made parallel before it nested its
+    # reduction under it fails the "compact dataflow" check now, though its outer part is as safe
+    sch = s_tir.Schedule(tvm.IRModule({"main": kernel}), enable_check=False)
+    while (loop := _parallel_loop_longer_than(sch, threads if threads > 1 else 0)) is not None:
+        outer, _ = sch.split(loop, [threads, None])  # the split loops are serial
+        if threads > 1:
+            sch.parallel(outer)
+    return sch.mod["main"]
+
+
+def _parallel_loop_longer_than(sch: s_tir.Schedule, extent: int) -> Any:
+    """A parallel loop of `sch` with more than `extent` iterations (None when there is none)."""
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    while blocks:
+        block = blocks.pop()
+        for loop in sch.get_loops(block):
+            found = sch.get(loop)
+            if found.kind == tirx.ForKind.PARALLEL and int(found.extent) > extent:
+                return loop
+        blocks.extend(sch.get_child_blocks(block))
+    return None
 
 
 def network_module(network: Network, choices: Mapping[str, Choice], numerics: NumericsSource) -> tvm.IRModule:
     """The Relax module `main(image (1, C, H, W) fp32) -> logits (1, classes) fp32` of a deployment.
 
-    Each run of layers on one thread count is a dataflow block; between runs the module switches the
-    runtime's thread pool (capped by the pool's size, `TVM_NUM_THREADS`, which a runner sets)."""
+    The thread pool is sized once, at the most threads any layer runs on; each kernel keeps to its own
+    thread count within it (`on_threads`)."""
     missing = [layer.name for layer in network.searchable_layers if layer.name not in choices]
     if missing:
         raise ValueError(f"deployment of {network.name!r} has no choice for layer(s) {missing}")
     threads = layer_threads(network, choices)
-    last_read = {src: i for i, layer in enumerate(network.layers) for src in layer.inputs}
+    pool = max(threads.values())
     bb = relax.BlockBuilder()
     image = relax.Var("image", relax.TensorType((1, *network.layers[0].in_shape), "float32"))
     with bb.function("main", [image], pure=False):
         graph = _Graph(bb, image)
-        runs = [list(group) for _, group in itertools.groupby(enumerate(network.layers), key=lambda il: threads[il[1].name])]
-        for run in runs:
-            bb.emit(_set_threads(threads[run[0][1].name]))
-            with bb.dataflow():
-                for _, layer in run:
-                    _emit_layer(bb, graph, layer, choices.get(layer.name), numerics)
-                end = run[-1][0]
-                if run is runs[-1]:
-                    out = bb.emit_output(relax.op.reshape(graph.get(network.layers[-1].name, "fp32"), (1, -1)))
-                else:
-                    graph.keep({name for name, i in last_read.items() if i > end})
+        bb.emit(_set_threads(pool))
+        with bb.dataflow():
+            for layer in network.layers:
+                _emit_layer(bb, graph, layer, choices.get(layer.name), numerics, threads[layer.name], pool)
+            out = bb.emit_output(relax.op.reshape(graph.get(network.layers[-1].name, "fp32"), (1, -1)))
         bb.emit_func_output(out)
     return bb.get()
 
 
-def _emit_layer(bb: relax.BlockBuilder, graph: "_Graph", layer: Layer, choice: Choice | None, numerics: NumericsSource) -> None:
-    """One layer into the current dataflow block: a fixed layer in fp32; a searchable one as its kernel,
-    after the conversions of its input."""
+def _emit_layer(bb: relax.BlockBuilder, graph: "_Graph", layer: Layer, choice: Choice | None, numerics: NumericsSource,
+                threads: int, pool: int) -> None:
+    """One layer into the dataflow block: a fixed layer in fp32; a searchable one as its kernel on its
+    `threads` of the `pool`, after the conversions of its input."""
     if not layer.op.searchable:
         graph.put(layer.name, "fp32", _fixed_layer(layer, [graph.get(src, "fp32") for src in layer.inputs], numerics))
         return
@@ -218,7 +238,8 @@ def _emit_layer(bb: relax.BlockBuilder, graph: "_Graph", layer: Layer, choice: C
     data = graph.get(source, choice.quant, values.input_scale)
     if layer.op is Op.DENSE:  # flattens its producer
         data = bb.emit(relax.op.reshape(data, spec.inputs[0].shape))
-    kernel = build_module(layer, choice)["main"].with_attrs({"global_symbol": _symbol(layer.name), "op_pattern": OPAQUE})
+    kernel = on_threads(build_module(layer, choice)["main"], threads, pool)
+    kernel = kernel.with_attrs({"global_symbol": _symbol(layer.name), "op_pattern": OPAQUE})
     function = bb.add_func(kernel, _symbol(layer.name))
     arguments = [data, *(relax.const(a) for a in kernel_arguments(layer, choice, values))]
     out = relax.call_tir(function, arguments, relax.TensorType(spec.output.shape, spec.output.dtype))

@@ -3,7 +3,7 @@
 
 A deployment's cost table sums kernels timed alone, pools and adds and conversions as modelled; the
 network built as one module (`deploy.build`) runs them back to back, with the runtime dispatching
-each call, caches warm or cold from the layer before, and the thread pool switching between layers.
+each call, caches warm or cold from the layer before, and a thread pool sized for the busiest layer.
 `fit_network_correction` fits, from whole-network measurements, the form
 
     measured ≈ Σ_classes a_c · (summed latency of the class's searchable layers)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from deploy.build import host_logits, network_module
 from deploy.targets import get_target
+from envs.network import Layer, Op
 
 IMAGES = 40
 
@@ -45,8 +44,9 @@ def test_a_deployment_missing_a_layer_is_refused_by_name(tiny, tiny_oracle):
         network_module(tiny, choices, tiny_oracle)
 
 
-def test_each_layer_runs_on_the_thread_count_it_chose(tiny, tiny_oracle):
-    """The module switches the runtime's pool wherever the thread count changes, and only there."""
+def test_each_layer_runs_on_the_thread_count_it_chose_in_one_pool(tiny, tiny_oracle):
+    """The module sizes the pool once, at the most threads a layer runs on; a 1-thread kernel has no
+    parallel loop, a kernel on the pool's count keeps the loops it was timed with."""
     import tvm
     from tvm import relax
 
@@ -60,14 +60,60 @@ def test_each_layer_runs_on_the_thread_count_it_chose(tiny, tiny_oracle):
                for layer in tiny.searchable_layers}
     per_layer = layer_threads(tiny, choices)
     assert all(per_layer[name] == wanted[name] for name in names)
-    runs = 1 + sum(a != b for a, b in zip([per_layer[l.name] for l in tiny.layers], [per_layer[l.name] for l in tiny.layers][1:]))
     module = network_module(tiny, choices, tiny_oracle)
-    assert module["main"].script().count("runtime.config_threadpool") == runs
+    assert module["main"].script().count("runtime.config_threadpool") == 1
+    for name in names:
+        kernel = module["k_" + name].script()
+        assert ("T.parallel(" in kernel) == (wanted[name] == 2), name
     vm = relax.VirtualMachine(compile_network(module, HOST_TARGET), tvm.cpu())
-    last = per_layer[tiny.layers[-1].name]
-    tvm.get_global_func("runtime.config_threadpool")(1, 3 - last)  # the other count: the module must set it
-    vm["main"](tvm.runtime.tensor(tiny_oracle.dataset.x_test[:1].numpy()))
-    assert tvm.get_global_func("runtime.NumThreads")() == min(last, os.cpu_count())
+    configure, pool_size = tvm.get_global_func("runtime.config_threadpool"), tvm.get_global_func("runtime.NumThreads")
+    configure(1, 2)
+    two = pool_size()  # 2, or fewer where TVM_NUM_THREADS caps the pool
+    configure(1, 1)  # another count: the module must set its own
+    got = vm["main"](tvm.runtime.tensor(tiny_oracle.dataset.x_test[:1].numpy())).numpy()
+    assert pool_size() == two
+    want = host_logits(tiny, {n: choices[n] for n in names}, tiny_oracle, tiny_oracle.dataset.x_test[:1].numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+LAYERS = {
+    "conv": Layer("c", Op.CONV, ("input",), (16, 14, 14), (32, 14, 14), (3, 3), (1, 1), (1, 1)),
+    "depthwise": Layer("d", Op.DEPTHWISE, ("input",), (32, 14, 14), (32, 7, 7), (3, 3), (2, 2), (1, 1), groups=32),
+    "pointwise": Layer("p", Op.POINTWISE, ("input",), (32, 7, 7), (64, 7, 7)),
+    "dense": Layer("f", Op.DENSE, ("input",), (64, 1, 1), (10, 1, 1), bias=True),
+}
+
+
+@pytest.mark.parametrize("kind, quant, algo", [("conv", "fp32", "im2col"), ("conv", "int8", "winograd_f4"), ("conv", "fp16", "direct"),
+                                               ("depthwise", "int8", "depthwise"), ("pointwise", "fp32", "direct"), ("dense", "fp32", "im2col")])
+def test_a_kernel_keeps_to_its_threads_inside_a_larger_pool(kind, quant, algo):
+    """On 2 of a pool of 4 every parallel loop has at most 2 iterations; on 1, none is parallel; the
+    results are the kernel's, bit for bit."""
+    import tvm
+
+    from deploy.build import on_threads
+    from deploy.tvm_kernels import HOST_TARGET, build_module, kernel_spec
+
+    layer = LAYERS[kind]
+    space = get_target("cortex-a72").search_space()
+    choice = next(c for c in space.valid_choices(layer) if c.quant == quant and c.algo == algo and c.dataflow.threads == 4)
+    kernel = build_module(layer, choice)["main"]
+    assert on_threads(kernel, 4, 4).same_as(kernel)
+    two, one = on_threads(kernel, 2, 4).script(), on_threads(kernel, 1, 4).script()
+    assert "T.parallel(" in kernel.script() and "T.parallel(" not in one
+    assert all(int(line.split("T.parallel(")[1].split(")")[0]) <= 2 for line in two.splitlines() if "T.parallel(" in line)
+    spec = kernel_spec(layer, choice)
+    rng = np.random.default_rng(0)
+    inputs = [(rng.integers(-8, 8, a.shape) if a.dtype.startswith("int") else rng.uniform(-1, 1, a.shape)).astype(a.dtype)
+              for a in spec.inputs]
+    outs = []
+    for variant in (kernel, on_threads(kernel, 2, 4), on_threads(kernel, 1, 4)):
+        executable = tvm.compile(tvm.IRModule({"main": variant}), target=tvm.target.Target(HOST_TARGET))
+        out = tvm.runtime.tensor(np.zeros(spec.output.shape, spec.output.dtype))
+        executable["main"](*(tvm.runtime.tensor(x) for x in inputs), out)
+        outs.append(out.numpy())
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_array_equal(outs[2], outs[0])
 
 
 def test_fixed_layers_between_kernels_fuse_into_one_parallel_pass(tiny, tiny_oracle):
