@@ -22,10 +22,11 @@ out and cross-validated errors. `validate.py` on the main job's run folder, time
     python benchmarks/deployments.py      # ~1 h on 2 cores: every kernel and network timed in this run
 
 Writes benchmarks/out/deployments.json and .png, and the correction to benchmarks/out/deployments/host-correction.json;
-measurements go to benchmarks/out/deployments/measurements.sqlite, started afresh each run: layer costs
-timed hours before the whole networks are not comparable with them on a machine whose speed drifts
-(PyTorch eager ran 15-44% slower here in the evening than in the morning). `--reuse-measurements` keeps
-them (~25 min), for a quick look only.
+measurements go to benchmarks/out/deployments/measurements.sqlite, started afresh each run (the last
+run's is kept beside it, renamed after the time it was written): layer costs timed hours before the
+whole networks are not comparable with them on a machine whose speed drifts (PyTorch eager ran 15-44%
+slower here in the evening than in the morning). `--reuse-measurements` keeps them (~25 min), for a
+quick look only.
 """
 
 from __future__ import annotations
@@ -244,6 +245,18 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def set_aside_measurements(db: Path) -> None:
+    """Start this run's measurements afresh without losing the last run's: its database (with its WAL
+    files) is renamed after the time it was last written, beside it."""
+    if not db.exists():
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(db.stat().st_mtime))
+    for suffix in ("", "-wal", "-shm"):
+        part = db.with_name(db.name + suffix)
+        if part.exists():
+            part.rename(db.with_name(f"{db.stem}-{stamp}{db.suffix}{suffix}"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="runs", help="where the main job's run folders are (for the validate timing)")
@@ -251,8 +264,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep the kernels and networks an earlier run timed (quicker; not side by side with this run's)")
     args = parser.parse_args(argv)
     if not args.reuse_measurements:
-        for suffix in ("", "-wal", "-shm"):
-            (WORK / f"measurements.sqlite{suffix}").unlink(missing_ok=True)
+        set_aside_measurements(WORK / "measurements.sqlite")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     import tvm
