@@ -1,7 +1,7 @@
 """Compiling a TVM kernel and timing it: on this machine, or on a board through TVM RPC.
 
-Compiling runs in worker processes, as many as there are cores; timing runs in one more worker
-process, one kernel at a time, and never while this process compiles, so two timings never share a
+Compiling runs in worker processes, as many as there are cores (a kernel compiled once is kept for
+the measurer's life: timing it again only runs it); timing runs in one more worker process, one kernel at a time, and never while this process compiles, so two timings never share a
 core with each other or with a compiler. Every call has a timeout: a hung compile, a dead board or a
 crashed kernel kills that worker, which is started again; the caller gets a `MeasurementError`
 saying what failed, and earlier results are untouched. A device that was lost (unreachable, no
@@ -15,6 +15,7 @@ A board is reached with `python -m tvm.exec.rpc_server` on it, directly (`Device
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import socket
@@ -209,6 +210,8 @@ class Measurer:
         self._runner = Worker("runner")
         self._dir = tempfile.TemporaryDirectory(prefix="deploygym-kernels-")
         self._ids = itertools.count()
+        self._compiled: dict[str, str] = {}
+        """Path of each kernel compiled so far, by the sha256 of its module's JSON."""
         self._down_until = 0.0
         self._down_error = ""
 
@@ -222,16 +225,21 @@ class Measurer:
     def measure_many(
         self, kernels: Sequence[tuple[Any, Sequence[ArgSpec], int]]
     ) -> list[Measurement | MeasurementError]:
-        """Compile all kernels in parallel, then time them one at a time; a failure is returned in its place.
+        """Compile all kernels in parallel (those not compiled before), then time them one at a time; a
+        failure is returned in its place.
         While the device is down nothing is compiled: each kernel gets the error that says so."""
         import tvm
 
         down = self._down()
         if down is not None:
             return [down] * len(kernels)
-        paths = self.in_compilers(
-            _compile, [(tvm.ir.save_json(k[0]), self.target, self._kernel_path()) for k in kernels], "kernel compile"
-        )
+        texts = [tvm.ir.save_json(k[0]) for k in kernels]
+        digests = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+        todo = {d: t for d, t in zip(digests, texts) if d not in self._compiled}
+        compiled = self.in_compilers(_compile, [(t, self.target, self._kernel_path()) for t in todo.values()], "kernel compile")
+        self._compiled.update((d, path) for d, path in zip(todo, compiled) if not isinstance(path, MeasurementError))
+        failed = {d: path for d, path in zip(todo, compiled) if isinstance(path, MeasurementError)}
+        paths = [failed.get(d) or self._compiled[d] for d in digests]
         results: list[Measurement | MeasurementError] = []
         for path, (_, args, threads) in zip(paths, kernels):
             if isinstance(path, MeasurementError):

@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -240,6 +240,39 @@ def cross_validated(samples: Sequence[NetworkSample], fitted_to: str, folds: int
     corrected = np.array([corrected_sum(c, s.network, s.priced) for c, s in zip(predicted, samples)])
     return {"folds": folds, "uncorrected": prediction_errors(samples, None),
             "corrected": _errors(corrected, measured)}
+
+
+def measure_paired(network: Network, choices: Mapping[str, Choice], table, numerics, target: str, device, settings) -> dict[str, Any]:
+    """The deployment's kernels timed again on the table's device, then its whole network right after
+    (`measure_network`): the measurement with `kernels_ms` (each searchable layer's fresh time) and
+    `kernel_drift_percent` (median change of those against the table's). Paired so, a machine whose
+    speed drifts between the table's timings and the network's cannot pass for a correction: on a
+    shared machine the two drifted 10-50% apart within a run."""
+    from deploy.cost import Cost, CostUnavailable
+
+    names = [layer.name for layer in network.searchable_layers]
+    fresh = table.backend.price_many([(network[n], choices[n]) for n in names])
+    failed = next((c for c in fresh if not isinstance(c, Cost)), None)
+    if failed is not None:
+        raise failed if isinstance(failed, CostUnavailable) else CostUnavailable(str(failed))
+    measured = measure_network(network, choices, numerics, target, device, settings)
+    kernels_ms = {n: c.latency_ms for n, c in zip(names, fresh)}
+    drift = [abs(kernels_ms[n] / table.cost(network[n], choices[n]).latency_ms - 1) for n in names]
+    return {**measured, "kernels_ms": kernels_ms, "kernel_drift_percent": 100 * float(np.median(drift))}
+
+
+def priced_as_measured(network: Network, choices: Mapping[str, Choice], table, measured: Mapping[str, Any]) -> NetworkCost:
+    """The deployment priced by `table`, each searchable layer at the time its kernel took right
+    before the network was timed (`measure_paired`'s `kernels_ms`) where the measurement has them."""
+    from deploy.deployment import evaluate
+
+    cost = evaluate(network, choices, table)
+    fresh = measured.get("kernels_ms")
+    if not fresh:
+        return cost
+    layers = tuple(replace(part, latency_ms=fresh[part.name]) if part.choice is not None else part for part in cost.layers)
+    change = sum(new.latency_ms - old.latency_ms for new, old in zip(layers, cost.layers))
+    return replace(cost, latency_ms=cost.latency_ms + change, layers=layers)
 
 
 def measure_network(

@@ -6,8 +6,11 @@
 
 For every network: `--samples` deployments spread over the space (`deploy.whole_network.sample_deployments`),
 the deployment the cost table's exact optimum picks, and any `--deployments` files (searches' picks)
-are priced layer by layer by the target's cost table (each kernel measured once, on the device) and
-built as one library and timed on the device. A correction is fitted to all of them
+are priced layer by layer by the target's cost table (each kernel measured on the device), then, one
+deployment at a time, its kernels are timed again and its network built as one library and timed right
+after (`deploy.whole_network.measure_paired`): the sum of layers and the whole network come from the
+same minutes, so a machine whose speed drifts during the run does not bias the fit. How far the
+kernels drifted from the table's timings is reported (`kernel_drift_percent`). A correction is fitted to all of them
 (`deploy.whole_network`), and checked leave-one-network-out: fitted without a network, how well it
 predicts that network's measurements (median absolute error and Spearman, before and after).
 
@@ -24,6 +27,17 @@ import time
 from pathlib import Path
 
 from deploy.cli import run_main
+
+
+def _drift_summary(drifts: list[float | None]) -> dict[str, float | int] | None:
+    """How far the kernels' times right before each network were from the table's (median per sample):
+    the median and largest over the samples; None when no sample was re-timed."""
+    import numpy as np
+
+    known = [d for d in drifts if d is not None]
+    if not known:
+        return None
+    return {"median": float(np.median(known)), "max": float(np.max(known)), "samples": len(known)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from deploy.artifact import SeededNumerics
     from deploy.cost import CostUnavailable
-    from deploy.deployment import evaluate
     from deploy.export import load_deployment, write_json
     from deploy.latency_correction import correction_document
     from deploy.optimum import best_choices
@@ -54,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.tvm_measure import Device, MeasureSettings
     from deploy.validation import with_threads_at_most
     from deploy.whole_network import (NetworkSample, cross_validated, fit_network_correction,
-                                      leave_one_network_out, measure_network, measurement_key, prediction_errors,
-                                      sample_deployments)
+                                      leave_one_network_out, measure_paired, measurement_key, prediction_errors,
+                                      priced_as_measured, sample_deployments)
     from envs.make import make_cost_table, resolve_network
 
     tgt = get_target(args.target)
@@ -70,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = MeasureSettings(repeats=args.repeats, min_repeat_ms=0)
     picks = [load_deployment(Path(f)) for f in args.deployments]
     samples: list[NetworkSample] = []
+    drifts: list[float | None] = []
     for name in args.nets:
         network = resolve_network(name)
         plans = [("sampled", c) for c in sample_deployments(network, table.space, args.samples, args.seed)]
@@ -79,26 +93,29 @@ def main(argv: list[str] | None = None) -> int:
         table.prefetch([(network[n], c) for _, choices in plans for n, c in choices.items()])
         numerics = SeededNumerics(network)
         for i, (kind, choices) in enumerate(plans):
+            key = measurement_key(choices)
             try:
-                priced = evaluate(network, choices, table)
+                measured = table.db.network_measurement(table.fingerprint, network.fingerprint, key)
+                if measured is None:
+                    measured = measure_paired(network, choices, table, numerics, args.target, device, settings)
+                    table.db.put_network(table.fingerprint, network.fingerprint, key,
+                                         {n: c.to_dict() for n, c in choices.items()}, measured)
+                priced = priced_as_measured(network, choices, table, measured)
             except CostUnavailable as err:  # a kernel that does not build or run here: the deployment cannot be either
                 print(f"{name} {kind} {i + 1}/{len(plans)}: skipped ({err})")
                 continue
-            key = measurement_key(choices)
-            measured = table.db.network_measurement(table.fingerprint, network.fingerprint, key)
-            if measured is None:
-                measured = measure_network(network, choices, numerics, args.target, device, settings)
-                table.db.put_network(table.fingerprint, network.fingerprint, key,
-                                     {n: c.to_dict() for n, c in choices.items()}, measured)
             samples.append(NetworkSample(network, choices, priced, measured["median_ms"]))
+            drifts.append(measured.get("kernel_drift_percent"))
             print(f"{name} {kind} {i + 1}/{len(plans)}: whole network {measured['median_ms']:.2f} ms, "
-                  f"sum of layers {priced.latency_ms:.2f} ms", flush=True)
+                  f"sum of layers {priced.latency_ms:.2f} ms (kernels re-timed just before: "
+                  f"{measured.get('kernel_drift_percent', float('nan')):.1f}% from the table's)", flush=True)
     fitted_to = f"whole networks measured on {device.name}: {', '.join(args.nets)}, {len(samples)} deployments"
     correction = fit_network_correction(samples, fitted_to)
     report = {
         "device": device.name,
         "networks": args.nets,
         "samples": len(samples),
+        "kernel_drift_percent": _drift_summary(drifts),
         "in_sample": {"uncorrected": prediction_errors(samples, None), "corrected": prediction_errors(samples, correction)},
         "held_out_deployments": cross_validated(samples, fitted_to),
         "leave_one_network_out": leave_one_network_out(samples, fitted_to) if len(args.nets) > 1 else None,

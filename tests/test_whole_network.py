@@ -133,6 +133,34 @@ def test_a_built_deployment_is_timed_whole_on_this_machine_and_stored(tiny, tmp_
     assert db.correction("c.json") == ("fp", {"schema": "x", "n": 2}) and db.correction("other") is None
 
 
+def test_a_paired_measurement_times_the_kernels_again_right_before_the_network(tiny, tmp_path):
+    """Real TVM: each kernel is timed again (compiled once: re-timing adds no library) just before the
+    whole network; the sum of layers is then priced with those times, the rest as the table prices it."""
+    from pathlib import Path
+
+    from deploy.artifact import SeededNumerics
+    from deploy.tvm_measure import Device, MeasureSettings
+    from deploy.whole_network import measure_paired, priced_as_measured
+    from envs.make import make_cost_table
+
+    quick = MeasureSettings(repeats=3, min_repeat_ms=1)
+    table = make_cost_table("host", tmp_path / "m.sqlite", settings=quick)
+    (choices,) = sample_deployments(tiny, table.space, 1, seed=3)
+    table.prefetch([(tiny[n], c) for n, c in choices.items()])
+    libraries = set(Path(table.backend.measurer._dir.name).iterdir())
+    measured = measure_paired(tiny, choices, table, SeededNumerics(tiny), "host", Device(), quick)
+    assert set(Path(table.backend.measurer._dir.name).iterdir()) == libraries
+    searchable = [layer.name for layer in tiny.searchable_layers]
+    assert sorted(measured["kernels_ms"]) == sorted(searchable) and all(v > 0 for v in measured["kernels_ms"].values())
+    assert measured["kernel_drift_percent"] >= 0 and measured["median_ms"] > 0
+    before, after = evaluate(tiny, choices, table), priced_as_measured(tiny, choices, table, measured)
+    fixed = before.latency_ms - sum(part.latency_ms for part in before.layers if part.choice)
+    assert after.latency_ms == pytest.approx(fixed + sum(measured["kernels_ms"].values()))
+    assert {p.name: p.latency_ms for p in after.layers if p.choice is None} == {p.name: p.latency_ms for p in before.layers if p.choice is None}
+    assert priced_as_measured(tiny, choices, table, {"median_ms": 1.0}) == before  # an unpaired measurement: the table's
+    table.backend.close()
+
+
 def test_the_fit_script_refuses_a_target_it_cannot_build(tmp_path):
     from experiments.fit_latency_correction import main
 
