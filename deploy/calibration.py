@@ -63,7 +63,6 @@ FITTED: dict[str, tuple[float, float]] = {
     "dram_core_gbps": (1.0, 5.0),
     "l2_bytes_per_cycle": (2.0, 32.0),
     "l2_contention": (1e-3, 1.5),
-    "sync_us": (2.0, 80.0),
     "allcore_clock": (0.4, 1.0),
     "dram_fraction": (0.3, 1.0),
 }

@@ -13,7 +13,8 @@ depthwise kernel), and each phase is priced as:
   non-partitioned operand read by every thread) and DRAM traffic (weights cold, activations that do not
   fit in the L2 share, workspaces and re-streaming that overflow it), over bandwidths that saturate with
   threads (DRAM capped at the measured total; shared-L2 contention as in the universal scalability law);
-* threads: load imbalance over the parallel axis, a fork/join cost per parallel phase;
+* threads: load imbalance over the parallel axis, a fork/join cost per parallel phase and thread
+  beyond the first (measured, `deploy.fork_join`: not fitted);
 * time = max(compute, memory) + overlap * min(compute, memory) + fixed costs.
 
 Every number it returns carries the provenance `modelled:<name>@<version>`.
@@ -34,7 +35,7 @@ from deploy.cost import Cost, TensorFormat
 from envs.network import Layer, Op
 from envs.space import QUANT_BYTES, Choice, CpuSchedule
 
-MODEL_VERSION = 1
+MODEL_VERSION = 2
 VECTOR_BYTES = 16  # NEON Q register
 WINOGRAD_M = {"winograd_f2": 2, "winograd_f4": 4}
 # NEON vector ops per tile per channel of the 2-D Winograd transforms: B^T d B and A^T m A done as
@@ -73,8 +74,8 @@ class CpuModelParams:
     """L2->L1 bandwidth of one core, bytes per cycle."""
     l2_contention: float = 0.3
     """Shared-L2 contention: bandwidth of t threads = t / (1 + c (t - 1)) x one core's."""
-    sync_us: float = 10.0
-    """Fork/join cost of one parallel phase."""
+    fork_join_us: float = 3.0
+    """Fork/join cost of one parallel phase per thread beyond the first (`deploy.fork_join` measures it)."""
     overlap: float = 0.2
     """Fraction of the shorter of compute and memory time that is not hidden behind the longer."""
     layer_us: float = 3.0
@@ -273,7 +274,7 @@ class CpuLatencyModel:
             dram_bw = np.minimum(busy * p.dram_core_gbps, spec.dram_gbps * p.dram_fraction) * 1e9
             t_memory = np.maximum(ph.l2_bytes / l2_bw, ph.dram_bytes / dram_bw)
             total = total + np.maximum(t_compute, t_memory) + p.overlap * np.minimum(t_compute, t_memory)
-            total = total + np.where(threads > 1, p.sync_us * 1e-6, 0.0)
+            total = total + p.fork_join_us * 1e-6 * (threads - 1)
         return total
 
     def _gemm(

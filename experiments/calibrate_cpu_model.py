@@ -1,17 +1,21 @@
 """Fit the Cortex-A72 latency model to reference whole-network latencies and write its calibration.
 
-Fits the parameters listed in `deploy.calibration.FITTED` on all references, then refits once per
-reference without it (leave-one-out) to report how well the model predicts a figure it has not seen.
-Writes `deploy/data/<name>.json`, which the `cortex-a72` target loads.
+The fork/join cost of a parallel phase is measured, not fitted (`deploy.fork_join`): on the board when
+one is given (`--rpc` / `--rpc-tracker`), else on this machine and converted to the board's clock (an
+estimate; the file says which). Then the parameters listed in `deploy.calibration.FITTED` are fitted on
+all references, and refitted once per reference without it (leave-one-out) to report how well the
+model predicts a figure it has not seen. Writes `deploy/data/<name>.json`, which the `cortex-a72`
+target loads.
 
-    python experiments/calibrate_cpu_model.py            # the public Raspberry Pi 4 figures
+    python experiments/calibrate_cpu_model.py                        # public Raspberry Pi 4 figures
+    python experiments/calibrate_cpu_model.py --rpc PI4:9090         # fork/join measured on the board
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,6 +38,41 @@ class Args:
     """model evaluations for the full fit (leave-one-out refits use a third)"""
     skip_loo: bool = False
     """skip the leave-one-out refits"""
+    rpc: str = ""
+    """HOST:PORT of the board's RPC server, to measure its fork/join"""
+    rpc_tracker: str = ""
+    """HOST:PORT of an RPC tracker (with --rpc-key), to measure the board's fork/join"""
+    rpc_key: str = ""
+    """the board's key at the tracker"""
+    fork_join_us: float = -1.0
+    """fork/join cost per thread beyond the first, in us, instead of measuring it"""
+
+
+def fork_join_record(args: Args, target) -> dict:
+    """The fork/join cost the model is given: `--fork-join-us`, measured on the board over RPC, or
+    measured here on as many threads as this machine has (at most the board's cores) and converted
+    to the board's clock."""
+    from deploy.fork_join import measure_fork_join
+    from deploy.tvm_measure import Device, MeasureSettings, Measurer
+
+    if args.fork_join_us >= 0:
+        return {"us_per_thread": args.fork_join_us, "source": "given (--fork-join-us)"}
+    device = Device.parse(args.rpc or None, args.rpc_tracker or None, args.rpc_key or None)
+    here = get_target("host")
+    tvm_target, threads = (target.tvm_target, target.spec.cores) if device.kind != "local" else \
+        (here.tvm_target, min(here.spec.cores, target.spec.cores))
+    if threads < 2:
+        raise ValueError("this machine has one core, so no fork/join to time: measure it on the board "
+                         "(--rpc HOST:PORT) or give --fork-join-us")
+    with Measurer(tvm_target, device, MeasureSettings(repeats=15, min_repeat_ms=20)) as measurer:
+        measured = measure_fork_join(measurer, threads)
+    record = {"measured": asdict(measured), "measured_us_per_thread": round(measured.us_per_thread, 3)}
+    if device.kind != "local":
+        return {**record, "us_per_thread": round(measured.us_per_thread, 3), "source": f"measured on {device.name}"}
+    ghz = here.spec.freq_ghz
+    return {**record, "us_per_thread": round(measured.at_clock(ghz, target.spec.freq_ghz), 3),
+            "source": f"estimated: measured on {device.name} ({threads} threads, {ghz:.2f} GHz), "
+                      f"converted to {target.spec.freq_ghz} GHz in the cycles it took"}
 
 
 def main() -> None:
@@ -47,9 +86,13 @@ def main() -> None:
     args = Args(**vars(parser.parse_args()))
     target = get_target(args.target)
     space = target.search_space()
-    start = CpuModelParams(eta=0.4, dram_core_gbps=2.0, l2_bytes_per_cycle=6.0, l2_contention=0.5, sync_us=30.0, allcore_clock=0.5, dram_fraction=0.8)
+    start = CpuModelParams(eta=0.4, dram_core_gbps=2.0, l2_bytes_per_cycle=6.0, l2_contention=0.5, allcore_clock=0.5, dram_fraction=0.8)
     if args.out.is_file():  # refit from the current calibration
-        start = replace(start, **json.loads(args.out.read_text())["params"])
+        known = set(CpuModelParams.names())
+        start = replace(start, **{k: v for k, v in json.loads(args.out.read_text())["params"].items() if k in known})
+    fork_join = fork_join_record(args, target)
+    print(f"fork/join {fork_join['us_per_thread']:.2f} us per thread beyond the first ({fork_join['source']})", flush=True)
+    start = replace(start, fork_join_us=fork_join["us_per_thread"])
     model = CpuLatencyModel(target.spec, start, "fitting")
     networks = {r.network: zoo.get_network(r.network) for r in PI4_REFERENCES}
     refs = list(PI4_REFERENCES)
@@ -62,7 +105,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['reference']:24s} public {row['public_ms']:7.1f} ms  modelled {row['modelled_ms']:7.1f} ms  {row['error']:+.1%}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({**calibration_record(params, refs, None), "in_sample": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({**calibration_record(params, refs, None), "in_sample": rows, "fork_join": fork_join}, indent=2) + "\n")
     loo = None
     if not args.skip_loo:
         loo = []
@@ -73,7 +116,7 @@ def main() -> None:
             loo.append({"reference": held_out.label, "public_ms": held_out.latency_ms, "predicted_ms": round(predicted, 2), "error": round(predicted / held_out.latency_ms - 1, 4)})
             print(f"LOO {held_out.label:20s} public {held_out.latency_ms:7.1f} ms  predicted {predicted:7.1f} ms  {predicted / held_out.latency_ms - 1:+.1%}", flush=True)
     record = calibration_record(params, refs, loo)
-    record["in_sample"] = rows
+    record["in_sample"], record["fork_join"] = rows, fork_join
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.out}")

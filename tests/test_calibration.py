@@ -26,6 +26,10 @@ def test_calibration_file_records_fitted_parameters_in_range_and_leave_one_out()
     doc = json.loads(resources.files("deploy").joinpath("data", "cortex_a72.json").read_text())
     for name, (lo, hi) in FITTED.items():
         assert lo <= doc["params"][name] <= hi
+    assert "fork_join_us" not in FITTED  # measured, not fitted
+    fork_join = doc["fork_join"]
+    assert doc["params"]["fork_join_us"] == fork_join["us_per_thread"] and 0.1 < fork_join["us_per_thread"] < 50
+    assert fork_join["source"].startswith(("measured on", "estimated: measured on"))
     loo = doc["leave_one_out"]
     assert [r["reference"] for r in loo] == [r.label for r in PI4_REFERENCES]
     assert all(r["predicted_ms"] > 0 for r in loo)

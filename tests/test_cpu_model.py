@@ -32,7 +32,7 @@ def test_every_cost_is_positive_finite_and_says_modelled(a72, a72_space):
         costs = model.layer_costs(layer, a72_space.valid_choices(layer))
         lat = np.array([c.latency_ms for c in costs])
         assert np.isfinite(lat).all() and (lat > 0).all()
-        assert all(c.provenance == "modelled:cortex-a72-model@1" for c in costs)
+        assert all(c.provenance == "modelled:cortex-a72-model@2" for c in costs)
         assert all(c.energy_mj and c.energy_mj > 0 for c in costs)
         # the schedule matters: best and worst dataflow of one algorithm differ by well over 1.5x
         direct = [c.latency_ms for c, ch in zip(costs, a72_space.valid_choices(layer)) if ch.algo == "direct"]
@@ -72,6 +72,40 @@ def test_threads_help_big_layers_but_not_tiny_ones(a72, a72_space):
     assert 1.2 < speedup < 4.0
     tiny = Layer("t", Op.DENSE, ("input",), (16, 1, 1), (10, 1, 1), bias=True)
     assert best(model, a72_space, tiny, "fp32", threads=1) < best(model, a72_space, tiny, "fp32", threads=4)
+
+
+def _thread_ratios(model, space, network) -> tuple[np.ndarray, dict[int, int]]:
+    """Per searchable layer: best 4-thread over best 1-thread latency, and how many layers each thread count wins."""
+    ratios, wins = [], {}
+    for layer in network.searchable_layers:
+        by_threads = {t: best(model, space, layer, threads=t) for t in (1, 2, 4)}
+        ratios.append(by_threads[4] / by_threads[1])
+        winner = min(by_threads, key=by_threads.get)
+        wins[winner] = wins.get(winner, 0) + 1
+    return np.array(ratios), wins
+
+
+def test_threads_are_chosen_per_layer_on_small_inputs(a72, a72_space):
+    """MobileNetV2 on 32x32 images: a layer's fork/join is microseconds (measured, `deploy.fork_join`), so 4
+    threads are never much slower than 1 (at most 3 fork/joins of 4 threads per phase), and the best count
+    differs from layer to layer."""
+    from envs.zoo import get_network
+
+    model = a72.model()
+    ratios, wins = _thread_ratios(model, a72_space, get_network("mobilenet_v2_32"))
+    assert np.median(ratios) < 1.1
+    per_phase_ms = 3 * model.params.fork_join_us * 1e-3
+    for layer, ratio in zip(get_network("mobilenet_v2_32").searchable_layers, ratios):
+        one = best(model, a72_space, layer, threads=1)
+        assert ratio * one <= one + 4 * per_phase_ms, layer.name  # a layer has at most 4 parallel phases
+    assert set(wins) == {1, 2, 4}
+
+
+def test_four_threads_win_nearly_every_layer_at_224(a72, a72_space):
+    from envs.zoo import get_network
+
+    _, wins = _thread_ratios(a72.model(), a72_space, get_network("mobilenet_v2"))
+    assert wins.get(4, 0) >= 0.9 * sum(wins.values())
 
 
 def test_load_imbalance_over_the_parallel_axis(a72):

@@ -19,7 +19,7 @@ def test_totals_are_the_sum_of_layers_and_conversions(tiny, a72_table):
     # plus the final conversion of the logits to fp32 NCHW
     assert result.latency_ms == pytest.approx(summed, rel=1e-9) or result.latency_ms > summed
     assert result.conversion_ms >= sum(l.conversion_ms for l in result.layers)
-    assert result.provenance == ("modelled:cortex-a72-model@1",)
+    assert result.provenance == ("modelled:cortex-a72-model@2",)
 
 
 def test_mixed_precision_pays_conversions(tiny, a72_table):
@@ -88,7 +88,7 @@ def test_without_a_board_earlier_measurements_of_the_target_are_used_before_the_
     assert table.measured == ("measured:rpc:pi4:9090:abc",)  # this target's measurements only
     assert table.cost(layer, chosen) == board
     other = table.space.valid_choices(layer)[0]
-    assert other != chosen and table.cost(layer, other).provenance == "modelled:cortex-a72-model@1"
+    assert other != chosen and table.cost(layer, other).provenance == "modelled:cortex-a72-model@2"
     baseline = evaluate(mobilenet_v2, uniform_choices(mobilenet_v2, lambda l: chosen), table)
-    assert baseline.provenance == ("measured:rpc:pi4:9090", "modelled:cortex-a72-model@1")
+    assert baseline.provenance == ("measured:rpc:pi4:9090", "modelled:cortex-a72-model@2")
     assert baseline.layers[0].latency_ms == 3.25

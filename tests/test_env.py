@@ -62,7 +62,7 @@ def test_episode_walks_searchable_layers_and_reports_the_deployment(env, tiny):
     rewards, info = rollout(env, np.random.default_rng(0))
     assert len(rewards) == len(tiny.searchable_layers) == 5
     assert set(info["choices"]) == {l.name for l in tiny.searchable_layers}
-    assert info["latency_provenance"] == "modelled:cortex-a72-model@1"
+    assert info["latency_provenance"] == "modelled:cortex-a72-model@2"
     assert info["accuracy_provenance"].startswith("measured:heldout")
     assert 0.8 < info["accuracy"] <= 1.0
     assert info["speedup"] == pytest.approx(info["baseline_latency_ms"] / info["latency_ms"])

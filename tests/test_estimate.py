@@ -24,8 +24,8 @@ def test_best_deployment_of_a_builtin_matches_the_dp_and_says_modelled(a72_table
     expected = evaluate(mobilenet_v2, best_choices(mobilenet_v2, a72_table), a72_table)
     assert estimate.latency_ms == pytest.approx(expected.latency_ms, rel=1e-12)
     assert not estimate.measured
-    assert estimate.provenance == ("modelled:cortex-a72-model@1",)
-    assert "not measured" in estimate.summary() and "modelled:cortex-a72-model@1" in estimate.summary()
+    assert estimate.provenance == ("modelled:cortex-a72-model@2",)
+    assert "not measured" in estimate.summary() and "modelled:cortex-a72-model@2" in estimate.summary()
     assert len(estimate.choices) == len(mobilenet_v2.searchable_layers)
 
 
@@ -65,7 +65,7 @@ def test_command_line_prints_layers_and_provenance():
     assert "layer1.0.conv1" in result.stdout and "int8" in result.stdout
     table = result.stdout.splitlines()[: 1 + len(zoo.get_network("resnet18").layers)]
     assert table[0].startswith("layer") and len({len(line) for line in table}) == 1  # columns line up, long choices too
-    assert "resnet18 on cortex-a72" in result.stdout and "not measured: modelled:cortex-a72-model@1" in result.stdout
+    assert "resnet18 on cortex-a72" in result.stdout and "not measured: modelled:cortex-a72-model@2" in result.stdout
     bad = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "estimate_latency.py"), "--net", "vgg99"],
         capture_output=True, text=True, timeout=120,

@@ -104,7 +104,7 @@ def test_export_is_versioned_and_reproduces_its_numbers(default_run):
     path = default_run / "deployment.json"
     doc = json.loads(path.read_text())
     assert doc["schema"] == "deploygym.deployment/1"
-    assert doc["totals"]["latency_provenance"] == ["modelled:cortex-a72-model@1"]
+    assert doc["totals"]["latency_provenance"] == ["modelled:cortex-a72-model@2"]
     assert len(doc["choices"]) == 53
     again = reevaluate(path)
     assert again.latency_ms == pytest.approx(doc["totals"]["latency_ms"], rel=1e-12)

@@ -73,6 +73,16 @@ def test_through_the_tracker_and_directly_to_the_server(cluster):
         assert m.measure(module, args, threads=1).median_ms > 0
 
 
+def test_fork_join_is_measured_on_the_board_over_rpc(cluster):
+    from deploy.fork_join import measure_fork_join
+
+    device = Device.parse(tracker=f"127.0.0.1:{cluster.tracker_port}", key=cluster.key)
+    with Measurer(HOST, device, FAST) as measurer:
+        measured = measure_fork_join(measurer, 2)
+    assert measured.device == device.name
+    assert 0 < measured.serial_us < measured.parallel_us and measured.us_per_thread < 200
+
+
 def test_wrong_key_names_the_keys_the_tracker_has(cluster):
     module, args = conv_kernel()
     device = Device.parse(tracker=f"127.0.0.1:{cluster.tracker_port}", key="no-such-board")
