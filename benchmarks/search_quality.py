@@ -43,7 +43,7 @@ import numpy as np
 
 OUT = Path(__file__).resolve().parent / "out"
 DB = OUT / "search_quality.sqlite"
-TIMESTEPS = 120_000
+TIMESTEPS = 240_000
 """The main job's default timesteps: a row's episode budget is this over its searchable layers."""
 RANDOM_FACTOR = 10
 """Random search also runs this many times the budget (episodes to 99% when it needs more)."""

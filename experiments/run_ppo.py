@@ -79,7 +79,7 @@ class Config:
     """built-in network (mobilenet_v1, mobilenet_v2, mobilenet_v2_32, resnet18)"""
     agent: str = AGENTS[0]
     """search agent: maskable_ppo (MaskablePPO with self-imitation), ppo, a2c, qlearning, evolution, random"""
-    timesteps: int = 120_000
+    timesteps: int = 240_000
     """environment steps to train for (one step = one layer; MobileNetV2: 53 a deployment)"""
     budget_ms: float | None = None
     """latency budget in ms (default: 0.4 x the fp32 im2col baseline)"""
