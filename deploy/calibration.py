@@ -67,6 +67,9 @@ FITTED: dict[str, tuple[float, float]] = {
     "dram_fraction": (0.3, 1.0),
 }
 """Parameters fitted, with their plausible ranges; the others keep their documented defaults."""
+LAYER_FITTED: dict[str, tuple[float, float]] = {**FITTED, "layer_us": (0.5, 500.0)}
+"""Parameters fitted to per-layer measurements: also the fixed cost of launching a layer, which
+layers timed one by one show (the tiniest ones are little else) and whole-network figures do not."""
 
 
 def predict(
@@ -95,11 +98,12 @@ def _fit_bounded(
     error: Callable[[CpuLatencyModel], float],
     max_evals: int,
     progress: Callable[[int, float], None] | None = None,
+    ranges: dict[str, tuple[float, float]] = FITTED,
 ) -> CpuModelParams:
-    """The `FITTED` parameters (from `start`, in log space, within their ranges) minimising `error`."""
-    names = list(FITTED)
-    lo = np.log([FITTED[n][0] for n in names])
-    hi = np.log([FITTED[n][1] for n in names])
+    """The parameters in `ranges` (from `start`, in log space, within their ranges) minimising `error`."""
+    names = list(ranges)
+    lo = np.log([ranges[n][0] for n in names])
+    hi = np.log([ranges[n][1] for n in names])
     x0 = np.clip(np.log([max(getattr(start, n), 1e-3) for n in names]), lo, hi)
     evals = 0
 
@@ -164,14 +168,15 @@ def _layer_log_errors(model: CpuLatencyModel, samples: Sequence[LayerSample]) ->
 
 
 def fit_to_layers(model: CpuLatencyModel, samples: Sequence[LayerSample], max_evals: int = 300) -> CpuModelParams:
-    """Parameters minimising the RMS log error of the model's per-layer predictions (bounded, as `fit`)."""
+    """The `LAYER_FITTED` parameters minimising the RMS log error of the model's per-layer predictions
+    (bounded, as `fit`)."""
     if not samples:
         raise ValueError("no measured layers to fit to")
 
     def error(candidate: CpuLatencyModel) -> float:
         return float(np.sqrt(np.mean(_layer_log_errors(candidate, samples) ** 2)))
 
-    return _fit_bounded(model, model.params, error, max_evals)
+    return _fit_bounded(model, model.params, error, max_evals, ranges=LAYER_FITTED)
 
 
 def layer_error_summary(model: CpuLatencyModel, samples: Sequence[LayerSample]) -> dict[str, float]:

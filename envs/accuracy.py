@@ -26,8 +26,10 @@ the mean KL divergence (nats) of the deployment's softmax from the fp32 network'
 top-1 alone moves in whole images (one is 0.28 points of digits' 360) and barely moves at all on an
 easy proxy (all-int8 MobileNetV2 keeps every digit); the KL moves with every layer's precision
 (quantising MobileNetV2's stem alone costs ~13x what quantising its last projection does) and is
-continuous, so it is finer than one image and, computed in float64 from the logits, the same on any
-machine and thread count to far below what is reported. The conversion is of the order of what
+continuous, so it is finer than one image and, computed in float64 from the logits, the same whatever
+the caller's thread count (the network runs on one intra-op thread: oneDNN's AVX-512 convolutions
+round differently on 1 and 2). Across CPUs PyTorch's vectorised kernels round differently too: the
+all-int8 MobileNetV2's KL is 1.68e-3 nats with AVX2 and 1.65e-3 with AVX-512 (0.003 accuracy points). The conversion is of the order of what
 held-out top-1 really loses per nat where quantisation does flip answers (all-int8 MobileNetV2 on
 shifted digits: 0.9 points at 0.0032 nats). `measure` also returns the deployment's own held-out
 top-1 and its logits' SQNR, which reports show beside it.
@@ -48,9 +50,10 @@ import os
 import re
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -81,6 +84,19 @@ EVAL_BATCH_SIZE = 120
 """Held-out images per forward pass: small enough that freed activations are reused, not page-faulted in again."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _CHANNELS_LAST = torch.channels_last
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one intra-op thread inside (the caller's count restored after), in inference mode: the
+    oracle's forward passes give the same bits whatever the caller's threads (module docstring)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True, eq=False)
@@ -444,7 +460,7 @@ class AccuracyOracle(CachedAccuracies):
         batches = list(x_test.split(EVAL_BATCH_SIZE))
         self._prefix_cache = PrefixCache(self._model, batches, prefix_budget_bytes, copy_on_resume=False)
         self._quantizers = self._calibrate(calibration_batches, keep_inputs=self._prefix_cache.checkpoint_readers)
-        with torch.inference_mode():
+        with one_thread():
             reference = self._prefix_cache.run(("fp32",) * len(self.layer_names)).double()
         self._reference_logits, self._reference_log_probs = reference, F.log_softmax(reference, dim=1)
         self.reference_top1 = (reference.argmax(dim=1) == dataset.y_test).double().mean().item()
@@ -500,7 +516,7 @@ class AccuracyOracle(CachedAccuracies):
                 lambda module, args, name=name: record((name, "in"), args[0])))
             handles.append(self._model.layer_module(name).register_forward_hook(
                 lambda module, args, output, name=name: record((name, "out"), output)))
-        with torch.inference_mode():
+        with one_thread():
             for chunk in x.split(TRAIN_BATCH_SIZE):
                 self._model(chunk)
         for handle in handles:
@@ -537,7 +553,7 @@ class AccuracyOracle(CachedAccuracies):
         for quantizer, precision in zip(self._quantizers, key):
             if quantizer.precision != precision:
                 quantizer.set_precision(precision)
-        with torch.inference_mode():
+        with one_thread():
             return self._prefix_cache.run(key)
 
     def measure(self, precisions: Sequence[str]) -> Fidelity:

@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from deploy.calibration import FITTED, fit_to_layers, layer_error_summary, measured_samples
+from deploy.calibration import LAYER_FITTED, fit_to_layers, layer_error_summary, measured_samples
 from deploy.cli import run_main
 from deploy.db import MeasurementDB
 from deploy.targets import get_target
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     after = {"train": layer_error_summary(fitted, train), "held_out": layer_error_summary(fitted, test)}
     record = {
         "params": asdict(fitted.params),
-        "fitted": list(FITTED),
+        "fitted": list(LAYER_FITTED),
         "measurements": {"fingerprint": fingerprint, "layers": len(samples), "held_out_shapes": sorted(held_out)},
         "before": before,
         "after": after,

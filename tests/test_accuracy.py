@@ -223,14 +223,16 @@ def test_oracle_for_a_large_network_without_proxy_raises(tmp_path: Path) -> None
 
 def test_mobilenet_v2_proxy_ships_trained_and_scores_the_same_everywhere(tmp_path: Path) -> None:
     """The full-size MobileNetV2 maps to its 32x32 variant, whose trained weights ship with the package
-    (nothing is trained); its numbers are those of the shipped file on any machine."""
+    (nothing is trained); its numbers are those of the shipped file on any machine: held-out top-1
+    exactly, the KL to within the rounding of PyTorch's vectorised kernels (1.6799e-3 nats with AVX2,
+    1.6498e-3 with AVX-512)."""
     oracle = oracle_for(zoo.mobilenet_v2(), cache_dir=tmp_path)
     assert not oracle.trained_from_scratch and not any(tmp_path.iterdir())
     assert oracle.network == zoo.small_input_variant("mobilenet_v2")
     assert oracle.layer_names == tuple(l.name for l in zoo.mobilenet_v2().searchable_layers)
     assert oracle.reference_top1 == oracle.baseline_accuracy == 346 / 360
     int8 = oracle.measure(uniform(oracle, "int8"))
-    assert int8.top1 == 345 / 360 and int8.kl_nats == pytest.approx(1.6799e-3, rel=1e-3)
+    assert int8.top1 == 345 / 360 and int8.kl_nats == pytest.approx(1.665e-3, rel=0.015)
     assert oracle.accuracy(uniform(oracle, "int8")) == pytest.approx(346 / 360 - int8.kl_nats)
 
 

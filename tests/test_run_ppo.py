@@ -118,10 +118,10 @@ def test_resume_continues_from_the_checkpoint_and_keeps_the_best(default_run):
     from envs.make import make_deployment_env
 
     before = load_deployment(default_run / "deployment.json")
-    result = run("--resume", str(default_run), "--timesteps", "122112", cwd=default_run)
+    result = run("--resume", str(default_run), "--timesteps", "242176", cwd=default_run)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming from" in result.stdout and "at 120064 steps" in result.stdout
-    assert (default_run / "checkpoints" / "maskable_ppo_122112_steps.zip").is_file()
+    assert "resuming from" in result.stdout and "at 240128 steps" in result.stdout
+    assert (default_run / "checkpoints" / "maskable_ppo_242176_steps.zip").is_file()
     after = load_deployment(default_run / "deployment.json")
     env = make_deployment_env(before.network, "cortex-a72", accuracy=oracle_for(before.network))
     assert env.replay(after.choices)[0] >= env.replay(before.choices)[0]  # a resumed run never loses its best
