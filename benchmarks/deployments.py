@@ -19,7 +19,7 @@ Prado et al.'s 2x claim). The whole-network correction: `experiments/fit_latency
 these two networks (`SAMPLES` sampled deployments each, cached in the database), its leave-one-network-
 out and cross-validated errors. `validate.py` on the main job's run folder, timed, when one exists.
 
-    python benchmarks/deployments.py      # ~40 min on 2 cores: every kernel and network timed in this run
+    python benchmarks/deployments.py      # ~1 h on 2 cores: every kernel and network timed in this run (~30 min of it tuning)
 
 Writes benchmarks/out/deployments.json and .png, and the correction to benchmarks/out/deployments/host-correction.json;
 measurements go to benchmarks/out/deployments/measurements.sqlite, started afresh each run (the last
