@@ -4,7 +4,8 @@ Measured side by side in one run on this machine (`host`), MobileNetV2 and ResNe
 batch 1, on 1 and 2 threads (every layer on that many):
 - `searched`: the deployment search on measured kernels (`measured_optimum`: `TUNE` random choices of
   every layer shape measured, then the exact optimum of the cost table, whose unmeasured kernels are
-  the host model's estimates; its pick's kernels measured; again until the pick is measured throughout), built as one TVM library (`deploy.artifact`) and timed
+  the host model's estimates; its pick's kernels measured; again until the pick is measured
+  throughout), built as one TVM library (`deploy.artifact`) and timed
   whole (`deploy.validation.time_library`); beside it the sum of its layers as the table prices it,
   uncorrected and with the whole-network correction fitted leave-one-network-out;
 - `tvm-default`: the same fp32 network (`envs.torch_build`, batch norm folded) through

@@ -1,7 +1,8 @@
 """Compiling a TVM kernel and timing it: on this machine, or on a board through TVM RPC.
 
 Compiling runs in worker processes, as many as there are cores (a kernel compiled once is kept for
-the measurer's life: timing it again only runs it); timing runs in one more worker process, one kernel at a time, and never while this process compiles, so two timings never share a
+the measurer's life: timing it again only runs it); timing runs in one more worker process, one
+kernel at a time, and never while this process compiles, so two timings never share a
 core with each other or with a compiler. Every call has a timeout: a hung compile, a dead board or a
 crashed kernel kills that worker, which is started again; the caller gets a `MeasurementError`
 saying what failed, and earlier results are untouched. A device that was lost (unreachable, no

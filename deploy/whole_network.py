@@ -248,13 +248,13 @@ def measure_paired(network: Network, choices: Mapping[str, Choice], table, numer
     `kernel_drift_percent` (median change of those against the table's). Paired so, a machine whose
     speed drifts between the table's timings and the network's cannot pass for a correction: on a
     shared machine the two drifted 10-50% apart within a run."""
-    from deploy.cost import Cost, CostUnavailable
+    from deploy.cost import Cost
 
     names = [layer.name for layer in network.searchable_layers]
     fresh = table.backend.price_many([(network[n], choices[n]) for n in names])
-    failed = next((c for c in fresh if not isinstance(c, Cost)), None)
+    failed = next((c for c in fresh if not isinstance(c, Cost)), None)  # a CostUnavailable in its place
     if failed is not None:
-        raise failed if isinstance(failed, CostUnavailable) else CostUnavailable(str(failed))
+        raise failed
     measured = measure_network(network, choices, numerics, target, device, settings)
     kernels_ms = {n: c.latency_ms for n, c in zip(names, fresh)}
     drift = [abs(kernels_ms[n] / table.cost(network[n], choices[n]).latency_ms - 1) for n in names]

@@ -29,9 +29,9 @@ easy proxy (all-int8 MobileNetV2 keeps every digit); the KL moves with every lay
 continuous, so it is finer than one image and, computed in float64 from the logits, the same whatever
 the caller's thread count (the network runs on one intra-op thread: oneDNN's AVX-512 convolutions
 round differently on 1 and 2). Across CPUs PyTorch's vectorised kernels round differently too: the
-all-int8 MobileNetV2's KL is 1.68e-3 nats with AVX2 and 1.65e-3 with AVX-512 (0.003 accuracy points). The conversion is of the order of what
-held-out top-1 really loses per nat where quantisation does flip answers (all-int8 MobileNetV2 on
-shifted digits: 0.9 points at 0.0032 nats). `measure` also returns the deployment's own held-out
+all-int8 MobileNetV2's KL is 1.68e-3 nats with AVX2 and 1.65e-3 with AVX-512 (0.003 accuracy
+points). The conversion is of the order of what held-out top-1 really loses per nat where
+quantisation does flip answers (all-int8 MobileNetV2 on shifted digits: 0.9 points at 0.0032 nats). `measure` also returns the deployment's own held-out
 top-1 and its logits' SQNR, which reports show beside it.
 
 The quantised weights of every layer are

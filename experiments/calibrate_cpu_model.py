@@ -66,9 +66,10 @@ def fork_join_record(args: Args, target) -> dict:
                          "(--rpc HOST:PORT) or give --fork-join-us")
     with Measurer(tvm_target, device, MeasureSettings(repeats=15, min_repeat_ms=20)) as measurer:
         measured = measure_fork_join(measurer, threads)
-    record = {"measured": asdict(measured), "measured_us_per_thread": round(measured.us_per_thread, 3)}
+    per_thread = round(measured.us_per_thread, 3)
+    record = {"measured": asdict(measured), "measured_us_per_thread": per_thread}
     if device.kind != "local":
-        return {**record, "us_per_thread": round(measured.us_per_thread, 3), "source": f"measured on {device.name}"}
+        return {**record, "us_per_thread": per_thread, "source": f"measured on {device.name}"}
     ghz = here.spec.freq_ghz
     return {**record, "us_per_thread": round(measured.at_clock(ghz, target.spec.freq_ghz), 3),
             "source": f"estimated: measured on {device.name} ({threads} threads, {ghz:.2f} GHz), "

@@ -10,8 +10,8 @@ are priced layer by layer by the target's cost table (each kernel measured on th
 deployment at a time, its kernels are timed again and its network built as one library and timed right
 after (`deploy.whole_network.measure_paired`): the sum of layers and the whole network come from the
 same minutes, so a machine whose speed drifts during the run does not bias the fit. How far the
-kernels drifted from the table's timings is reported (`kernel_drift_percent`). A correction is fitted to all of them
-(`deploy.whole_network`), and checked leave-one-network-out: fitted without a network, how well it
+kernels drifted from the table's timings is reported (`kernel_drift_percent`). A correction is
+fitted to all of them (`deploy.whole_network`), and checked leave-one-network-out: fitted without a network, how well it
 predicts that network's measurements (median absolute error and Spearman, before and after).
 
 Writes the correction file (`--out`, default `<logdir>/corrections/<target>.json`) with the fit's
