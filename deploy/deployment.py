@@ -180,23 +180,27 @@ class Assembler:
             tail = self.table.conversion_cost(last.out_elements, out_fmt, NETWORK_IO_FORMAT, out_threads)
             self.conversion_ms += tail.latency_ms
             self.latency_ms += tail.latency_ms
+            self._add_energy(tail.energy_mj)
 
     def _record(self, layer: Layer, choice: Choice | None, cost, fmt: TensorFormat, threads: int) -> None:
         conversion = 0.0
         for src in layer.inputs:
             src_fmt, _ = self._formats[src]
             elements = int(np.prod(self.network.producer_shape(src)))
-            conversion += self.table.conversion_cost(elements, src_fmt, fmt, threads).latency_ms
+            converted = self.table.conversion_cost(elements, src_fmt, fmt, threads)
+            conversion += converted.latency_ms
+            self._add_energy(converted.energy_mj)
         self._formats[layer.name] = (fmt, threads)
         self.latency_ms += cost.latency_ms + conversion
         self.conversion_ms += conversion
-        if cost.energy_mj is None or self.energy_mj is None:
-            self.energy_mj = None
-        else:
-            self.energy_mj += cost.energy_mj
+        self._add_energy(cost.energy_mj)
         bytes_per = QUANT_BYTES[fmt.quant]
         self._peak_activation = max(self._peak_activation, (layer.in_elements + layer.out_elements) * bytes_per)
         self.layers.append(LayerCost(layer.name, choice, cost.latency_ms, conversion, cost.memory_bytes, cost.energy_mj, cost.provenance))
+
+    def _add_energy(self, energy_mj: float | None) -> None:
+        """Energy of a part of the deployment (a part without one leaves the total unknown)."""
+        self.energy_mj = None if energy_mj is None or self.energy_mj is None else self.energy_mj + energy_mj
 
     def result(self) -> NetworkCost:
         """Totals of the (complete) deployment."""

@@ -17,7 +17,7 @@ from typing import Sequence
 from deploy.cost import ChoiceRejected, Cost, CostUnavailable, PerChoiceBackend, TensorFormat
 from deploy.npu_hardware import NpuSpec
 from deploy.npu_model import NpuRooflineModel, memory_bytes
-from deploy.workers import MeasurementError, WorkerPool
+from deploy.workers import MeasurementError, Pool, WorkerPool
 from deploy.zigzag_sim import ZIGZAG_VERSION, SimulationSettings, simulate
 from envs.network import Layer
 from envs.space import Choice
@@ -30,6 +30,8 @@ class ZigZagBackend(PerChoiceBackend):
         spec: the NPU.
         settings: ZigZag's search depth and criterion, and the time a simulation may take.
         workers: simulation processes (default: this machine's cores).
+        pool: worker processes shared with other backends (then `workers` is unused and `close`
+            leaves the pool to its owner).
     """
 
     batch_friendly = False
@@ -37,7 +39,8 @@ class ZigZagBackend(PerChoiceBackend):
     """Every choice of a whole network simulates in well under a minute on 2 cores (MobileNetV2: 496
     simulations in ~25 s), so callers may price them all up front (the fastest deployment)."""
 
-    def __init__(self, spec: NpuSpec, settings: SimulationSettings = SimulationSettings(), workers: int | None = None) -> None:
+    def __init__(self, spec: NpuSpec, settings: SimulationSettings = SimulationSettings(), workers: int | None = None,
+                 pool: Pool | None = None) -> None:
         self.spec = spec
         self.settings = settings
         self.model = NpuRooflineModel(spec)
@@ -45,7 +48,8 @@ class ZigZagBackend(PerChoiceBackend):
         self.simulations = 0
         """ZigZag runs so far (what the measurement database saves shows here)."""
         self._workers = workers
-        self._pool: WorkerPool | None = None
+        self._pool: Pool | None = pool
+        self._owns_pool = pool is None
         self._unmappable: dict[tuple[str, str], ChoiceRejected] = {}
 
     def fingerprint(self) -> str:
@@ -97,7 +101,7 @@ class ZigZagBackend(PerChoiceBackend):
 
 
     def close(self) -> None:
-        """Stop the simulation workers."""
-        if self._pool is not None:
+        """Stop the simulation workers (unless they are shared)."""
+        if self._pool is not None and self._owns_pool:
             self._pool.close()
             self._pool = None

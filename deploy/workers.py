@@ -16,7 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from deploy.cost import CostUnavailable
 
@@ -107,6 +107,18 @@ class Worker:
         if self._conn is not None:
             self._conn.close()
         self._proc = self._conn = None
+
+
+class Pool(Protocol):
+    """Runs calls in parallel somewhere (`WorkerPool` here, `deploy.ray_pool.RayPool` on a cluster)."""
+
+    def map(self, fn: Callable[..., Any], calls: Sequence[tuple], timeout_s: float, retries: int, what: str) -> list[Any]:
+        """`fn(*args)` for each args in `calls`; a failure is a `MeasurementError` in its place."""
+        ...
+
+    def close(self) -> None:
+        """Release the workers."""
+        ...
 
 
 class WorkerPool:

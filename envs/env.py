@@ -419,21 +419,7 @@ class DeploymentEnv(gym.Env):
     def _layer_features(self, layer: Layer) -> np.ndarray:
         features = self._features.get(layer.signature)
         if features is None:
-            cout, oh, ow = layer.out_shape
-            features = self._features[layer.signature] = np.array(
-                [float(layer.op is op) for op in _OPS]
-                + [
-                    math.log2(layer.in_shape[0]) / 10,
-                    math.log2(cout) / 10,
-                    math.log2(oh) / 10,
-                    math.log2(ow) / 10,
-                    layer.kernel[0] / 10,
-                    layer.stride[0] / 4,
-                    math.log2(layer.groups) / 10,
-                    math.log10(max(layer.macs, 1)) / 10,
-                ],
-                dtype=np.float32,
-            )
+            features = self._features[layer.signature] = layer_features(layer)
         return features
 
     def _observation(self) -> np.ndarray:
@@ -464,3 +450,23 @@ class DeploymentEnv(gym.Env):
             waits[0], waits[1 + QUANTS.index(fmt.quant)] = 1.0, 1.0
             waits[4], waits[5] = float(fmt.layout != "NCHW"), threads / self._max_threads
         return np.concatenate([self._layer_features(self.layers[t]), position, prev, dynamic, waits])
+
+
+def layer_features(layer: Layer) -> np.ndarray:
+    """What an agent sees of a layer: its operator (one-hot) and log-scaled shape, kernel, stride,
+    groups and MACs (12 numbers)."""
+    cout, oh, ow = layer.out_shape
+    return np.array(
+        [float(layer.op is op) for op in _OPS]
+        + [
+            math.log2(layer.in_shape[0]) / 10,
+            math.log2(cout) / 10,
+            math.log2(oh) / 10,
+            math.log2(ow) / 10,
+            layer.kernel[0] / 10,
+            layer.stride[0] / 4,
+            math.log2(layer.groups) / 10,
+            math.log10(max(layer.macs, 1)) / 10,
+        ],
+        dtype=np.float32,
+    )

@@ -122,7 +122,7 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(1)
 
 
-SLOWEST_FIRST = ("test_run_ppo.py", "test_validate.py", "test_nas.py", "test_npu.py", "test_measured_search.py")
+SLOWEST_FIRST = ("test_run_ppo.py", "test_validate.py", "test_nas.py", "test_npu.py", "test_codesign_cli.py", "test_measured_search.py")
 """Test modules that run for minutes (end-to-end searches and builds), longest first."""
 
 
