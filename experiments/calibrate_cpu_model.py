@@ -14,12 +14,14 @@ target loads.
 from __future__ import annotations
 
 import argparse
+import math
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
+from deploy.cli import run_main
 from deploy.calibration import PI4_REFERENCES, calibration_record, fit, predict, report
 from deploy.cpu_model import CpuLatencyModel, CpuModelParams
 from deploy.targets import get_target
@@ -44,8 +46,8 @@ class Args:
     """HOST:PORT of an RPC tracker (with --rpc-key), to measure the board's fork/join"""
     rpc_key: str = ""
     """the board's key at the tracker"""
-    fork_join_us: float = -1.0
-    """fork/join cost per thread beyond the first, in us, instead of measuring it"""
+    fork_join_us: float = math.nan
+    """fork/join cost per thread beyond the first, in us, instead of measuring it (default: measured)"""
 
 
 def fork_join_record(args: Args, target) -> dict:
@@ -55,7 +57,9 @@ def fork_join_record(args: Args, target) -> dict:
     from deploy.fork_join import measure_fork_join
     from deploy.tvm_measure import Device, MeasureSettings, Measurer
 
-    if args.fork_join_us >= 0:
+    if not math.isnan(args.fork_join_us):
+        if args.fork_join_us < 0:
+            raise ValueError(f"--fork-join-us {args.fork_join_us:g}: a fork/join cost is at least 0 us")
         return {"us_per_thread": args.fork_join_us, "source": "given (--fork-join-us)"}
     device = Device.parse(args.rpc or None, args.rpc_tracker or None, args.rpc_key or None)
     here = get_target("host")
@@ -76,7 +80,7 @@ def fork_join_record(args: Args, target) -> dict:
                       f"converted to {target.spec.freq_ghz} GHz in the cycles it took"}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in vars(Args()).items():
         kind = type(default)
@@ -121,7 +125,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -33,3 +33,15 @@ def test_calibration_file_records_fitted_parameters_in_range_and_leave_one_out()
     loo = doc["leave_one_out"]
     assert [r["reference"] for r in loo] == [r.label for r in PI4_REFERENCES]
     assert all(r["predicted_ms"] > 0 for r in loo)
+
+
+def test_a_negative_fork_join_cost_is_refused_before_anything_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "calibrate_cpu_model.py"
+    result = subprocess.run([sys.executable, str(script), "--fork-join-us", "-3", "--out", str(tmp_path / "a72.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--fork-join-us -3: a fork/join cost is at least 0 us" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "a72.json").exists()
