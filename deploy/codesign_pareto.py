@@ -79,7 +79,7 @@ class ArchProblem:
         width = len(space.OPTIONS) + 2
         self.block_coef = coef[: space.blocks * width].reshape(space.blocks, width)
         self.outside_coef = coef[space.blocks * width:].reshape(-1, len(QUANTS))
-        self.outside = list(predictor._outside)
+        self.outside = list(predictor.outside)
         self.intercept = float(predictor.model.intercept_)
 
     def layers(self) -> list[Layer]:

@@ -71,7 +71,8 @@ class PredictedAccuracy:
         self.report = report
         self.provenance = f"predicted:ridge@{report.samples}/spearman={report.spearman:.2f}/{oracle.provenance}"
         original = oracle.supernet.subnetwork(self.space.ORIGINAL)
-        self._outside = [l.name for l in original.searchable_layers if self.space.block_of(l.name) is None]
+        self.outside = [l.name for l in original.searchable_layers if self.space.block_of(l.name) is None]
+        """the layers outside every block, in the order of their features (stem, head, classifier)"""
 
     @property
     def baseline_accuracy(self) -> float:
@@ -84,7 +85,7 @@ class PredictedAccuracy:
         names = [l.name for l in self.oracle.supernet.subnetwork(blocks).searchable_layers]
         if len(names) != len(precisions):
             raise ValueError(f"expected {len(names)} precisions for this architecture, got {len(precisions)}")
-        x = features(self.space, self._outside, blocks, names, precisions)
+        x = features(self.space, self.outside, blocks, names, precisions)
         return float(np.clip(self.model.predict(x[None])[0], 0.0, 1.0))
 
 
