@@ -228,11 +228,23 @@ def _add_option(program: Program, option: HardwareOption, network: Network, prun
     tensor: Tensors = {NETWORK_INPUT: {states.index((NETWORK_IO_FORMAT, 1)): {y: 1.0}}}
     picks: dict[str, list[tuple[int, Choice]]] = {}
     add_layers(program, table, network, network.layers, priced_choices(option, network.layers, prune), tensor, y, picks)
+    convert_output(program, table, network, tensor)
+    return y, picks
+
+
+def convert_output(program: Program, table: CostTable, network: Network, tensor: Tensors) -> None:
+    """The cost of converting the network's output into the logits' format, in each format it may be in."""
+    states, _ = table.states()
     out = network.layers[-1]
     for f, a in tensor[out.name].items():
         cost = table.conversion_cost(out.out_elements, states[f][0], NETWORK_IO_FORMAT, states[f][1])
         program.charge(a, cost.latency_ms, cost.energy_mj or 0.0)
-    return y, picks
+
+
+def _decode(built: list[tuple[HardwareOption, int, dict[str, list[tuple[int, Choice]]]]], x: np.ndarray) -> tuple[HardwareOption, dict[str, Choice]]:
+    """The NPU and the choice of every layer a solution `x` picks."""
+    option, picks = next((o, p) for o, y, p in built if x[y] > 0.5)
+    return option, {name: next(c for v, c in layer if x[v] > 0.5) for name, layer in picks.items()}
 
 
 def add_layers(program: Program, table: CostTable, network: Network, layers: Sequence[Layer],
@@ -312,8 +324,7 @@ def solve(network: Network, options: Sequence[HardwareOption], budget: Budget, o
     result = program.minimise(objective, budget, latency_bound_ms, time_limit_s)
     if result is None:
         raise InfeasibleBudget(_why_infeasible(network, options, budget, latency_bound_ms))
-    option, picks = next((o, p) for o, y, p in built if result.x[y] > 0.5)
-    choices = {name: next(c for v, c in layer if result.x[v] > 0.5) for name, layer in picks.items()}
+    option, choices = _decode(built, result.x)
     return Design(option, choices, evaluate(network, choices, option.table), objective, float(result.fun),
                   float(getattr(result, "mip_gap", 0.0) or 0.0), time.perf_counter() - start, len(program.latency),
                   len(program.rows), program.report(result))
@@ -342,8 +353,7 @@ def least_power(network: Network, options: Sequence[HardwareOption], budget: Bud
     power = solve(network, options, budget, "energy", time_limit_s=time_limit_s).power_mw
     while True:
         result = program.minimise("latency", Budget(budget.area_mm2), time_limit_s=time_limit_s, weights=1000 * energy - power * latency)
-        option, picks = next((o, p) for o, y, p in built if result.x[y] > 0.5)
-        choices = {name: next(c for v, c in layer if result.x[v] > 0.5) for name, layer in picks.items()}
+        option, choices = _decode(built, result.x)
         design = Design(option, choices, evaluate(network, choices, option.table), "power", 0.0, 0.0, time.perf_counter() - start,
                         len(program.latency), len(program.rows), program.report(result))
         if design.power_mw >= power * (1 - 1e-9):

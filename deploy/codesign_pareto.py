@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from deploy.codesign import (Budget, Design, HardwareOption, InfeasibleBudget, Program, Tensors, add_layers,
+from deploy.codesign import (Budget, Design, HardwareOption, InfeasibleBudget, Program, Tensors, add_layers, convert_output,
                              feasible_options, priced_choices)
 from deploy.cost import NETWORK_IO_FORMAT
 from deploy.deployment import evaluate
@@ -141,10 +141,8 @@ def _add_arch_option(program: Program, option: HardwareOption, problem: ArchProb
             for layer in searchable:
                 for v, c in picks[(b, o)][layer.name]:
                     accuracy[v] = accuracy.get(v, 0.0) + problem.layer_weight(layer, b, c.quant, len(searchable))
-            out = local[layers[-1].name] if layers else gated
-            for f, expr in out.items():
-                for v, coef in expr.items():
-                    merged.setdefault(f, {})[v] = merged.setdefault(f, {}).get(v, 0.0) + coef
+            for f, expr in (local[layers[-1].name] if layers else gated).items():
+                merged.setdefault(f, {}).update(expr)  # options' variables are distinct: a sum is a union
         if len(options) > 1:
             program.row({**{gates[(b, o)]: 1.0 for o in options}, y: -1.0}, 0.0, 0.0)
         tensor[problem.block_output[b]] = merged
@@ -153,10 +151,7 @@ def _add_arch_option(program: Program, option: HardwareOption, problem: ArchProb
         if layer.op.searchable:
             for v, c in picks[(None, None)][layer.name]:
                 accuracy[v] = accuracy.get(v, 0.0) + problem.layer_weight(layer, None, c.quant, 1)
-    last = problem.original.layers[-1]
-    for f, a in tensor[last.name].items():
-        cost = table.conversion_cost(last.out_elements, states[f][0], NETWORK_IO_FORMAT, states[f][1])
-        program.charge(a, cost.latency_ms, cost.energy_mj or 0.0)
+    convert_output(program, table, problem.original, tensor)
     return y, gates, picks
 
 

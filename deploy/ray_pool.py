@@ -10,9 +10,13 @@ or passes its timeout comes back as a `MeasurementError` in its place, as from l
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from deploy.workers import PROGRESS_FROM, MeasurementError
 
@@ -43,8 +47,8 @@ class RayPool:
         of a task that raised, and reruns of tasks on lost nodes) or a task past `timeout_s` (counted
         from the start of the batch's share of the cluster) comes back as a `MeasurementError` in its place."""
         ray = self._ray
-        remote = ray.remote(num_cpus=1, max_retries=NODE_LOSS_RETRIES, retry_exceptions=retries > 0)(fn)
-        refs = [remote.options(max_retries=NODE_LOSS_RETRIES + retries).remote(*args) for args in calls]
+        remote = ray.remote(num_cpus=1, max_retries=NODE_LOSS_RETRIES + retries, retry_exceptions=retries > 0)(fn)
+        refs = [remote.remote(*args) for args in calls]
         slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         deadline = time.monotonic() + timeout_s * max(1, -(-len(calls) // slots))
         index = {ref: i for i, ref in enumerate(refs)}
@@ -77,3 +81,21 @@ class RayPool:
     def close(self) -> None:
         """Leave the cluster (it keeps running)."""
         self._ray.shutdown()
+
+
+@contextlib.contextmanager
+def local_head(cpus: int = 2) -> Iterator[str]:
+    """A Ray head started on 127.0.0.1 (`ray start --head`, a free port, `cpus` CPUs), its address
+    while the block runs; stopped after (`ray stop --force`: every Ray process of this machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = str(Path(sys.executable).parent / "ray")
+    start = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", str(cpus),
+                            "--include-dashboard", "false", "--disable-usage-stats"], capture_output=True, text=True, timeout=180)
+    if start.returncode != 0:
+        raise ConnectionError(f"ray start --head failed: {start.stderr.strip().splitlines()[-1] if start.stderr.strip() else start.returncode}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)

@@ -31,8 +31,9 @@ the caller's thread count (the network runs on one intra-op thread: oneDNN's AVX
 round differently on 1 and 2). Across CPUs PyTorch's vectorised kernels round differently too: the
 all-int8 MobileNetV2's KL is 1.68e-3 nats with AVX2 and 1.65e-3 with AVX-512 (0.003 accuracy
 points). The conversion is of the order of what held-out top-1 really loses per nat where
-quantisation does flip answers (all-int8 MobileNetV2 on shifted digits: 0.9 points at 0.0032 nats). `measure` also returns the deployment's own held-out
-top-1 and its logits' SQNR, which reports show beside it.
+quantisation does flip answers (all-int8 MobileNetV2 on shifted digits: 0.9 points at 0.0032 nats).
+`measure` also returns the deployment's own held-out top-1 and its logits' SQNR, which reports show
+beside it.
 
 The quantised weights of every layer are
 precomputed for every precision, so switching assignments swaps tensors; results are cached by

@@ -71,7 +71,15 @@ class CodesignEnv(gym.Env):
         self.observation_space = spaces.Box(0.0, OBS_HIGH, (23,), np.float32)
         largest = max(o.candidate.area_mm2 for o in self.options)
         self._npu_features = [self._describe(o, largest) for o in self.options]
+        self._layer_features = [layer_features(layer) for layer in self.layers]
+        space = self.options[0].table.space
+        allowed = [{c.key for c in space.valid_choices(layer)} for layer in self.layers]
+        self._valid = [np.array([c.key in keys for c in self.choices]) for keys in allowed]
+        """per layer: which choices its shape allows (the same on every NPU)"""
+        self._computes = [np.array([c.quant in o.precisions for c in self.choices]) for o in self.options]
+        """per NPU: which choices are in a precision it computes in"""
         self.priced: set[tuple[str, str, str]] = set()
+        self._npu: int | None = None
         self._option: HardwareOption | None = None
         self._assembler: Assembler | None = None
         self._t = 0
@@ -91,7 +99,7 @@ class CodesignEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        self._option, self._assembler, self._t, self._chosen = None, None, 0, []
+        self._npu, self._option, self._assembler, self._t, self._chosen = None, None, None, 0, []
         return self._observation(), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -100,7 +108,7 @@ class CodesignEnv(gym.Env):
             what = "NPU" if self._option is None else f"choice for layer {self.layers[self._t].name!r}"
             return self._observation(), INVALID_CHOICE_REWARD, True, False, {"invalid_action": f"action {action} is not a valid {what}"}
         if self._option is None:
-            self._option = self.options[action]
+            self._npu, self._option = action, self.options[action]
             self._assembler = Assembler(self.network, self._option.table)
             return self._observation(), 0.0, False, False, {}
         layer, choice = self.layers[self._t], self.choices[action]
@@ -125,19 +133,16 @@ class CodesignEnv(gym.Env):
         if self._option is None:
             mask[: len(self.options)] = True
             return mask
-        layer = self.layers[self._t]
-        table = self._option.table
-        rejected = table.rejected(layer)
-        valid = {c.key for c in table.space.valid_choices(layer)}
-        for i, c in enumerate(self.choices):
-            mask[i] = c.key in valid and c.quant in self._option.precisions and c.key not in rejected
+        mask[: len(self.choices)] = self._valid[self._t] & self._computes[self._npu]
+        for key in self._option.table.rejected(self.layers[self._t]):
+            mask[self._index[key]] = False
         return mask
 
     def _observation(self) -> np.ndarray:
-        npu = self._npu_features[self.options.index(self._option)] if self._option is not None else np.zeros(6, np.float32)
+        npu = self._npu_features[self._npu] if self._npu is not None else np.zeros(6, np.float32)
         t = min(self._t, len(self.layers) - 1)
         previous = np.zeros(len(QUANTS), np.float32)
         if self._chosen:
             previous[QUANTS.index(self.choices[self._index[self._chosen[-1]]].quant)] = 1.0
         so_far = min(self._assembler.latency_ms / self.reference_ms, OBS_HIGH) if self._assembler is not None else 0.0
-        return np.concatenate([npu, layer_features(self.layers[t]), [t / len(self.layers), so_far], previous]).astype(np.float32)
+        return np.concatenate([npu, self._layer_features[t], [t / len(self.layers), so_far], previous]).astype(np.float32)

@@ -68,22 +68,25 @@ def roofline_options():
     return options
 
 
-def brute_force(network: Network, options, budget: Budget, objective: str):
-    """Every NPU within the area and every deployment on it, evaluated; the best (value, npu, cost)."""
-    best = None
+def every_deployment(network: Network, options):
+    """(option, latency ms, energy mJ with leakage) of every deployment on every NPU, evaluated."""
+    layers = network.searchable_layers
     for option in options:
-        if option.candidate.area_mm2 > budget.area_mm2:
-            continue
-        layers = network.searchable_layers
         per_layer = [[c for c in option.table.space.valid_choices(l) if c.quant in option.precisions] for l in layers]
         for combo in itertools.product(*per_layer):
             cost = evaluate(network, {l.name: c for l, c in zip(layers, combo)}, option.table)
-            energy = cost.energy_mj + option.candidate.leakage_mw * cost.latency_ms * 1e-3
-            if budget.power_mw is not None and 1000 * energy / cost.latency_ms > budget.power_mw:
-                continue
-            value = {"latency": cost.latency_ms, "energy": energy, "edp": energy * cost.latency_ms}[objective]
-            if best is None or value < best[0]:
-                best = (value, option.candidate.name, cost)
+            yield option, cost.latency_ms, cost.energy_mj + option.candidate.leakage_mw * cost.latency_ms * 1e-3
+
+
+def brute_force(network: Network, options, budget: Budget, objective: str):
+    """Every NPU within the area and every deployment on it; the best (value, npu)."""
+    best = None
+    for option, latency, energy in every_deployment(network, [o for o in options if o.candidate.area_mm2 <= budget.area_mm2]):
+        if budget.power_mw is not None and 1000 * energy / latency > budget.power_mw:
+            continue
+        value = {"latency": latency, "energy": energy, "edp": energy * latency}[objective]
+        if best is None or value < best[0]:
+            best = (value, option.candidate.name)
     return best
 
 
@@ -100,7 +103,7 @@ def test_the_integer_program_finds_what_brute_force_finds(roofline_options, obje
     if power_share is not None:
         budget = Budget(area_mm2, power_share * solve(network, roofline_options, budget).power_mw)
     design = solve(network, roofline_options, budget, objective)
-    value, npu, _ = brute_force(network, roofline_options, budget, objective)
+    value, npu = brute_force(network, roofline_options, budget, objective)
     got = {"latency": design.cost.latency_ms, "energy": design.energy_mj, "edp": design.energy_mj * design.cost.latency_ms}[objective]
     assert got == pytest.approx(value, rel=1e-6)
     assert design.objective_value == pytest.approx(value, rel=1e-6)
@@ -128,13 +131,7 @@ def test_an_area_budget_below_every_npu_names_the_smallest(roofline_options):
 def test_a_power_budget_below_every_deployment_names_the_least_power(roofline_options):
     network = three_layers()
     least = least_power(network, roofline_options, Budget(100.0))
-    powers = []
-    for option in roofline_options:  # brute force: the average power of every deployment on every NPU
-        layers = network.searchable_layers
-        per_layer = [[c for c in option.table.space.valid_choices(l) if c.quant in option.precisions] for l in layers]
-        for combo in itertools.product(*per_layer):
-            cost = evaluate(network, {l.name: c for l, c in zip(layers, combo)}, option.table)
-            powers.append(1000 * (cost.energy_mj + option.candidate.leakage_mw * cost.latency_ms * 1e-3) / cost.latency_ms)
+    powers = [1000 * energy / latency for _, latency, energy in every_deployment(network, roofline_options)]
     assert least.power_mw == pytest.approx(min(powers), rel=1e-6)
     with pytest.raises(InfeasibleBudget, match=rf"averages 1 mW or less; the least is {least.power_mw:.2f} mW, on npu-.* \(--power-mw [\d.]+ is feasible\)"):
         solve(network, roofline_options, Budget(100.0, power_mw=1.0))

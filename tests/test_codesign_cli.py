@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -65,17 +64,10 @@ def test_an_area_nothing_fits_in_is_one_line_naming_the_smallest_npu(tmp_path):
 @pytest.fixture
 def ray_head():
     """A real Ray head on 127.0.0.1 with 2 CPUs; stopped after the test."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray = str(Path(sys.executable).parent / "ray")
-    start = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-                            "--include-dashboard", "false", "--disable-usage-stats"], capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stderr
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+    from deploy.ray_pool import local_head
+
+    with local_head(cpus=2) as address:
+        yield address
 
 
 def test_a_sweep_on_a_local_ray_cluster_writes_the_rows_local_workers_write(local_sweep, tmp_path, ray_head):
