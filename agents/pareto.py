@@ -8,7 +8,7 @@ produce them, so the front can be exported and any point on it deployed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -128,6 +128,22 @@ class ParetoFront:
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
         return fig
+
+
+def hypervolume(points: Sequence[tuple[float, float]], nadir: tuple[float, float], ideal: tuple[float, float]) -> float:
+    """The accuracy-latency hypervolume of `points` ((latency_ms, accuracy) pairs), normalised: the
+    area they dominate within the box from `nadir` (worst latency, worst accuracy) to `ideal` (best
+    latency, best accuracy) over the box's area. Points beyond the nadir add nothing; a point better
+    than the ideal counts as far as it reaches (the measure may then exceed 1)."""
+    (worst_ms, worst_acc), (best_ms, best_acc) = nadir, ideal
+    if not (best_ms < worst_ms and best_acc > worst_acc):
+        raise ValueError(f"hypervolume box: the ideal {ideal} must be faster and more accurate than the nadir {nadir}")
+    area, reached = 0.0, worst_acc
+    for latency, accuracy in sorted(p for p in points if p[0] < worst_ms and p[1] > worst_acc):
+        if accuracy > reached:  # sweep from the fastest: each point adds its strip above the best so far
+            area += (worst_ms - latency) * (accuracy - reached)
+            reached = accuracy
+    return area / ((worst_ms - best_ms) * (best_acc - worst_acc))
 
 
 def _same(a: Point, b: Point) -> bool:

@@ -66,6 +66,12 @@ class CostTable:
         """Per layer signature: choices the backend rejected for good, with the reason (loaded with the layer)."""
         self.backend_calls = 0
 
+    @property
+    def estimates(self) -> "CostTable":
+        """The estimator's numbers alone (the table itself on a batch-friendly backend): what a
+        choice made before measuring sees, whatever has been measured since."""
+        return self if self._estimates is None else self._estimates
+
     def layer_costs(self, layer: Layer) -> dict[str, Cost]:
         """Costs of every valid choice of a layer, keyed by `Choice.key` (batch-friendly backends)."""
         known = self._load(layer)

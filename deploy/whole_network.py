@@ -275,6 +275,20 @@ def priced_as_measured(network: Network, choices: Mapping[str, Choice], table, m
     return replace(cost, latency_ms=cost.latency_ms + change, layers=layers)
 
 
+def measured_whole_network(network: Network, choices: Mapping[str, Choice], table, target: str, device, settings) -> dict[str, Any]:
+    """`measure_paired` of the deployment with seeded weights, through the table's database: a
+    deployment measured before on this device is read back, not built again."""
+    from deploy.artifact import SeededNumerics
+
+    key = measurement_key(choices)
+    measured = table.db.network_measurement(table.fingerprint, network.fingerprint, key) if table.db else None
+    if measured is None:
+        measured = measure_paired(network, choices, table, SeededNumerics(network), target, device, settings)
+        if table.db:
+            table.db.put_network(table.fingerprint, network.fingerprint, key, {n: c.to_dict() for n, c in choices.items()}, measured)
+    return measured
+
+
 def measure_network(
     network: Network, choices: Mapping[str, Choice], numerics, target: str, device, settings
 ) -> dict[str, Any]:

@@ -51,6 +51,10 @@ class ArchSpace:
         """How errors name block `block`."""
         raise NotImplementedError
 
+    def stage(self, block: int) -> int:
+        """The stage (0-based) of block `block`: the run of blocks at one resolution and width it belongs to."""
+        raise NotImplementedError
+
     def label(self, option: object) -> str:
         """How errors and exports name an option."""
         return str(option)
@@ -147,6 +151,9 @@ class MobileNetV2ArchSpace(ArchSpace):
     def block_name(self, block: int) -> str:
         return f"b{block + 1}"
 
+    def stage(self, block: int) -> int:
+        return sum(first <= block for first in self._first_of_stage) - 1
+
     def label(self, option: object) -> str:
         return option.key if isinstance(option, MBBlock) else str(option)
 
@@ -175,6 +182,9 @@ class ResNet18ArchSpace(ArchSpace):
 
     def block_name(self, block: int) -> str:
         return f"layer{block // 2 + 1}.{block % 2}"
+
+    def stage(self, block: int) -> int:
+        return block // 2
 
     def label(self, option: object) -> str:
         if isinstance(option, float):

@@ -31,15 +31,18 @@ class ArchitectureState:
         for (block, _), layers in self.block_layers.items():
             if layers:
                 self._first_layers[block].append(layers[0])
-        self.first_of_block = {
-            layers[0].name: block for (block, option), layers in self.block_layers.items() if option == space.ORIGINAL[block]
-        }
+        self.first_of_block: dict[str, int] = {}  # an undecided block holds its original setting (which a reduced space may lack)
+        for layer in self.network_of(tuple(space.ORIGINAL)).searchable_layers:
+            block = space.block_of(layer.name)
+            if block is not None and block not in self.first_of_block.values():
+                self.first_of_block[layer.name] = block
         self.reset()
 
     def reset(self) -> None:
         """Every block back to its original setting, none decided."""
-        self.blocks = list(self.space.ORIGINAL)
-        self.decided = [len(self.space.options(b)) == 1 for b in range(self.space.blocks)]
+        options = [self.space.options(b) for b in range(self.space.blocks)]
+        self.blocks = [o[0] if len(o) == 1 else original for o, original in zip(options, self.space.ORIGINAL)]
+        self.decided = [len(o) == 1 for o in options]
         self.network = self.network_of(tuple(self.blocks))
 
     def network_of(self, blocks: tuple) -> Network:

@@ -97,7 +97,9 @@ class DeploymentEnv(gym.Env):
     what is valid for the first layer of every option, and the step then deploys the first layer
     of the chosen variant; a skipped block's step deploys nothing and the episode moves to the next
     block. At every other layer only its first entry is valid (and ignored). The network, and so the
-    layers still to come, change as blocks are decided; undecided blocks are the original ones.
+    layers still to come, change as blocks are decided; undecided blocks are the original ones. A
+    reduced space (`envs.reduced_space`) masks the options it removed; a block it leaves one option
+    is set to that option from the start and never asks.
 
     ## Observation space
     `Box(0, 100, (33,), float32)` describing the current layer and the deployment so far:
@@ -174,7 +176,7 @@ class DeploymentEnv(gym.Env):
         self.arch: ArchitectureState | None = None
         if arch_space is not None:
             self.arch = ArchitectureState(arch_space, network.input_shape[1], network.num_classes)
-            original = [(l.name, l.signature) for l in self.arch.network.searchable_layers]
+            original = [(l.name, l.signature) for l in self.arch.network_of(tuple(arch_space.ORIGINAL)).searchable_layers]
             if original != [(l.name, l.signature) for l in network.searchable_layers]:
                 raise ValueError(f"network {network.name!r} is not the original architecture of {type(arch_space).__name__}")
             network = self.arch.network

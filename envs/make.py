@@ -16,7 +16,7 @@ from deploy.targets import get_target
 from deploy.tvm_measure import Device, MeasureSettings
 from deploy.zigzag_sim import SimulationSettings
 from envs import zoo
-from envs.arch_space import arch_space_for
+from envs.arch_space import ArchSpace, arch_space_for
 from envs.arch_state import ArchitectureState
 from envs.env import Accuracy, ArchAccuracy, DeploymentEnv
 from envs.network import Network
@@ -83,7 +83,7 @@ def make_deployment_env(
     costs: CostTable | None = None,
     device: Device | None = None,
     dataflow: str = "agent",
-    architecture: bool = False,
+    architecture: bool | ArchSpace = False,
     implementation: str = "agent",
     points_per_ms: float | None = None,
 ) -> DeploymentEnv:
@@ -104,14 +104,21 @@ def make_deployment_env(
             ("latency", "energy", "edp": the environment picks the best dataflow of each layer).
         architecture: joint search: the agent also chooses every block's variant (`envs.arch_space`
             of a built-in MobileNetV2 or ResNet-18); the default accuracy oracle is then the
-            space's supernet (`envs.subnet_accuracy`, trained once and cached).
+            space's supernet (`envs.subnet_accuracy`, trained once and cached). An `ArchSpace` of the
+            network (e.g. a reduced one, `envs.reduced_space`): the agent chooses within it.
         implementation: "agent" (the agent chooses each layer's algorithm and dataflow) or "fastest"
             (the environment picks the fastest for the agent's quantization; see `DeploymentEnv`).
         points_per_ms: budget mode: accuracy points one millisecond costs (default: the whole budget
             costs `envs.reward.DEFAULT_BUDGET_POINTS`).
     """
     net = resolve_network(network)
-    arch_space = arch_space_for(net.name) if architecture else None
+    arch_space = None
+    if isinstance(architecture, ArchSpace):
+        if architecture.name != arch_space_for(net.name).name:
+            raise ValueError(f"architecture space of {architecture.name} given for network {net.name!r}")
+        arch_space = architecture
+    elif architecture:
+        arch_space = arch_space_for(net.name)
     costs = costs or make_cost_table(target, db_path, device)
     space = costs.space
     costs.prefetch([(layer, space.baseline_choice()) for layer in net.searchable_layers])

@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--samples must be at least 1, not {args.samples}")
     start = time.perf_counter()
 
-    from deploy.artifact import SeededNumerics
     from deploy.cost import CostUnavailable
     from deploy.export import load_deployment, write_json
     from deploy.latency_correction import correction_document
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.tvm_measure import Device, MeasureSettings
     from deploy.validation import with_threads_at_most
     from deploy.whole_network import (NetworkSample, cross_validated, fit_network_correction,
-                                      leave_one_network_out, measure_paired, measurement_key, prediction_errors,
+                                      leave_one_network_out, measured_whole_network, prediction_errors,
                                       priced_as_measured, sample_deployments)
     from envs.make import make_cost_table, resolve_network
 
@@ -91,15 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         plans += [("pick", with_threads_at_most(p.choices, tgt.spec.cores)) for p in picks
                   if p.network.fingerprint == network.fingerprint]
         table.prefetch([(network[n], c) for _, choices in plans for n, c in choices.items()])
-        numerics = SeededNumerics(network)
         for i, (kind, choices) in enumerate(plans):
-            key = measurement_key(choices)
             try:
-                measured = table.db.network_measurement(table.fingerprint, network.fingerprint, key)
-                if measured is None:
-                    measured = measure_paired(network, choices, table, numerics, args.target, device, settings)
-                    table.db.put_network(table.fingerprint, network.fingerprint, key,
-                                         {n: c.to_dict() for n, c in choices.items()}, measured)
+                measured = measured_whole_network(network, choices, table, args.target, device, settings)
                 priced = priced_as_measured(network, choices, table, measured)
             except CostUnavailable as err:  # a kernel that does not build or run here: the deployment cannot be either
                 print(f"{name} {kind} {i + 1}/{len(plans)}: skipped ({err})")

@@ -53,8 +53,10 @@ from deploy.optimum import best_choices
 from deploy.export import write_json
 from deploy.npu_hardware import FIXED_DATAFLOW_DESIGNS, load_preset, preset_names, write_npu_spec
 from deploy.targets import NpuTarget, get_target
+from envs.arch_space import ArchSpace
 from envs.env import DeploymentEnv
 from envs.make import make_cost_table, make_deployment_env, resolve_network
+from envs.reduced_space import read_arch_space
 from envs.space import Choice
 from envs.subnet_accuracy import PROXIES, SupernetOracle, supernet_oracle_for
 from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
@@ -70,8 +72,8 @@ class SearchPlan(NamedTuple):
     target: str
     dataflow: str
     """the environment's dataflow mode: agent, fixed, or a FlowOptimizer criterion"""
-    architecture: bool
-    """whether the architecture is searched too"""
+    architecture: bool | ArchSpace
+    """whether the architecture is searched too (a space: searched within it, e.g. a reduced one)"""
     implementation: str = "agent"
     """who picks algorithm and dataflow: the agent, or the environment (fastest)"""
 
@@ -130,7 +132,7 @@ class Search:
         keep = ("latency_ms", "accuracy", "energy_mj", "speedup", "architecture", "network", "latency_provenance", "choices")
         plan = self.plan
         return {
-            "name": plan.name, "target": get_target(plan.target).name, "dataflow": plan.dataflow, "architecture_searched": plan.architecture,
+            "name": plan.name, "target": get_target(plan.target).name, "dataflow": plan.dataflow, "architecture_searched": bool(plan.architecture),
             "implementation": plan.implementation,
             "episodes": self.episodes, "seconds": round(self.seconds, 1), "refinement": self.refinement,
             "choice": {k: self.best.get(k) for k in keep},
@@ -222,11 +224,16 @@ def refine_search(search: Search, oracle: SupernetOracle, evaluations: int, seed
     deploy = int8_deployer(search.plan, oracle, db_path, tradeoff_ms)
     evaluated, changes = len(search.front.points), search.front.changes
     before = {k: search.best[k] for k in ("latency_ms", "accuracy")} | {"reward": search.reward}
-    found = refine_front(search.front, deploy, oracle.space, evaluations, np.random.default_rng(seed))
+    found = refine_front(search.front, deploy, searched_space(search.plan, oracle), evaluations, np.random.default_rng(seed))
     if found is not None and found[0] > search.reward:
         search.reward, search.best = found
     search.refinement = {"evaluations": len(search.front.points) - evaluated, "front_changes": search.front.changes - changes,
                          "seconds": round(time.perf_counter() - start, 1), "choice_before_local_search": before, "choice_reward": search.reward}
+
+
+def searched_space(plan: SearchPlan, oracle: SupernetOracle) -> ArchSpace:
+    """The architecture space `plan` searches: its own, else the supernet's (the full one)."""
+    return plan.architecture if isinstance(plan.architecture, ArchSpace) else oracle.space
 
 
 def fastest_at_least(search: Search, accuracy: float) -> Point | None:
@@ -407,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"default {NPU_LOCAL_SEARCH} on an NPU, 0 on a CPU, whose fixed-MobileNetV2 search has no architecture to vary)")
     parser.add_argument("--random-architectures", type=int,
                         help="random architectures as every architecture search's reference (default: as many as the first search evaluated; 0: none)")
+    parser.add_argument("--arch-space", metavar="FILE",
+                        help="search this reduced MobileNetV2 space (a YAML file from experiments/profile_space.py) instead of the full one")
     parser.add_argument("--out", default="runs", help="output folder (also holds the measurement database)")
     args = parser.parse_args(argv)
 
@@ -419,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     local_search = (NPU_LOCAL_SEARCH if npu else 0) if args.local_search is None else args.local_search
     if local_search < 0 or (local_search and not npu):
         raise ValueError(f"--local-search {args.local_search}: use 0 or more on an NPU; on a CPU only 0 (the fixed MobileNetV2 has no neighbours)")
+    reduced = read_arch_space(args.arch_space) if args.arch_space else None
+    if reduced is not None and reduced.name != "mobilenet_v2":
+        raise ValueError(f"--arch-space {args.arch_space}: a space of {reduced.name}; this experiment searches MobileNetV2")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     oracle = supernet_oracle_for(resolve_network("mobilenet_v2"), epochs=args.supernet_epochs, proxy=args.proxy)
@@ -426,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     oracle.use_database(MeasurementDB(db_path))
     stem = out / f"nas-{target.name}"
     plans = npu_searches(args.target, stem) if npu else CPU_SEARCHES
+    if reduced is not None:
+        plans = tuple(p._replace(architecture=reduced) if p.architecture else p for p in plans)
     searches = []
     for plan in plans:
         print(f"== {plan.name} on {plan.target} ({args.timesteps} steps)", flush=True)
@@ -439,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * search.best['accuracy']:.2f}% ({search.refinement['front_changes']} front changes, "
                   f"{search.refinement['seconds']:.0f} s)", flush=True)
     count = len(searches[0].front.points) if args.random_architectures is None else args.random_architectures
-    space, rng = oracle.space, np.random.default_rng(args.seed)
+    space, rng = reduced or oracle.space, np.random.default_rng(args.seed)
     architectures = [space.labels(space.sample(rng)) for _ in range(count)]
     randoms: list[Search | None] = [None] * len(plans)
     drawn: dict[tuple[str, str], Search] = {}  # searches with the same target and dataflow mode share their reference
@@ -466,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         "experiment": f"latency-aware NAS of MobileNetV2 on {target.name}, MaskablePPO, trade-off reward",
         "target": target.describe(),
         "timesteps_per_search": args.timesteps,
+        "architecture_space": {"file": args.arch_space, "note": reduced.note, "removed": reduced.removed()} if reduced else "full",
         "local_search_evaluations_per_search": local_search,
         "seed": args.seed,
         "accuracy": {"provenance": oracle.provenance, "supernet": oracle.weights_id,

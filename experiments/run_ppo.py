@@ -64,6 +64,7 @@ from envs.make import make_cost_table, make_deployment_env, resolve_network
 from envs.space import Choice
 from envs.accuracy_predictor import PredictedAccuracy, fit_predictor
 from envs.references import MAX_PASSES, References, references
+from envs.reduced_space import ReducedArchSpace, read_arch_space
 from envs.reward import RewardConfig
 from envs.subnet_accuracy import PROXIES, SupernetOracle, supernet_oracle_for
 from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
@@ -115,6 +116,8 @@ class Config:
     """NPU targets: loop prime factors ZigZag's temporal-mapping search permutes (higher = more thorough, slower)"""
     arch: bool = False
     """joint search: also choose every block's variant (MobileNetV2: kernel, expansion, skip; ResNet-18: width, depth), accuracy from a supernet"""
+    arch_space: str | None = None
+    """with --arch: search this reduced architecture space (a YAML file from experiments/profile_space.py) instead of the full one"""
     supernet_epochs: int = DEFAULT_SUPERNET_EPOCHS
     """with --arch: epochs of supernet training (once; the trained supernet is cached)"""
     proxy: str = PROXIES[0]
@@ -168,6 +171,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if config.guide == "model" and config.target != "host" and not (config.rpc or config.rpc_tracker):
         parser.error("--guide model corrects the model by measured kernels: it needs a measured target "
                      "(--target host, --rpc or --rpc-tracker)")
+    if config.arch_space and not config.arch:
+        parser.error("--arch-space FILE narrows the architecture search: it needs --arch")
     if config.guide == "model" and config.arch:
         parser.error("--guide model searches one network's deployment: it does not combine with --arch")
     for name in ("budget_ms", "tradeoff", "points_per_ms", "timesteps", "kernel_budget", "calibration_kernels",
@@ -284,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     hp = load_hyperparams(config.target, f"{config.target}/{config.net}", path=config.hyperparams)
 
     network = resolve_network(config.net)
+    architecture: bool | ReducedArchSpace = read_arch_space(config.arch_space) if config.arch_space else config.arch
     print(f"{network.name} on {config.target}: preparing the accuracy oracle (trained once, then cached)", flush=True)
     if config.arch:
         oracle = supernet_oracle_for(
@@ -312,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     def make_env(table: CostTable = costs) -> DeploymentEnv:
         return make_deployment_env(
             network, config.target, mode, config.budget_ms, config.tradeoff, accuracy=search_accuracy, costs=table,
-            dataflow=config.dataflow, architecture=config.arch, implementation=config.implementation,
+            dataflow=config.dataflow, architecture=architecture, implementation=config.implementation,
             points_per_ms=config.points_per_ms,
         )
 

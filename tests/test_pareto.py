@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from agents.pareto import ParetoFront, Point
+from agents.pareto import ParetoFront, Point, hypervolume
 
 
 def brute_force_front(points: list[Point]) -> set[tuple]:
@@ -73,3 +74,14 @@ def test_accuracy_latency_front_is_the_two_objective_front_of_every_point_added(
     assert {(p.accuracy, p.latency_ms) for p in two} == expected
     assert len(front.front) > len(expected)  # energy keeps more points on the three-objective front
     assert [p.latency_ms for p in two] == sorted(p.latency_ms for p in two)
+
+
+def test_hypervolume_is_the_dominated_area_over_the_box():
+    box = dict(nadir=(10.0, 0.5), ideal=(0.0, 1.0))
+    assert hypervolume([(5.0, 0.9)], **box) == pytest.approx(5 * 0.4 / 5)
+    # three staircase steps; a dominated point and a point beyond the nadir add nothing
+    points = [(5.0, 0.9), (2.0, 0.6), (8.0, 0.95), (6.0, 0.7), (11.0, 0.99)]
+    assert hypervolume(points, **box) == pytest.approx((8 * 0.1 + 5 * 0.3 + 2 * 0.05) / 5)
+    assert hypervolume([], **box) == 0.0
+    with pytest.raises(ValueError, match="must be faster and more accurate"):
+        hypervolume(points, nadir=(1.0, 0.5), ideal=(2.0, 1.0))

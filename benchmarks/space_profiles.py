@@ -1,0 +1,203 @@
+"""Profile MobileNetV2's space per device, reduce it, and search the full and reduced spaces at equal budget.
+
+    python benchmarks/space_profiles.py        # -> benchmarks/out/space_profiles.{json,png}, space_profiles-heatmap.png
+
+On `cortex-a72` (the calibrated model), `npu-eyeriss` and `npu-nvdla` (ZigZag; the same 16x16 array,
+each in its own dataflow: row- and weight-stationary): 500 architectures (the same ones on every
+target) are priced end to end, their fastest all-int8 deployment, and scored
+by the MobileNetV2 supernet (`envs.space_profile`); the profile's regression gives every block option's
+latency and accuracy contribution, compared with the per-layer costs the backend gave (goal: within
+10%). Each profile is reduced at aggressiveness 0 (every block keeps its Pareto-optimal options; the
+own reduced space is also searched at -1 and +1 to show the knob).
+Then on every target, two searches over architectures (each evaluation one architecture priced the
+same way): random search, and SEMO-style local search (`agents.local_search`: 20 random, then
+neighbours of the front), 100 evaluations each, seeds 0-2, in the full space, the target's own reduced
+space and the other targets' reduced spaces. Fronts are compared by hypervolume normalised to a box
+fixed per target: from the full-space profile's worst latency and accuracy (nadir) to its best
+(ideal). Goal: the own reduced space >= the full space + 5% (relative) on every target and search.
+Last, `experiments/profile_space.py` profiles 500 architectures on the warm database in a fresh
+process (goal: <= 2 min). Everything runs on one torch thread; prices and accuracies are cached in
+benchmarks/out/space_profiles/measurements.sqlite (the first run takes ~1 h, mostly accuracy queries).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from agents.local_search import refine_front  # noqa: E402
+from agents.pareto import ParetoFront, Point, hypervolume  # noqa: E402
+from deploy.db import MeasurementDB  # noqa: E402
+from deploy.export import write_json  # noqa: E402
+from envs.arch_space import ArchSpace, MobileNetV2ArchSpace  # noqa: E402
+from envs.make import make_cost_table, resolve_network  # noqa: E402
+from envs.reduced_space import architectures, write_arch_space  # noqa: E402
+from envs.space_profile import (  # noqa: E402
+    ArchitecturePricer, ProfiledArchitecture, SpaceProfile, heatmap, profile_space, reduce_space, sample_architectures,
+)
+from envs.subnet_accuracy import supernet_oracle_for  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+WORK = OUT / "space_profiles"
+TARGETS = ("cortex-a72", "npu-eyeriss", "npu-nvdla")
+SAMPLES = 500
+BUDGET, RANDOM_START = 100, 20
+SEEDS = (0, 1, 2)
+STRATEGIES = ("random", "local search")
+AGGRESSIVENESS = (-1.0, 0.0, 1.0)
+"""The own reduced space at each aggressiveness (0, the default, is the one compared and passed to other devices)."""
+HV_GOAL, RECOVERY_GOAL, WARM_GOAL_S = 0.05, 0.10, 120.0
+
+
+def search(space: ArchSpace, pricer: ArchitecturePricer, strategy: str, seed: int) -> list[ProfiledArchitecture]:
+    """`BUDGET` architectures of `space` evaluated by `strategy` (random, or local search from
+    `RANDOM_START` random ones), in the order evaluated."""
+    rng = np.random.default_rng(seed)
+    start = RANDOM_START if strategy == "local search" else BUDGET
+    evaluated = [pricer(b) for b in sample_architectures(space, start, rng, cover=False)]
+    if strategy == "local search":
+        front = ParetoFront()
+        for p in evaluated:
+            front.add(Point(p.accuracy, p.latency_ms, architecture=list(p.architecture)))
+
+        def deploy(labels):
+            priced = pricer(space.parse(labels))
+            evaluated.append(priced)
+            return priced.accuracy, {"accuracy": priced.accuracy, "latency_ms": priced.latency_ms, "choices": {},
+                                     "architecture": list(labels)}
+
+        refine_front(front, deploy, space, BUDGET - start, rng)
+    return evaluated
+
+
+def box(profile: SpaceProfile) -> dict[str, tuple[float, float]]:
+    """The hypervolume box of a target: its full-space profile's worst and best latency and accuracy."""
+    lat = [s.latency_ms for s in profile.samples]
+    acc = [s.accuracy for s in profile.samples]
+    return {"nadir": (max(lat), min(acc)), "ideal": (min(lat), max(acc))}
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    WORK.mkdir(parents=True, exist_ok=True)
+    db_path = WORK / "measurements.sqlite"
+    space = MobileNetV2ArchSpace()
+    oracle = supernet_oracle_for(resolve_network("mobilenet_v2"))
+    oracle.use_database(MeasurementDB(db_path))
+    pricers = {t: ArchitecturePricer(space, make_cost_table(t, db_path), oracle, own_dataflow=t.startswith("npu-")) for t in TARGETS}
+    profiles: dict[str, SpaceProfile] = {}
+    reduced, variants = {}, {}
+    results: dict = {"samples": SAMPLES, "budget": BUDGET, "seeds": list(SEEDS), "targets": {}}
+    for target, pricer in pricers.items():
+        start = time.perf_counter()
+        if not pricer.table.backend.batch_friendly:
+            pricer.prefetch()
+        profiles[target] = profile = profile_space(space, pricer, SAMPLES, 0, target)
+        variants[target] = {a: reduce_space(space, profile, a) for a in AGGRESSIVENESS}
+        reduced[target] = variants[target][0.0]
+        write_arch_space(reduced[target], WORK / f"reduced-{target}.yaml")
+        recovery = profile.recovery(space)
+        results["targets"][target] = {
+            "latency_provenance": pricer.latency_provenance, "profile_seconds_cold": round(time.perf_counter() - start, 1),
+            "fit": {"latency_r2": profile.latency_r2, "accuracy_r2": profile.accuracy_r2,
+                    "latency_residual_ms": profile.latency_residual_ms, "accuracy_residual_points": profile.accuracy_residual_points},
+            "likes": profile.likes(), "recovery": recovery, "placement": profile.placement(),
+            "reduced_space": {"architectures": architectures(reduced[target]), "removed": reduced[target].removed(),
+                              "architectures_by_aggressiveness": {str(a): architectures(r) for a, r in variants[target].items()}},
+            "hypervolume_box": box(profile),
+        }
+        print(f"{target}: latency R² {profile.latency_r2:.3f}, accuracy R² {profile.accuracy_r2:.3f}; per-block latency vs per-layer "
+              f"costs: median {100 * recovery['median_relative_error']:.1f}%, max {100 * recovery['max_relative_error']:.1f}%; "
+              f"likes {', '.join(profile.likes()['friendliest'])}; reduced to {architectures(reduced[target]):.3g} of "
+              f"{architectures(space):.3g} architectures", flush=True)
+    results["architectures_full_space"] = architectures(space)
+    results["reduced_spaces_overlap"] = {f"{a} vs {b}": _overlap(reduced[a], reduced[b], space)
+                                         for i, a in enumerate(TARGETS) for b in TARGETS[i + 1:]}
+
+    searches: dict = {}
+    for target, pricer in pricers.items():
+        spaces = {"full": space, "own reduced": reduced[target],
+                  **{f"reduced for {other}": reduced[other] for other in TARGETS if other != target},
+                  **{f"own reduced, aggressiveness {a:g}": r for a, r in variants[target].items() if a != 0.0}}
+        limits = box(profiles[target])
+        rows = searches[target] = {}
+        for strategy in STRATEGIES:
+            for name, candidate in spaces.items():
+                hv = [hypervolume([(p.latency_ms, p.accuracy) for p in search(candidate, pricer, strategy, seed)], **limits)
+                      for seed in SEEDS]
+                rows[f"{strategy} / {name}"] = {"hypervolume": hv, "mean": float(np.mean(hv)), "spread": [min(hv), max(hv)]}
+            full, own = rows[f"{strategy} / full"]["mean"], rows[f"{strategy} / own reduced"]["mean"]
+            others = [rows[f"{strategy} / reduced for {o}"]["mean"] for o in TARGETS if o != target]
+            rows[f"{strategy} / gain of own reduced over full"] = own / full - 1
+            rows[f"{strategy} / own reduced beats the others' reduced"] = bool(own > max(others))
+            print(f"{target}, {strategy}: hypervolume full {full:.3f}, own reduced {own:.3f} ({100 * (own / full - 1):+.1f}%), "
+                  f"others' reduced {', '.join(f'{o:.3f}' for o in others)}", flush=True)
+    results["searches"] = searches
+
+    warm = {}
+    for target in ("cortex-a72", "npu-eyeriss"):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "experiments" / "profile_space.py"), "--target", target, "--samples", str(SAMPLES),
+                        "--logdir", str(WORK), "--out", str(WORK / f"warm-{target}")], check=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
+        warm[target] = round(time.perf_counter() - start, 1)
+        print(f"{SAMPLES} architectures profiled on {target} on the warm database, fresh process: {warm[target]:.0f} s", flush=True)
+    results["warm_profile_seconds"] = warm
+
+    results["machine"] = platform.processor() or platform.machine()
+    results["goals"] = {
+        "reduced_hypervolume_at_least_full_plus_5pct_every_target_and_search": all(
+            searches[t][f"{s} / gain of own reduced over full"] >= HV_GOAL for t in TARGETS for s in STRATEGIES),
+        "own_reduced_beats_other_devices_reduced": {t: {s: searches[t][f"{s} / own reduced beats the others' reduced"] for s in STRATEGIES}
+                                                    for t in TARGETS},
+        "latency_recovery_within_10pct": all(results["targets"][t]["recovery"]["max_relative_error"] <= RECOVERY_GOAL for t in TARGETS),
+        "warm_profile_500_at_most_2_min": all(s <= WARM_GOAL_S for s in warm.values()),
+    }
+    write_json(OUT / "space_profiles.json", results)
+    heatmap([profiles[t] for t in TARGETS], space).savefig(OUT / "space_profiles-heatmap.png", dpi=100)
+    plot(searches, OUT / "space_profiles.png")
+    print(json.dumps(results["goals"], indent=2))
+
+
+def _overlap(a, b, space: ArchSpace) -> dict:
+    """How far two reduced spaces agree: options kept by both, by one only, per block summed."""
+    both = only_a = only_b = 0
+    for block in range(space.blocks):
+        x, y = set(a.options(block)), set(b.options(block))
+        both, only_a, only_b = both + len(x & y), only_a + len(x - y), only_b + len(y - x)
+    return {"kept_by_both": both, "kept_by_first_only": only_a, "kept_by_second_only": only_b}
+
+
+def plot(searches: dict, path: Path) -> None:
+    """Per target and search: mean hypervolume (bars) and seeds (dots) in each space."""
+    fig, axes = plt.subplots(1, len(searches), figsize=(5 * len(searches), 4.2), squeeze=False)
+    for ax, (target, rows) in zip(axes[0], searches.items()):
+        names = [k for k in rows if isinstance(rows[k], dict)]
+        for i, name in enumerate(names):
+            colour = "C0" if name.endswith("/ full") else "C2" if name.endswith("/ own reduced") else "C9" if "own" in name else "C7"
+            ax.bar(i, rows[name]["mean"], color=colour)
+            ax.scatter([i] * len(rows[name]["hypervolume"]), rows[name]["hypervolume"], s=10, c="k", zorder=3)
+        ax.set_xticks(range(len(names)), [n.replace(" / ", "\n") for n in names], fontsize=6, rotation=60)
+        ax.set_ylabel("normalised hypervolume")
+        ax.set_title(f"{target}: {BUDGET} evaluations, seeds {SEEDS[0]}-{SEEDS[-1]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

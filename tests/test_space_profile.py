@@ -1,0 +1,187 @@
+"""Space profiling from end-to-end numbers, reduced spaces, and searching in them."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from envs.arch_space import MobileNetV2ArchSpace, ResNet18ArchSpace
+from envs.make import make_cost_table, make_deployment_env
+from envs.reduced_space import ReducedArchSpace, architectures, read_arch_space, write_arch_space
+from envs.space_profile import (
+    ArchitecturePricer,
+    ProfiledArchitecture,
+    fit_profile,
+    profile_space,
+    reduce_space,
+    reference_option,
+    sample_architectures,
+)
+from tests.conftest import load_script
+from tests.test_arch_env import random_episode, walk_to
+
+RESNET = ResNet18ArchSpace()
+
+
+def synthetic_samples(space, effects: dict, count: int, noise: float, seed: int) -> list[ProfiledArchitecture]:
+    """Architectures whose latency and accuracy are exactly additive in `effects` ((block, label) ->
+    (ms, points) over the reference), plus Gaussian noise of `noise` points on accuracy."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for blocks in sample_architectures(space, count, rng):
+        labels = space.labels(blocks)
+        latency = 10.0 + sum(effects.get((b, l), (0.0, 0.0))[0] for b, l in enumerate(labels))
+        points = 70.0 + sum(effects.get((b, l), (0.0, 0.0))[1] for b, l in enumerate(labels)) + rng.normal(0, noise)
+        samples.append(ProfiledArchitecture(labels, latency, points / 100, tuple(0.0 for _ in labels)))
+    return samples
+
+
+def test_the_regression_recovers_additive_effects_within_its_intervals():
+    rng = np.random.default_rng(1)
+    effects = {(b, RESNET.label(o)): (float(rng.uniform(0.5, 3)), float(rng.uniform(-2, 4)))
+               for b in range(RESNET.blocks) for o in RESNET.options(b) if o != reference_option(RESNET, b)}
+    profile = fit_profile(RESNET, synthetic_samples(RESNET, effects, 300, noise=0.5, seed=0), "synthetic")
+    assert profile.latency_r2 == pytest.approx(1.0)
+    covered = []
+    for (block, label), (ms, points) in effects.items():
+        e = profile.effect(RESNET.block_name(block), label)
+        assert e.latency_ms == pytest.approx(ms, abs=1e-9)
+        covered.append(abs(e.accuracy_points - points) <= e.accuracy_ci_points)
+        assert e.accuracy_ci_points < 0.4  # 300 samples, 0.5 points of noise
+    assert np.mean(covered) >= 0.8  # 95% intervals: 20 options, a miss or two at most
+    references = [e for e in profile.effects if e.reference]
+    assert {e.option for e in references} == {"w0.5", "drop"} and all(e.latency_ms == 0 for e in references)
+
+
+def test_too_few_samples_is_an_error_naming_the_minimum():
+    with pytest.raises(ValueError, match="use at least 31"):
+        fit_profile(RESNET, synthetic_samples(RESNET, {}, 25, 0.0, 0), "synthetic")
+
+
+def test_reduction_drops_dominated_options_and_aggressiveness_drops_more():
+    # layer2.1: w0.75 is slower than w0.5 and no more accurate (dominated); w1 costs 1 ms for 0.3 points
+    effects = {(3, "w0.5"): (1.0, 2.0), (3, "w0.75"): (1.5, 1.5), (3, "w1"): (2.5, 2.3)}
+    profile = fit_profile(RESNET, synthetic_samples(RESNET, effects, 200, noise=0.3, seed=2), "synthetic")
+    lenient = reduce_space(RESNET, profile, aggressiveness=-10.0)  # drops only what is beaten by over 10 standard errors
+    default = reduce_space(RESNET, profile)
+    aggressive = reduce_space(RESNET, profile, aggressiveness=8.0)
+    labels = lambda space: [RESNET.label(o) for o in space.options(3)]  # noqa: E731
+    assert labels(default) == ["w0.5", "w1", "drop"]  # w0.75 is gone
+    assert labels(aggressive) == ["w0.5", "drop"]  # 0.3 points for 1.5 ms is well inside 8 standard errors
+    assert labels(lenient) == ["w0.5", "w0.75", "w1", "drop"]
+    for block in range(RESNET.blocks):
+        assert set(aggressive.options(block)) <= set(default.options(block)) <= set(lenient.options(block))
+    assert architectures(aggressive) < architectures(default) < architectures(RESNET)
+
+
+def test_a_reduced_space_round_trips_through_yaml_and_bad_files_are_named(tmp_path):
+    space = ReducedArchSpace(RESNET, {1: [0.5, 0.0], 4: [1.0]}, note="test")
+    path = write_arch_space(space, tmp_path / "reduced.yaml")
+    again = read_arch_space(path)
+    assert again == space and hash(again) == hash(space) and again != RESNET
+    assert again.options(1) == (0.5, 0.0) and again.options(4) == (1.0,) and again.options(0) == RESNET.options(0)
+    assert again.removed() == {"layer1.1": ["w0.75", "w1"], "layer3.0": ["w0.5", "w0.75"]}
+    assert architectures(again) == architectures(RESNET) // 2 // 3
+    with pytest.raises(ValueError, match="cannot be w0.75"):
+        again.parse(["w1", "w0.75", "w1", "w1", "w1", "w1", "w1", "w1"])
+    doc = yaml.safe_load(path.read_text())
+    for blocks, message in (({"layer9.0": ["w1"]}, "no block 'layer9.0'"), ({"layer1.0": ["drop"]}, r"cannot keep \['drop'\]"),
+                            ({"layer1.0": []}, "keeps no option")):
+        path.write_text(yaml.safe_dump(doc | {"blocks": blocks}))
+        with pytest.raises(ValueError, match=message):
+            read_arch_space(path)
+    path.write_text(yaml.safe_dump(doc | {"space": "vgg16"}))
+    with pytest.raises(ValueError, match="'vgg16' is not one of"):
+        read_arch_space(path)
+
+
+def test_an_environment_over_a_reduced_space_only_builds_its_architectures(resnet_supernet_oracle):
+    # the first block keeps one option that is not the original: set from the start, never asked
+    reduced = ReducedArchSpace(RESNET, {0: [0.5], 1: [0.0], 3: [0.75, 0.0], 6: [0.5, 1.0]})
+    env = make_deployment_env("resnet18", "cortex-a72", accuracy=resnet_supernet_oracle, architecture=reduced)
+    full = make_deployment_env("resnet18", "cortex-a72", accuracy=resnet_supernet_oracle, architecture=True)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(12):
+        info = random_episode(env, rng)
+        blocks = reduced.parse(info["architecture"])  # raises unless every block took an option it keeps
+        seen.add(blocks[3])
+        assert blocks[0] == 0.5 and blocks[1] == 0.0
+    assert seen == {0.75, 0.0}
+    options = lambda e: np.flatnonzero(e.action_masks()[: len(RESNET.OPTIONS)]).tolist()  # noqa: E731
+    walk_to(full, "layer1.0.conv1")
+    walk_to(env, "layer1.0.conv1")
+    assert options(full) == [0, 1, 2] and options(env) == [0]  # not asked (one entry, ignored)
+    walk_to(full, "layer2.1.conv1")
+    walk_to(env, "layer2.1.conv1")
+    assert options(full) == [0, 1, 2, 3] and options(env) == [1, 3]
+
+
+@pytest.fixture(scope="module")
+def resnet_profile(resnet_supernet_oracle):
+    pricer = ArchitecturePricer(RESNET, make_cost_table("cortex-a72"), resnet_supernet_oracle)
+    return profile_space(RESNET, pricer, 48, seed=0, target="cortex-a72")
+
+
+def test_end_to_end_profiling_recovers_the_per_layer_costs_of_the_a72_model(resnet_profile):
+    recovery = resnet_profile.recovery(RESNET)
+    assert recovery["options"] == 20
+    assert recovery["max_relative_error"] < 0.10  # the model is additive in layers: the regression sees it
+    assert resnet_profile.latency_r2 > 0.999
+    wider = [resnet_profile.effect("layer3.0", w).latency_ms for w in ("w0.75", "w1")]
+    assert 0 < wider[0] < wider[1]  # a wider block costs more on the A72
+    assert all(e.samples > 0 for e in resnet_profile.effects)
+    front = resnet_profile.front()
+    assert front and sum(e.on_front for e in resnet_profile.effects if e.block == "layer1.0") == len(front)
+
+
+def test_profile_space_writes_a_profile_heatmap_and_a_reduced_space_the_searches_accept(tmp_path, resnet_supernet_oracle, monkeypatch):
+    profile_space_script = load_script("profile_space")
+    monkeypatch.setattr(profile_space_script, "supernet_oracle_for", lambda *a, **k: resnet_supernet_oracle)
+    out = tmp_path / "profile"
+    assert profile_space_script.main(["--target", "cortex-a72", "--space", "resnet18", "--samples", "40",
+                                      "--logdir", str(tmp_path), "--out", str(out)]) == 0
+    report = json.loads((out / "profile.json").read_text())
+    assert report["samples"] == 40 and report["target"] == "cortex-a72"
+    assert report["latency_provenance"].startswith("modelled:") and report["accuracy_provenance"].startswith("measured:")
+    assert report["recovery"]["max_relative_error"] < 0.10
+    assert set(report["placement"]) <= {"w0.5", "w0.75", "w1", "drop"} and report["placement"]
+    assert (out / "profile.png").stat().st_size > 10_000
+    reduced = read_arch_space(out / "reduced-space.yaml")
+    assert architectures(reduced) == report["reduced_space"]["architectures"] < architectures(RESNET)
+    run_ppo = load_script("run_ppo")
+    config = run_ppo.parse_args(["--arch", "--net", "resnet18", "--arch-space", str(out / "reduced-space.yaml")])
+    assert config.arch_space == str(out / "reduced-space.yaml")
+    with pytest.raises(SystemExit):
+        run_ppo.parse_args(["--arch-space", str(out / "reduced-space.yaml")])  # without --arch
+
+
+def test_the_mobilenet_space_samples_cover_every_option_first():
+    space = MobileNetV2ArchSpace()
+    drawn = sample_architectures(space, 12, np.random.default_rng(0))
+    assert len(set(drawn)) == 12
+    for block in range(space.blocks):
+        assert set(space.options(block)) <= {d[block] for d in drawn[:10]}
+
+
+def test_on_a_measured_target_each_architecture_is_built_and_timed_whole(tmp_path, resnet_supernet_oracle):
+    from deploy.tvm_measure import Device, MeasureSettings
+    from deploy.whole_network import measured_whole_network
+
+    table = make_cost_table("host", tmp_path / "m.sqlite")
+    timer = functools.partial(measured_whole_network, table=table, target="host", device=Device(),
+                              settings=MeasureSettings(repeats=5, min_repeat_ms=0))
+    pricer = ArchitecturePricer(RESNET, table, resnet_supernet_oracle, "fp32", input_size=32, whole_network=timer)
+    blocks = (0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0)  # the smallest: a quick build
+    priced = pricer(blocks)
+    assert pricer.latency_provenance.startswith("measured:") and pricer.latency_provenance.endswith(":whole-network")
+    rows = table.db._conn.execute("SELECT measurement FROM networks").fetchall()
+    assert len(rows) == 1 and json.loads(rows[0][0])["median_ms"] == priced.latency_ms
+    # per block, the kernels timed alone: every kept block has some, a dropped block none
+    assert all(ms > 0 for ms in priced.block_latency_ms[::2]) and not any(priced.block_latency_ms[1::2])
+    assert 0.2 < sum(priced.block_latency_ms) / priced.latency_ms < 3  # kernels alone vs together, on a shared machine
+    assert pricer(blocks) == priced and len(table.db._conn.execute("SELECT * FROM networks").fetchall()) == 1  # read back, not rebuilt
