@@ -182,6 +182,8 @@ class SpaceProfile:
     latency_residual_ms: float
     """Standard deviation of the latency regression's residuals (non-additive effects)."""
     accuracy_residual_points: float
+    t_quantile: float
+    """Each interval's half-width over its standard error."""
 
     def effect(self, block: str, option: str) -> OptionEffect:
         """The effect of `option` at `block` (by name and label)."""
@@ -264,7 +266,7 @@ class SpaceProfile:
             "samples": len(self.samples),
             "fit": {"latency_r2": self.latency_r2, "accuracy_r2": self.accuracy_r2,
                     "latency_residual_ms": self.latency_residual_ms, "accuracy_residual_points": self.accuracy_residual_points,
-                    "confidence": CONFIDENCE},
+                    "confidence": CONFIDENCE, "t_quantile": self.t_quantile},
             "likes": self.likes(),
             "recovery": self.recovery(space),
             "effects": [e.to_dict() for e in self.effects],
@@ -319,7 +321,7 @@ def fit_profile(space: ArchSpace, samples: Sequence[ProfiledArchitecture], targe
                                             float(lat_coef[column]), float(t * lat_se[column]),
                                             float(acc_coef[column]), float(t * acc_se[column]), len(taking), on_front))
     return SpaceProfile(space.name, target, latency_provenance, accuracy_provenance, precision, list(samples), effects,
-                        lat_r2, acc_r2, lat_sd, acc_sd)
+                        lat_r2, acc_r2, lat_sd, acc_sd, t)
 
 
 def profile_space(space: ArchSpace, pricer: ArchitecturePricer, count: int, seed: int, target: str) -> SpaceProfile:
@@ -338,18 +340,14 @@ def reduce_space(space: ArchSpace, profile: SpaceProfile, aggressiveness: float 
             continue
         options = sorted(space.options(block), key=lambda o: (effects[space.label(o)].latency_ms, space.size(o)))
         ordered = [effects[space.label(o)] for o in options]
+        # the standard error of a difference of two effects, their covariance ignored
         kept[block] = [option for i, (option, mine) in enumerate(zip(options, ordered))
-                       if all(mine.accuracy_points > faster.accuracy_points + aggressiveness * _se_difference(mine, faster)
+                       if all(mine.accuracy_points > faster.accuracy_points
+                              + aggressiveness * math.hypot(mine.accuracy_ci_points, faster.accuracy_ci_points) / profile.t_quantile
                               for faster in ordered[:i])]
     note = (f"reduced from the profile of {space.name} on {profile.target} ({len(profile.samples)} architectures, "
             f"{profile.latency_provenance}; aggressiveness {aggressiveness:g})")
     return ReducedArchSpace(space, kept, note)
-
-
-def _se_difference(a: OptionEffect, b: OptionEffect) -> float:
-    """Standard error of the difference of two options' accuracy effects (their covariance ignored)."""
-    z = float(stats.t.ppf(0.5 + CONFIDENCE / 2, 10**6))
-    return math.hypot(a.accuracy_ci_points, b.accuracy_ci_points) / z
 
 
 def _ols(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
