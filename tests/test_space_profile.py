@@ -158,6 +158,8 @@ def test_profile_space_writes_a_profile_heatmap_and_a_reduced_space_the_searches
     assert config.arch_space == str(out / "reduced-space.yaml")
     with pytest.raises(SystemExit):
         run_ppo.parse_args(["--arch-space", str(out / "reduced-space.yaml")])  # without --arch
+    with pytest.raises(ValueError, match="a space of resnet18; this experiment searches MobileNetV2"):
+        load_script("nas").main(["--target", "cortex-a72", "--arch-space", str(out / "reduced-space.yaml"), "--out", str(tmp_path)])
 
 
 def test_the_mobilenet_space_samples_cover_every_option_first():
