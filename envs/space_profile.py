@@ -102,14 +102,11 @@ class ArchitecturePricer:
 
     def __call__(self, blocks: tuple) -> ProfiledArchitecture:
         network = self.space.network(tuple(blocks), self.input_size, NETWORK_CLASSES)
-        # measured: deployed as the target's model says is fastest, so the deployment of an architecture
-        # does not depend on which kernels happened to be measured before it
-        table = self.table if self.whole_network is None else self.table.estimates
-        choices = best_choices(network, table, self.admits)
         if self.whole_network is None:
-            cost = evaluate(network, choices, self.table)
+            cost = evaluate(network, best_choices(network, self.table, self.admits), self.table)
             latency = cost.latency_ms
-        else:
+        else:  # deployed as the target's model finds fastest, whichever kernels were measured before
+            choices = best_choices(network, self.table.estimates, self.admits)
             measured = self.whole_network(network, choices)
             cost, latency = priced_as_measured(network, choices, self.table, measured), measured["median_ms"]
         per_block = np.zeros(self.space.blocks)
