@@ -14,7 +14,9 @@ contributions per stage).
 is kept only if it is more accurate than every faster option (by the estimates) by `aggressiveness`
 standard errors of the difference: 0 keeps the block's Pareto-optimal options, more drops options
 that buy too little accuracy for their latency, less (negative) drops only options clearly beaten.
-A higher aggressiveness always keeps a subset; the fastest option is always kept.
+A higher aggressiveness always keeps a subset; the fastest option is always kept. `reduce_to_size`
+finds the least aggressive reduction that holds at most a given number of architectures: two
+devices' reductions compared at equal size differ only in which options each device's profile keeps.
 
 The regression never sees per-layer costs. Each sample also records the per-layer costs the backend
 gave for its blocks, and `SpaceProfile.recovery` compares the two: how well end-to-end profiling
@@ -345,6 +347,26 @@ def reduce_space(space: ArchSpace, profile: SpaceProfile, aggressiveness: float 
     note = (f"reduced from the profile of {space.name} on {profile.target} ({len(profile.samples)} architectures, "
             f"{profile.latency_provenance}; aggressiveness {aggressiveness:g})")
     return ReducedArchSpace(space, kept, note)
+
+
+def reduce_to_size(space: ArchSpace, profile: SpaceProfile, most: float) -> ReducedArchSpace:
+    """The least aggressive `reduce_space` of `space` that holds at most `most` architectures (its
+    aggressiveness found by bisection to 0.001; the size only falls as aggressiveness rises).
+    ValueError when even the most aggressive reduction (every block's fastest and most accurate
+    options only) is larger."""
+    def size(a: float) -> int:
+        return architectures(reduce_space(space, profile, a))
+
+    low, high = -64.0, 64.0
+    if size(high) > most:
+        raise ValueError(f"no reduction of {space.name} on {profile.target} holds at most {most:.3g} architectures "
+                         f"(the most aggressive keeps {size(high):.3g})")
+    if size(low) <= most:
+        return reduce_space(space, profile, low)
+    while high - low > 1e-3:
+        middle = (low + high) / 2
+        low, high = (low, middle) if size(middle) <= most else (middle, high)
+    return reduce_space(space, profile, high)
 
 
 def _ols(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:

@@ -18,6 +18,7 @@ from envs.space_profile import (
     fit_profile,
     profile_space,
     reduce_space,
+    reduce_to_size,
     reference_option,
     sample_architectures,
 )
@@ -76,6 +77,13 @@ def test_reduction_drops_dominated_options_and_aggressiveness_drops_more():
     for block in range(RESNET.blocks):
         assert set(aggressive.options(block)) <= set(default.options(block)) <= set(lenient.options(block))
     assert architectures(aggressive) < architectures(default) < architectures(RESNET)
+    # a size budget picks the least aggressive reduction within it
+    budget = reduce_to_size(RESNET, profile, architectures(default))
+    assert architectures(budget) <= architectures(default) and set(budget.options(3)) >= set(default.options(3))
+    assert reduce_to_size(RESNET, profile, architectures(RESNET)) == reduce_space(RESNET, profile, -64.0)
+    smallest = architectures(reduce_space(RESNET, profile, 64.0))
+    with pytest.raises(ValueError, match=f"holds at most {smallest - 1} architectures"):
+        reduce_to_size(RESNET, profile, smallest - 1)
 
 
 def test_a_reduced_space_round_trips_through_yaml_and_bad_files_are_named(tmp_path):
