@@ -46,7 +46,7 @@ class TvmBackend(PerChoiceBackend):
         target: TVM target (JSON-like dict) the kernels are compiled for.
         device: where they run (this machine, an RPC server or a tracker key).
         model: the target's latency model, for the non-searched layers and conversions.
-        settings: repeats and timeouts.
+        settings: repeats, timeouts, and whether kernels are timed with cold caches.
     """
 
     batch_friendly = False
@@ -76,6 +76,8 @@ class TvmBackend(PerChoiceBackend):
         facts = {"target": self.target, "tvm": tvm.__version__, "kernels": KERNELS_VERSION}
         if self.device.kind == "local":
             facts["pool"] = LOCAL_POOL
+        if self.settings.cold_cache:  # another number than a warm kernel's: never mixed with warm ones in a database
+            facts["cold_cache"] = True
         blob = json.dumps(facts, sort_keys=True)
         return f"{self.provenance}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 

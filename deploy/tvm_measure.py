@@ -90,6 +90,10 @@ class MeasureSettings:
     """further attempts after a failed compile or run (with a fresh worker)"""
     device_cooloff_s: float = 60.0
     """after the device is lost (no answer, unreachable), later runs fail at once for this long, then it is tried again"""
+    cold_cache: bool = False
+    """flush the CPU caches of the kernel's weights and output before every timed run (each repeat then runs once,
+    whatever `min_repeat_ms`), as inside a network whose other layers evicted them: a kernel timed warm, alone, can
+    be far faster than in the network (here, ResNet-18's deepest Winograd layers at 224x224 ran 1.3-1.5x slower cold)"""
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,10 @@ def _random_args(args: Sequence[ArgSpec], device: Any) -> list[Any]:
 
 
 def _time(module: Any, device: Any, args: Sequence[ArgSpec], settings: MeasureSettings) -> tuple[float, ...]:
-    timer = module.time_evaluator(
-        "main", device, number=1, repeat=settings.repeats, min_repeat_ms=settings.min_repeat_ms
-    )
+    if settings.cold_cache:  # TVM's runtime flushes every argument but the first (the input) before each repeat
+        timer = module.time_evaluator("main", device, number=1, repeat=settings.repeats, f_preproc="cache_flush_cpu_non_first_arg")
+    else:
+        timer = module.time_evaluator("main", device, number=1, repeat=settings.repeats, min_repeat_ms=settings.min_repeat_ms)
     return tuple(float(r) * 1e3 for r in timer(*_random_args(args, device)).results)
 
 

@@ -9,6 +9,7 @@ import pytest
 import tvm
 from tvm import te, topi
 
+from deploy.targets import get_target
 from deploy.tvm_measure import Device, MeasurementError, MeasureSettings, Measurer
 from tests.tvm_rpc import RpcCluster, free_port
 
@@ -40,6 +41,23 @@ def test_local_measurement_has_repeats_median_and_spread():
         assert 0 <= result.spread_ms <= max(result.results_ms) - min(result.results_ms)
         bigger, smaller = measurer.measure_many([(*conv_kernel(64), 1), (*conv_kernel(4), 1)])
         assert bigger.median_ms > smaller.median_ms  # results come back in order, and mean something
+
+
+def test_cold_caches_time_a_kernel_as_in_a_network_whose_other_layers_evicted_its_weights():
+    n = 1 << 18  # 1 MB of float32 "weights" streamed once: from the caches when warm, from memory when flushed
+    scale, weights = te.placeholder((1,), name="scale"), te.placeholder((n,), name="weights")
+    out = te.compute((n,), lambda i: weights[i] * scale[0])
+    module = tvm.IRModule({"main": te.create_prim_func([scale, weights, out])})
+    args = [((1,), "float32"), ((n,), "float32"), ((n,), "float32")]
+    with Measurer(HOST, settings=MeasureSettings(repeats=9, min_repeat_ms=5, retries=0)) as measurer:
+        warm = measurer.measure(module, args, threads=1)
+    with Measurer(HOST, settings=MeasureSettings(repeats=9, cold_cache=True, retries=0)) as measurer:
+        cold = measurer.measure(module, args, threads=1)
+    assert len(cold.results_ms) == 9
+    assert cold.median_ms > 1.5 * warm.median_ms  # 2-4x on this machine
+    warm_backend, cold_backend = (get_target("host").backend(settings=MeasureSettings(cold_cache=c)) for c in (False, True))
+    assert warm_backend.fingerprint() != cold_backend.fingerprint()  # never mixed in one database
+    assert warm_backend.fingerprint() == get_target("host").backend().fingerprint()  # warm databases stay valid
 
 
 def test_a_kernel_that_does_not_compile_is_an_error_and_the_next_one_still_measures():
