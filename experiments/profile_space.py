@@ -34,7 +34,7 @@ from envs.arch_space import ARCH_SPACES
 from envs.make import make_cost_table, resolve_network
 from envs.reduced_space import architectures, write_arch_space
 from envs.space import QUANTS
-from envs.space_profile import NETWORK_INPUT_SIZE, PRECISION, ArchitecturePricer, heatmap, profile_space, reduce_space
+from envs.space_profile import NETWORK_INPUT_SIZE, PRECISION, ArchitecturePricer, heatmap, profile_space, reduce_space, reduce_to_size
 from envs.subnet_accuracy import PROXIES, supernet_oracle_for
 from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
 
@@ -51,13 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aggressiveness", type=float, default=0.0,
                         help="standard errors of accuracy an option must beat every faster kept option by to stay "
                              "(0: drop options dominated in the estimates; higher drops more; negative only clearly beaten ones)")
+    parser.add_argument("--max-architectures", type=float,
+                        help="instead of --aggressiveness: the least aggressive reduction holding at most this many architectures")
     parser.add_argument("--precision", default=PRECISION, choices=QUANTS, help="every layer's precision")
     parser.add_argument("--input-size", type=int, default=NETWORK_INPUT_SIZE,
                         help="input height and width of the networks priced (32 makes whole-network measurement quick)")
     parser.add_argument("--dataflow", choices=("own", "best"), default="own",
                         help="NPU targets: every layer in the NPU's own dataflow (default: what the device runs), or each layer's best")
     parser.add_argument("--rpc", help="measure on the board whose `python -m tvm.exec.rpc_server` listens at HOST:PORT")
-    parser.add_argument("--repeats", type=int, default=WHOLE_NETWORK_REPEATS, help="measured targets: timings of each whole network")
+    parser.add_argument("--cold-cache", action=argparse.BooleanOptionalAction, default=True,
+                        help="measured targets: time each kernel alone with its weights flushed from the caches, as inside a "
+                             "network (the per-layer costs the end-to-end profile is checked against); --no-cold-cache: warm")
+    parser.add_argument("--repeats", type=int, default=WHOLE_NETWORK_REPEATS, help="measured targets: timings of each whole network (and, with cold caches, of each kernel)")
     parser.add_argument("--logdir", default="runs", help="folder of the shared measurement database")
     parser.add_argument("--out", help="output folder (default: <logdir>/profile-<space>-<target>)")
     parser.add_argument("--supernet-epochs", type=int, default=DEFAULT_SUPERNET_EPOCHS, help="training of the accuracy oracle's supernet")
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or logdir / f"profile-{args.space}-{target.name}")
     out.mkdir(parents=True, exist_ok=True)
     device = Device.parse(args.rpc, None, None) if args.rpc else None
-    table = make_cost_table(args.target, logdir / "measurements.sqlite", device)
+    kernels = MeasureSettings(repeats=args.repeats, cold_cache=True) if args.cold_cache else MeasureSettings()
+    table = make_cost_table(args.target, logdir / "measurements.sqlite", device, settings=None if isinstance(target, NpuTarget) else kernels)
     oracle = supernet_oracle_for(resolve_network(args.space), epochs=args.supernet_epochs, proxy=args.proxy)
     oracle.use_database(MeasurementDB(logdir / "measurements.sqlite"))
     whole_network = None
@@ -92,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"profiling {args.samples} architectures of {space.name} on {target.name}", flush=True)
     profile = profile_space(space, pricer, args.samples, args.seed, target.name)
     seconds = time.perf_counter() - start
-    reduced = reduce_space(space, profile, args.aggressiveness)
+    reduced = (reduce_space(space, profile, args.aggressiveness) if args.max_architectures is None
+               else reduce_to_size(space, profile, args.max_architectures))
     report = profile.to_dict(space) | {
         "seconds": round(seconds, 1),
         "command": "python experiments/profile_space.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "reduced_space": {"aggressiveness": args.aggressiveness, "architectures": architectures(reduced),
+        "reduced_space": {"aggressiveness": args.aggressiveness, "max_architectures": args.max_architectures, "architectures": architectures(reduced),
                           "architectures_full_space": architectures(space), "removed": reduced.removed(),
                           "file": "reduced-space.yaml"},
     }
