@@ -6,7 +6,7 @@
 
 Samples architectures of the space, prices each end to end on the target (its fastest deployment with
 every layer in int8, on an NPU in its own dataflow: the calibrated model or ZigZag simulation; on `host`, or a board with --rpc, the
-deployment built as one network with TVM and timed whole) and scores it with the space's supernet, then regresses both on block options (`envs.space_profile`). Writes to
+deployment built as one network with TVM and timed whole, its kernels timed alone with cold caches for the check) and scores it with the space's supernet, then regresses both on block options (`envs.space_profile`). Writes to
 <out>: profile.json (every option's latency and accuracy contribution per block with 95% intervals,
 friendliness, front membership, placement per stage, and how well the end-to-end estimates match the
 backend's per-layer costs), profile.png (the heatmaps) and reduced-space.yaml (for
