@@ -140,7 +140,8 @@ def main() -> None:
     size = min(architectures(r) for r in reduced.values())
     equal = {t: reduce_to_size(space, profiles[t], size) for t in TARGETS}
     results["equal_size"] = {"at_most": size, **{t: {"architectures": architectures(r), "note": r.note} for t, r in equal.items()}}
-    results["reduced_spaces_overlap"] = {f"{a} vs {b}": _overlap(reduced[a], reduced[b], space)
+    results["reduced_spaces_overlap"] = {f"{a} vs {b}{suffix}": _overlap(kept[a], kept[b], space)
+                                         for suffix, kept in (("", reduced), (", equal size", equal))
                                          for i, a in enumerate(TARGETS) for b in TARGETS[i + 1:]}
 
     searches: dict = {}
@@ -159,12 +160,17 @@ def main() -> None:
             full, own = rows[f"{strategy} / full"]["mean"], rows[f"{strategy} / own reduced"]["mean"]
             others = [rows[f"{strategy} / reduced for {o}"]["mean"] for o in TARGETS if o != target]
             rows[f"{strategy} / gain of own reduced over full"] = own / full - 1
-            rows[f"{strategy} / own reduced beats the others' reduced"] = bool(own > max(others))
-            own_equal = rows[f"{strategy} / own reduced, equal size"]["mean"]
-            rows[f"{strategy} / own reduced beats the others' reduced, equal size"] = bool(
-                own_equal > max(rows[f"{strategy} / reduced for {o}, equal size"]["mean"] for o in TARGETS if o != target))
+            for suffix, mine in (("", reduced), (", equal size", equal)):
+                # another device whose profile kept the very same options ties by construction: it is not compared
+                different = [o for o in TARGETS if o != target and mine[o] != mine[target]]
+                rows[f"{strategy} / own reduced beats the others' reduced{suffix}"] = bool(different) and all(
+                    rows[f"{strategy} / own reduced{suffix}"]["mean"] > rows[f"{strategy} / reduced for {o}{suffix}"]["mean"]
+                    for o in different)
             print(f"{target}, {strategy}: hypervolume full {full:.3f}, own reduced {own:.3f} ({100 * (own / full - 1):+.1f}%), "
-                  f"others' reduced {', '.join(f'{o:.3f}' for o in others)}", flush=True)
+                  f"others' reduced {', '.join(f'{o:.3f}' for o in others)}; at equal size own "
+                  f"{rows[f'{strategy} / own reduced, equal size']['mean']:.3f}, others' "
+                  f"{', '.join(format(rows[f'{strategy} / reduced for {o}, equal size']['mean'], '.3f') for o in TARGETS if o != target)}",
+                  flush=True)
     results["searches"] = searches
 
     warm = {}
