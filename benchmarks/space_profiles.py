@@ -25,7 +25,7 @@ small N, every architecture built as one network and timed whole (`HOST_PROFILE`
 where recovering per-block latency from end-to-end numbers is a real test (the model and ZigZag are
 additive per layer, so there it is exact by construction); it is profiled and reduced, not searched
 (an evaluation there is a build and a timing). Everything runs on one torch thread; prices and accuracies are cached in
-benchmarks/out/space_profiles/measurements.sqlite (the first run takes ~1.5 h, mostly ~4,000 accuracy queries).
+benchmarks/out/space_profiles/measurements.sqlite (the first run takes ~2 h: ~1 h of accuracy queries, ~20 min timing the host row).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main() -> None:
         write_arch_space(reduced[target], WORK / f"reduced-{target}.yaml")
         recovery = profile.recovery(space)
         results["targets"][target] = {
-            "latency_provenance": pricer.latency_provenance, "profile_seconds_cold": round(time.perf_counter() - start, 1),
+            "latency_provenance": pricer.latency_provenance, "profile_seconds": round(time.perf_counter() - start, 1),
             "fit": {"latency_r2": profile.latency_r2, "accuracy_r2": profile.accuracy_r2,
                     "latency_residual_ms": profile.latency_residual_ms, "accuracy_residual_points": profile.accuracy_residual_points},
             "likes": profile.likes(), "recovery": recovery, "placement": profile.placement(),
@@ -226,14 +226,14 @@ def _overlap(a, b, space: ArchSpace) -> dict:
 
 def plot(searches: dict, path: Path) -> None:
     """Per target and search: mean hypervolume (bars) and seeds (dots) in each space."""
-    fig, axes = plt.subplots(1, len(searches), figsize=(5 * len(searches), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(searches), figsize=(6.5 * len(searches), 5.8), squeeze=False)
     for ax, (target, rows) in zip(axes[0], searches.items()):
         names = [k for k in rows if isinstance(rows[k], dict)]
         for i, name in enumerate(names):
             colour = "C0" if name.endswith("/ full") else "C2" if "/ own reduced" in name else "C7"
             ax.bar(i, rows[name]["mean"], color=colour)
             ax.scatter([i] * len(rows[name]["hypervolume"]), rows[name]["hypervolume"], s=10, c="k", zorder=3)
-        ax.set_xticks(range(len(names)), [n.replace(" / ", "\n") for n in names], fontsize=6, rotation=60)
+        ax.set_xticks(range(len(names)), [n.replace(" / ", ": ") for n in names], fontsize=6, rotation=90)
         ax.set_ylabel("normalised hypervolume")
         ax.set_title(f"{target}: {BUDGET} evaluations, seeds {SEEDS[0]}-{SEEDS[-1]}", fontsize=9)
     fig.tight_layout()

@@ -2,7 +2,7 @@
 
     python experiments/profile_space.py --target cortex-a72 --space mobilenet_v2
     python experiments/profile_space.py --target npu-eyeriss --space resnet18 --samples 300 --aggressiveness 1
-    python experiments/profile_space.py --target host --space resnet18 --samples 40 --input-size 32   # measured whole networks
+    python experiments/profile_space.py --target host --space resnet18 --samples 96 --input-size 224   # measured whole networks
 
 Samples architectures of the space, prices each end to end on the target (its fastest deployment with
 every layer in int8, on an NPU in its own dataflow: the calibrated model or ZigZag simulation; on `host`, or a board with --rpc, the
