@@ -72,7 +72,7 @@ AGGRESSIVENESS = (-1.0, 0.0, 1.0)
 """The sizes of the reduced spaces at each aggressiveness are reported; 0, the default, is searched."""
 HV_GOAL, RECOVERY_GOAL, WARM_GOAL_S = 0.05, 0.10, 120.0
 HOST_PROFILE = ("--target", "host", "--space", "resnet18", "--samples", "96", "--input-size", "224")
-"""The measured profile: whole networks built and timed on this machine (~30 min cold)."""
+"""The measured profile: whole networks built and timed on this machine (~20 min cold)."""
 
 
 def search(space: ArchSpace, pricer: ArchitecturePricer, strategy: str, seed: int) -> list[ProfiledArchitecture]:
@@ -153,10 +153,13 @@ def main() -> None:
         limits = box(profiles[target])
         rows = searches[target] = {}
         for strategy in STRATEGIES:
+            searched: dict[ArchSpace, dict] = {}  # two devices' reductions are often the same space: searched once
             for name, candidate in spaces.items():
-                hv = [hypervolume([(p.latency_ms, p.accuracy) for p in search(candidate, pricer, strategy, seed)], **limits)
-                      for seed in SEEDS]
-                rows[f"{strategy} / {name}"] = {"hypervolume": hv, "mean": float(np.mean(hv)), "spread": [min(hv), max(hv)]}
+                if candidate not in searched:
+                    hv = [hypervolume([(p.latency_ms, p.accuracy) for p in search(candidate, pricer, strategy, seed)], **limits)
+                          for seed in SEEDS]
+                    searched[candidate] = {"hypervolume": hv, "mean": float(np.mean(hv)), "spread": [min(hv), max(hv)]}
+                rows[f"{strategy} / {name}"] = searched[candidate]
             full, own = rows[f"{strategy} / full"]["mean"], rows[f"{strategy} / own reduced"]["mean"]
             others = [rows[f"{strategy} / reduced for {o}"]["mean"] for o in TARGETS if o != target]
             rows[f"{strategy} / gain of own reduced over full"] = own / full - 1

@@ -141,10 +141,9 @@ def _random_args(args: Sequence[ArgSpec], device: Any) -> list[Any]:
 
 
 def _time(module: Any, device: Any, args: Sequence[ArgSpec], settings: MeasureSettings) -> tuple[float, ...]:
-    if settings.cold_cache:  # TVM's runtime flushes every argument but the first (the input) before each repeat
-        timer = module.time_evaluator("main", device, number=1, repeat=settings.repeats, f_preproc="cache_flush_cpu_non_first_arg")
-    else:
-        timer = module.time_evaluator("main", device, number=1, repeat=settings.repeats, min_repeat_ms=settings.min_repeat_ms)
+    # cold: TVM's runtime flushes every argument but the first (the input) before each repeat of one run
+    each = {"f_preproc": "cache_flush_cpu_non_first_arg"} if settings.cold_cache else {"min_repeat_ms": settings.min_repeat_ms}
+    timer = module.time_evaluator("main", device, number=1, repeat=settings.repeats, **each)
     return tuple(float(r) * 1e3 for r in timer(*_random_args(args, device)).results)
 
 

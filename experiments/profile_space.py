@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("samples", "input_size", "repeats"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: use a positive number")
+    if args.max_architectures is not None and args.max_architectures < 1:
+        raise ValueError(f"--max-architectures {args.max_architectures:g}: a reduced space holds at least one architecture")
     torch.set_num_threads(args.threads)
 
     target = get_target(args.target)

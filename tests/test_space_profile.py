@@ -151,6 +151,8 @@ def test_profile_space_writes_a_profile_heatmap_and_a_reduced_space_the_searches
     profile_space_script = load_script("profile_space")
     monkeypatch.setattr(profile_space_script, "supernet_oracle_for", lambda *a, **k: resnet_supernet_oracle)
     out = tmp_path / "profile"
+    with pytest.raises(ValueError, match="--max-architectures 0: a reduced space holds at least one architecture"):
+        profile_space_script.main(["--target", "cortex-a72", "--max-architectures", "0", "--logdir", str(tmp_path)])
     assert profile_space_script.main(["--target", "cortex-a72", "--space", "resnet18", "--samples", "40",
                                       "--logdir", str(tmp_path), "--out", str(out)]) == 0
     report = json.loads((out / "profile.json").read_text())
