@@ -13,7 +13,7 @@ Then on every target, two searches over architectures (each evaluation one archi
 same way): random search, and SEMO-style local search (`agents.local_search`: 20 random, then
 neighbours of the front), 100 evaluations each, seeds 0-2, in the full space, the target's own reduced
 space and the other targets' reduced spaces; and, since a smaller space alone makes a random search's
-front better, again with every target's space reduced to the same size (`reduce_to_size`: the least
+front better, again with every target's space reduced to the same size (`aggressiveness_for_size`: the least
 aggressive reduction holding at most as many architectures as the smallest aggressiveness-0 one), so
 that own and others' reduced spaces differ only in which options each profile kept. Fronts are
 compared by hypervolume normalised to a box fixed per target: from the full-space profile's worst
@@ -55,7 +55,7 @@ from envs.arch_space import ArchSpace, MobileNetV2ArchSpace  # noqa: E402
 from envs.make import make_cost_table, resolve_network  # noqa: E402
 from envs.reduced_space import architectures, write_arch_space  # noqa: E402
 from envs.space_profile import (  # noqa: E402
-    ArchitecturePricer, ProfiledArchitecture, SpaceProfile, heatmap, profile_space, reduce_space, reduce_to_size,
+    ArchitecturePricer, ProfiledArchitecture, SpaceProfile, aggressiveness_for_size, heatmap, profile_space, reduce_space,
     sample_architectures,
 )
 from envs.subnet_accuracy import supernet_oracle_for  # noqa: E402
@@ -138,7 +138,7 @@ def main() -> None:
               f"{architectures(space):.3g} architectures", flush=True)
     results["architectures_full_space"] = architectures(space)
     size = min(architectures(r) for r in reduced.values())
-    equal = {t: reduce_to_size(space, profiles[t], size) for t in TARGETS}
+    equal = {t: reduce_space(space, profiles[t], aggressiveness_for_size(space, profiles[t], size)) for t in TARGETS}
     results["equal_size"] = {"at_most": size, **{t: {"architectures": architectures(r), "note": r.note} for t, r in equal.items()}}
     results["reduced_spaces_overlap"] = {f"{a} vs {b}{suffix}": _overlap(kept[a], kept[b], space)
                                          for suffix, kept in (("", reduced), (", equal size", equal))

@@ -14,7 +14,7 @@ contributions per stage).
 is kept only if it is more accurate than every faster option (by the estimates) by `aggressiveness`
 standard errors of the difference: 0 keeps the block's Pareto-optimal options, more drops options
 that buy too little accuracy for their latency, less (negative) drops only options clearly beaten.
-A higher aggressiveness always keeps a subset; the fastest option is always kept. `reduce_to_size`
+A higher aggressiveness always keeps a subset; the fastest option is always kept. `aggressiveness_for_size`
 finds the least aggressive reduction that holds at most a given number of architectures: two
 devices' reductions compared at equal size differ only in which options each device's profile keeps.
 
@@ -349,9 +349,9 @@ def reduce_space(space: ArchSpace, profile: SpaceProfile, aggressiveness: float 
     return ReducedArchSpace(space, kept, note)
 
 
-def reduce_to_size(space: ArchSpace, profile: SpaceProfile, most: float) -> ReducedArchSpace:
-    """The least aggressive `reduce_space` of `space` that holds at most `most` architectures (its
-    aggressiveness found by bisection to 0.001; the size only falls as aggressiveness rises).
+def aggressiveness_for_size(space: ArchSpace, profile: SpaceProfile, most: float) -> float:
+    """The least aggressiveness at which `reduce_space` keeps at most `most` architectures of `space`
+    (found by bisection to 0.001 over [-64, 64]; the size only falls as aggressiveness rises).
     ValueError when even the most aggressive reduction (every block's fastest and most accurate
     options only) is larger."""
     def size(a: float) -> int:
@@ -362,11 +362,11 @@ def reduce_to_size(space: ArchSpace, profile: SpaceProfile, most: float) -> Redu
         raise ValueError(f"no reduction of {space.name} on {profile.target} holds at most {most:.3g} architectures "
                          f"(the most aggressive keeps {size(high):.3g})")
     if size(low) <= most:
-        return reduce_space(space, profile, low)
+        return low
     while high - low > 1e-3:
         middle = (low + high) / 2
         low, high = (low, middle) if size(middle) <= most else (middle, high)
-    return reduce_space(space, profile, high)
+    return high
 
 
 def _ols(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:

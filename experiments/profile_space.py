@@ -34,7 +34,9 @@ from envs.arch_space import ARCH_SPACES
 from envs.make import make_cost_table, resolve_network
 from envs.reduced_space import architectures, write_arch_space
 from envs.space import QUANTS
-from envs.space_profile import NETWORK_INPUT_SIZE, PRECISION, ArchitecturePricer, heatmap, profile_space, reduce_space, reduce_to_size
+from envs.space_profile import (
+    NETWORK_INPUT_SIZE, PRECISION, ArchitecturePricer, aggressiveness_for_size, heatmap, profile_space, reduce_space,
+)
 from envs.subnet_accuracy import PROXIES, supernet_oracle_for
 from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
 
@@ -100,12 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"profiling {args.samples} architectures of {space.name} on {target.name}", flush=True)
     profile = profile_space(space, pricer, args.samples, args.seed, target.name)
     seconds = time.perf_counter() - start
-    reduced = (reduce_space(space, profile, args.aggressiveness) if args.max_architectures is None
-               else reduce_to_size(space, profile, args.max_architectures))
+    aggressiveness = (args.aggressiveness if args.max_architectures is None
+                      else aggressiveness_for_size(space, profile, args.max_architectures))
+    reduced = reduce_space(space, profile, aggressiveness)
     report = profile.to_dict(space) | {
         "seconds": round(seconds, 1),
         "command": "python experiments/profile_space.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "reduced_space": {"aggressiveness": args.aggressiveness, "max_architectures": args.max_architectures, "architectures": architectures(reduced),
+        "reduced_space": {"aggressiveness": aggressiveness, "max_architectures": args.max_architectures, "architectures": architectures(reduced),
                           "architectures_full_space": architectures(space), "removed": reduced.removed(),
                           "file": "reduced-space.yaml"},
     }

@@ -15,10 +15,10 @@ from envs.reduced_space import ReducedArchSpace, architectures, read_arch_space,
 from envs.space_profile import (
     ArchitecturePricer,
     ProfiledArchitecture,
+    aggressiveness_for_size,
     fit_profile,
     profile_space,
     reduce_space,
-    reduce_to_size,
     reference_option,
     sample_architectures,
 )
@@ -78,12 +78,13 @@ def test_reduction_drops_dominated_options_and_aggressiveness_drops_more():
         assert set(aggressive.options(block)) <= set(default.options(block)) <= set(lenient.options(block))
     assert architectures(aggressive) < architectures(default) < architectures(RESNET)
     # a size budget picks the least aggressive reduction within it
-    budget = reduce_to_size(RESNET, profile, architectures(default))
-    assert architectures(budget) <= architectures(default) and set(budget.options(3)) >= set(default.options(3))
-    assert reduce_to_size(RESNET, profile, architectures(RESNET)) == reduce_space(RESNET, profile, -64.0)
+    found = aggressiveness_for_size(RESNET, profile, architectures(default))
+    budget = reduce_space(RESNET, profile, found)
+    assert found <= 0.0 and architectures(budget) <= architectures(default) and set(budget.options(3)) >= set(default.options(3))
+    assert aggressiveness_for_size(RESNET, profile, architectures(RESNET)) == -64.0
     smallest = architectures(reduce_space(RESNET, profile, 64.0))
     with pytest.raises(ValueError, match=f"holds at most {smallest - 1} architectures"):
-        reduce_to_size(RESNET, profile, smallest - 1)
+        aggressiveness_for_size(RESNET, profile, smallest - 1)
 
 
 def test_a_reduced_space_round_trips_through_yaml_and_bad_files_are_named(tmp_path):
@@ -163,6 +164,12 @@ def test_profile_space_writes_a_profile_heatmap_and_a_reduced_space_the_searches
     assert (out / "profile.png").stat().st_size > 10_000
     reduced = read_arch_space(out / "reduced-space.yaml")
     assert architectures(reduced) == report["reduced_space"]["architectures"] < architectures(RESNET)
+    budget = architectures(reduced) - 1  # a size budget below the default's: the aggressiveness found is reported
+    assert profile_space_script.main(["--target", "cortex-a72", "--space", "resnet18", "--samples", "40", "--logdir", str(tmp_path),
+                                      "--max-architectures", str(budget), "--out", str(tmp_path / "cut")]) == 0
+    cut = json.loads((tmp_path / "cut" / "profile.json").read_text())["reduced_space"]
+    assert cut["max_architectures"] == budget and cut["architectures"] <= budget and cut["aggressiveness"] > 0
+    assert f"aggressiveness {cut['aggressiveness']:g}" in read_arch_space(tmp_path / "cut" / "reduced-space.yaml").note
     run_ppo = load_script("run_ppo")
     config = run_ppo.parse_args(["--arch", "--net", "resnet18", "--arch-space", str(out / "reduced-space.yaml")])
     assert config.arch_space == str(out / "reduced-space.yaml")
