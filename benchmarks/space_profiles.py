@@ -188,7 +188,8 @@ def main() -> None:
     results["host"] = host = measured_profile()
     print(f"host ({host['latency_provenance']}): {host['samples']} architectures, latency R² {host['fit']['latency_r2']:.3f}; "
           f"per-block latency vs per-layer costs: median {100 * host['recovery']['median_relative_error']:.1f}%, "
-          f"{100 * host['recovery']['within_10_percent']:.0f}% of options within 10%", flush=True)
+          f"{100 * host['recovery']['within_10_percent']:.0f}% of options within 10%, "
+          f"{100 * host['recovery']['within_interval']:.0f}% within their 95% intervals", flush=True)
 
     results["machine"] = platform.processor() or platform.machine()
     results["goals"] = {

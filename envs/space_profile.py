@@ -212,7 +212,9 @@ class SpaceProfile:
     def recovery(self, space: ArchSpace) -> dict[str, Any]:
         """End-to-end estimates against the per-layer costs the backend gave: for every non-reference
         option, |estimated - per-layer contribution over the reference| / the option's per-layer cost
-        (the blocks' per-layer costs, averaged over the samples that take each option)."""
+        (the blocks' per-layer costs, averaged over the samples that take each option), and how often
+        the per-layer contribution lies within the estimate's confidence interval (on a measured
+        device: whether the errors are what the samples' noise allows, or a bias)."""
         errors = []
         for block in range(space.blocks):
             name = space.block_name(block)
@@ -229,9 +231,10 @@ class SpaceProfile:
                 if label == reference or cost <= 0:
                     continue
                 truth = cost - per_option[reference]
-                estimate = self.effect(name, label).latency_ms
-                errors.append({"block": name, "option": label, "estimate_ms": estimate, "per_layer_ms": truth,
-                               "option_cost_ms": cost, "relative_error": abs(estimate - truth) / cost})
+                effect = self.effect(name, label)
+                errors.append({"block": name, "option": label, "estimate_ms": effect.latency_ms, "per_layer_ms": truth,
+                               "interval_ms": effect.latency_ci_ms, "option_cost_ms": cost,
+                               "relative_error": abs(effect.latency_ms - truth) / cost})
         rel = np.array([e["relative_error"] for e in errors])
         return {
             "options": len(errors),
@@ -239,6 +242,8 @@ class SpaceProfile:
             "p90_relative_error": float(np.percentile(rel, 90)) if len(rel) else None,
             "max_relative_error": float(rel.max()) if len(rel) else None,
             "within_10_percent": float(np.mean(rel <= 0.10)) if len(rel) else None,
+            "within_interval": float(np.mean([abs(e["estimate_ms"] - e["per_layer_ms"]) <= e["interval_ms"] for e in errors]))
+            if errors else None,
             "worst": sorted(errors, key=lambda e: -e["relative_error"])[:5],
         }
 

@@ -35,7 +35,7 @@ from envs.make import make_cost_table, resolve_network
 from envs.reduced_space import architectures, write_arch_space
 from envs.space import QUANTS
 from envs.space_profile import (
-    NETWORK_INPUT_SIZE, PRECISION, ArchitecturePricer, aggressiveness_for_size, heatmap, profile_space, reduce_space,
+    CONFIDENCE, NETWORK_INPUT_SIZE, PRECISION, ArchitecturePricer, aggressiveness_for_size, heatmap, profile_space, reduce_space,
 )
 from envs.subnet_accuracy import PROXIES, supernet_oracle_for
 from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     likes = report["likes"]
     print(f"{len(profile.samples)} architectures in {seconds:.0f} s: latency R² {profile.latency_r2:.3f}, accuracy R² {profile.accuracy_r2:.3f}")
     print(f"per-block latency from end-to-end numbers vs per-layer costs: median error {100 * recovery['median_relative_error']:.1f}%, "
-          f"{100 * recovery['within_10_percent']:.0f}% of {recovery['options']} options within 10%")
+          f"{100 * recovery['within_10_percent']:.0f}% of {recovery['options']} options within 10%, "
+          f"{100 * recovery['within_interval']:.0f}% within their {100 * CONFIDENCE:.0f}% intervals")
     print(f"{target.name} likes {', '.join(likes['friendliest'])} (most on its front: {', '.join(likes['most_on_front'])}); "
           f"least friendly {', '.join(likes['least_friendly'])}")
     print(f"reduced space: {architectures(reduced):.3g} of {architectures(space):.3g} architectures "

@@ -28,23 +28,34 @@ from tests.test_arch_env import random_episode, walk_to
 RESNET = ResNet18ArchSpace()
 
 
-def synthetic_samples(space, effects: dict, count: int, noise: float, seed: int) -> list[ProfiledArchitecture]:
+def synthetic_samples(space, effects: dict, count: int, noise: float, seed: int, latency_noise: float = 0.0,
+                      bias: tuple[int, str, float] | None = None) -> list[ProfiledArchitecture]:
     """Architectures whose latency and accuracy are exactly additive in `effects` ((block, label) ->
-    (ms, points) over the reference), plus Gaussian noise of `noise` points on accuracy."""
+    (ms, points) over the reference), plus Gaussian noise of `noise` points on accuracy and
+    `latency_noise` ms on latency. Every block's per-layer cost is 1 ms plus its effect; `bias`
+    (block, label, ms) adds ms end to end, never to the per-layer costs, where a block takes label."""
     rng = np.random.default_rng(seed)
     samples = []
     for blocks in sample_architectures(space, count, rng):
         labels = space.labels(blocks)
-        latency = 10.0 + sum(effects.get((b, l), (0.0, 0.0))[0] for b, l in enumerate(labels))
+        per_block = tuple(1.0 + effects.get((b, l), (0.0, 0.0))[0] for b, l in enumerate(labels))
+        latency = 10.0 + sum(per_block) + rng.normal(0, latency_noise) if latency_noise else 10.0 + sum(per_block)
+        if bias and labels[bias[0]] == bias[1]:
+            latency += bias[2]
         points = 70.0 + sum(effects.get((b, l), (0.0, 0.0))[1] for b, l in enumerate(labels)) + rng.normal(0, noise)
-        samples.append(ProfiledArchitecture(labels, latency, points / 100, tuple(0.0 for _ in labels)))
+        samples.append(ProfiledArchitecture(labels, latency, points / 100, per_block))
     return samples
 
 
+def random_effects(seed: int) -> dict:
+    """(block, label) -> (ms, points) over the reference, drawn for every other option of ResNet-18's space."""
+    rng = np.random.default_rng(seed)
+    return {(b, RESNET.label(o)): (float(rng.uniform(0.5, 3)), float(rng.uniform(-2, 4)))
+            for b in range(RESNET.blocks) for o in RESNET.options(b) if o != reference_option(RESNET, b)}
+
+
 def test_the_regression_recovers_additive_effects_within_its_intervals():
-    rng = np.random.default_rng(1)
-    effects = {(b, RESNET.label(o)): (float(rng.uniform(0.5, 3)), float(rng.uniform(-2, 4)))
-               for b in range(RESNET.blocks) for o in RESNET.options(b) if o != reference_option(RESNET, b)}
+    effects = random_effects(1)
     profile = fit_profile(RESNET, synthetic_samples(RESNET, effects, 300, noise=0.5, seed=0), "synthetic")
     assert profile.latency_r2 == pytest.approx(1.0)
     covered = []
@@ -56,6 +67,19 @@ def test_the_regression_recovers_additive_effects_within_its_intervals():
     assert np.mean(covered) >= 0.8  # 95% intervals: 20 options, a miss or two at most
     references = [e for e in profile.effects if e.reference]
     assert {e.option for e in references} == {"w0.5", "drop"} and all(e.latency_ms == 0 for e in references)
+
+
+def test_recovery_tells_timing_noise_from_a_cost_the_layers_alone_do_not_show():
+    effects = random_effects(2)
+    noisy = fit_profile(RESNET, synthetic_samples(RESNET, effects, 300, 0.5, seed=0, latency_noise=0.5), "noisy").recovery(RESNET)
+    assert noisy["options"] == 20 and noisy["max_relative_error"] > 0.01
+    assert noisy["within_interval"] >= 0.8  # 95% intervals: the errors are the noise's
+    biased = synthetic_samples(RESNET, effects, 300, 0.5, seed=0, latency_noise=0.05, bias=(3, "w1", 1.0))
+    recovery = fit_profile(RESNET, biased, "biased").recovery(RESNET)
+    worst = recovery["worst"][0]
+    assert (worst["block"], worst["option"]) == ("layer2.1", "w1")
+    assert worst["estimate_ms"] - worst["per_layer_ms"] == pytest.approx(1.0, abs=0.05) and worst["interval_ms"] < 0.1
+    assert 0.8 <= recovery["within_interval"] <= 19 / 20  # that one is outside its interval: a bias, not noise
 
 
 def test_too_few_samples_is_an_error_naming_the_minimum():
