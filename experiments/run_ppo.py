@@ -51,12 +51,12 @@ from agents.ppo import DEFAULT_HYPERPARAMS, SEARCH_THREADS, load_hyperparams
 from agents.registry import AGENTS, check_agent, checkpoint_suffix, load_search_agent, make_search_agent
 from deploy.cli import run_main
 from deploy.cost_table import CostTable
-from deploy.tvm_measure import Device
+from deploy.tvm_measure import Device, MeasureSettings
 from deploy.deployment import evaluate
 from deploy.optimum import best_choices
 from deploy.export import deployment_dict, load_deployment, write_json
 from deploy.npu_backend import ZigZagBackend
-from deploy.targets import NpuTarget, get_target
+from deploy.targets import CpuTarget, NpuTarget, get_target
 from deploy.zigzag_sim import SimulationSettings
 from envs.accuracy import AccuracyOracle, Fidelity, oracle_for
 from envs.env import DeploymentEnv
@@ -112,6 +112,8 @@ class Config:
     """agent, or fastest: the agent chooses architecture and quantization only, the environment the fastest algorithm and dataflow for them"""
     latency_correction: str | None = None
     """search on costs corrected by this file (experiments/fit_latency_correction.py, for this target): whole-network latency"""
+    cold_cache: bool = False
+    """measured targets: time each kernel with its weights and output flushed from the caches, as a network runs it after its other layers (kernels with large weights cost more; kept apart from warm timings in the database)"""
     zigzag_lpf: int = 4
     """NPU targets: loop prime factors ZigZag's temporal-mapping search permutes (higher = more thorough, slower)"""
     arch: bool = False
@@ -171,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if config.guide == "model" and config.target != "host" and not (config.rpc or config.rpc_tracker):
         parser.error("--guide model corrects the model by measured kernels: it needs a measured target "
                      "(--target host, --rpc or --rpc-tracker)")
+    if config.cold_cache and config.target != "host" and not (config.rpc or config.rpc_tracker):
+        parser.error("--cold-cache times kernels with flushed caches: it needs a measured target (--target host, --rpc or --rpc-tracker)")
     if config.arch_space and not config.arch:
         parser.error("--arch-space FILE narrows the architecture search: it needs --arch")
     if config.guide == "model" and config.arch:
@@ -280,6 +284,14 @@ def run_guided(agent: Any, search: ModelGuidedSearch, tensorboard: DeploymentTen
         checkpointer.save()
 
 
+def backend_settings(config: Config, target: CpuTarget | NpuTarget) -> MeasureSettings | SimulationSettings | None:
+    """The settings of the target's backend the config asks for: ZigZag's mapping search on an NPU,
+    cold-cache kernel timing on a measured target, else the backend's defaults."""
+    if isinstance(target, NpuTarget):
+        return SimulationSettings(lpf_limit=config.zigzag_lpf)
+    return MeasureSettings(cold_cache=True) if config.cold_cache else None
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     torch.set_num_threads(SEARCH_THREADS)
@@ -300,8 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     db_path = Path(config.logdir) / "measurements.sqlite"
     db_path.parent.mkdir(parents=True, exist_ok=True)
     measured_on = Device.parse(config.rpc, config.rpc_tracker, config.rpc_key) if config.rpc or config.rpc_tracker else None
-    settings = SimulationSettings(lpf_limit=config.zigzag_lpf) if isinstance(target, NpuTarget) else None
-    costs = make_cost_table(config.target, db_path, measured_on, settings, config.latency_correction)  # shared by every environment copy
+    costs = make_cost_table(config.target, db_path, measured_on, backend_settings(config, target), config.latency_correction)  # shared by every environment copy
     reused = oracle.use_database(costs.db)
     if reused:
         print(f"reusing {reused} accuracies measured before in {db_path}")

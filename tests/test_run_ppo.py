@@ -321,6 +321,18 @@ def test_a_board_over_an_rpc_tracker_is_searched_model_guided_and_an_unreachable
     assert not [p for p in (tmp_path / "dead").iterdir() if p.is_dir()]  # no run folder was started
 
 
+def test_cold_cache_kernels_are_timed_and_stored_apart_from_warm_ones():
+    from deploy.targets import get_target
+    from envs.make import make_cost_table
+
+    script = load_script("run_ppo")
+    host = get_target("host")
+    cold, warm = (script.backend_settings(script.parse_args(["--target", "host", *flag]), host) for flag in (["--cold-cache"], []))
+    assert cold.cold_cache and warm is None
+    assert make_cost_table("host", settings=cold).fingerprint != make_cost_table("host", settings=warm).fingerprint
+    assert script.backend_settings(script.parse_args(["--target", "npu-nvdla", "--zigzag-lpf", "2"]), get_target("npu-nvdla")).lpf_limit == 2
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -343,6 +355,7 @@ def test_a_board_over_an_rpc_tracker_is_searched_model_guided_and_an_unreachable
         (["--guide", "model", "--agent", "evolution"], "--guide model needs --agent maskable_ppo"),
         (["--guide", "model"], "--guide model corrects the model by measured kernels: it needs a measured target"),
         (["--kernel-budget", "0"], "--kernel-budget must be positive, got 0"),
+        (["--cold-cache"], "--cold-cache times kernels with flushed caches: it needs a measured target"),
     ],
 )
 def test_bad_arguments_give_a_clear_error_and_no_traceback(args, message, tmp_path, capsys, monkeypatch):

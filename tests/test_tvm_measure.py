@@ -89,6 +89,9 @@ def test_through_the_tracker_and_directly_to_the_server(cluster):
     with Measurer(HOST, Device.parse(tracker=f"127.0.0.1:{cluster.tracker_port}", key=cluster.key), FAST) as m:
         assert m.device.name == f"tracker:127.0.0.1:{cluster.tracker_port}/{cluster.key}"
         assert m.measure(module, args, threads=1).median_ms > 0
+    cold = MeasureSettings(repeats=3, cold_cache=True, retries=0)
+    with Measurer(HOST, Device.parse(tracker=f"127.0.0.1:{cluster.tracker_port}", key=cluster.key), cold) as m:
+        assert len(m.measure(module, args, threads=1).results_ms) == 3  # the board's runtime flushes its caches too
 
 
 def test_fork_join_is_measured_on_the_board_over_rpc(cluster):
