@@ -27,7 +27,7 @@ small N, every architecture built as one network and timed whole (`HOST_PROFILE`
 where recovering per-block latency from end-to-end numbers is a real test (the model and ZigZag are
 additive per layer, so there it is exact by construction); it is profiled and reduced, not searched
 (an evaluation there is a build and a timing). Everything runs on one torch thread; prices and accuracies are cached in
-benchmarks/out/space_profiles/measurements.sqlite (the first run takes ~2 h: ~1 h of accuracy queries, ~20 min timing the host row).
+benchmarks/out/space_profiles/measurements.sqlite (the first run takes ~3 h: ~2 h of accuracy queries, ~20 min timing the host row).
 """
 
 from __future__ import annotations
