@@ -164,6 +164,7 @@ def test_end_to_end_profiling_recovers_the_per_layer_costs_of_the_a72_model(resn
     recovery = resnet_profile.recovery(RESNET)
     assert recovery["options"] == 20
     assert recovery["max_relative_error"] < 0.10  # the model is additive in layers: the regression sees it
+    assert recovery["within_interval"] == 1.0  # exact, though its intervals are rounding-sized
     assert resnet_profile.latency_r2 > 0.999
     wider = [resnet_profile.effect("layer3.0", w).latency_ms for w in ("w0.75", "w1")]
     assert 0 < wider[0] < wider[1]  # a wider block costs more on the A72
