@@ -158,14 +158,15 @@ def main() -> None:
         limits = box(profiles[target])
         rows = searches[target] = {}
         for strategy in STRATEGIES:
-            searched: dict[tuple, dict] = {}  # two devices' reductions are often the same space: searched once
+            searched: dict[tuple[ArchSpace, int], float] = {}  # two devices' reductions are often the same space: searched once
 
             def hypervolumes(candidate: ArchSpace, seeds: tuple[int, ...]) -> dict:
-                if (candidate, seeds) not in searched:
-                    hv = [hypervolume([(p.latency_ms, p.accuracy) for p in search(candidate, pricer, strategy, seed)], **limits)
-                          for seed in seeds]
-                    searched[candidate, seeds] = {"hypervolume": hv, "mean": float(np.mean(hv)), "spread": [min(hv), max(hv)]}
-                return searched[candidate, seeds]
+                for seed in seeds:
+                    if (candidate, seed) not in searched:
+                        points = [(p.latency_ms, p.accuracy) for p in search(candidate, pricer, strategy, seed)]
+                        searched[candidate, seed] = hypervolume(points, **limits)
+                hv = [searched[candidate, seed] for seed in seeds]
+                return {"hypervolume": hv, "mean": float(np.mean(hv)), "spread": [min(hv), max(hv)]}
 
             for name, candidate in spaces.items():
                 rows[f"{strategy} / {name}"] = hypervolumes(candidate, SEEDS)
@@ -178,7 +179,7 @@ def main() -> None:
                 wins = []
                 for o in different:
                     own_row, other_row = rows[f"{strategy} / own reduced{suffix}"], rows[f"{strategy} / reduced for {o}{suffix}"]
-                    if _overlaps(own_row["spread"], other_row["spread"]):  # three seeds do not decide it: more seeds do
+                    if _seeds_overlap(own_row["spread"], other_row["spread"]):  # three seeds do not decide it: more seeds do
                         own_row, other_row = hypervolumes(mine[target], MORE_SEEDS), hypervolumes(mine[o], MORE_SEEDS)
                         p = stats.ttest_ind(own_row["hypervolume"], other_row["hypervolume"], equal_var=False, alternative="greater").pvalue
                         rows[f"{strategy} / own reduced against {o}'s{suffix}, seeds {MORE_SEEDS[0]}-{MORE_SEEDS[-1]}"] = {
@@ -205,7 +206,7 @@ def main() -> None:
     print(f"host ({host['latency_provenance']}): {host['samples']} architectures, latency R² {host['fit']['latency_r2']:.3f}; "
           f"per-block latency vs per-layer costs: median {100 * host['recovery']['median_relative_error']:.1f}%, "
           f"{100 * host['recovery']['within_10_percent']:.0f}% of options within 10%, "
-          f"{100 * host['recovery']['within_interval']:.0f}% within their 95% intervals", flush=True)
+          f"{100 * host['recovery']['within_interval']:.0f}% within their {100 * host['fit']['confidence']:.0f}% intervals", flush=True)
 
     results["machine"] = platform.processor() or platform.machine()
     results["goals"] = {
@@ -235,7 +236,7 @@ def measured_profile() -> dict:
     return {k: v for k, v in profile.items() if k not in ("architectures", "effects")}
 
 
-def _overlaps(a: list[float], b: list[float]) -> bool:
+def _seeds_overlap(a: list[float], b: list[float]) -> bool:
     """Whether two [lowest, highest] ranges of seeds' hypervolumes overlap."""
     return a[0] <= b[1] and b[0] <= a[1]
 

@@ -170,10 +170,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         parser.error(f"--guide must be auto, model or none, got {config.guide!r}")
     if config.guide == "model" and config.agent != "maskable_ppo":
         parser.error(f"--guide model needs --agent maskable_ppo (its policy picks with action masks), got {config.agent}")
-    if config.guide == "model" and config.target != "host" and not (config.rpc or config.rpc_tracker):
+    measured = config.target == "host" or bool(config.rpc or config.rpc_tracker)
+    if config.guide == "model" and not measured:
         parser.error("--guide model corrects the model by measured kernels: it needs a measured target "
                      "(--target host, --rpc or --rpc-tracker)")
-    if config.cold_cache and config.target != "host" and not (config.rpc or config.rpc_tracker):
+    if config.cold_cache and not measured:
         parser.error("--cold-cache times kernels with flushed caches: it needs a measured target (--target host, --rpc or --rpc-tracker)")
     if config.arch_space and not config.arch:
         parser.error("--arch-space FILE narrows the architecture search: it needs --arch")

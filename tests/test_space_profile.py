@@ -39,7 +39,9 @@ def synthetic_samples(space, effects: dict, count: int, noise: float, seed: int,
     for blocks in sample_architectures(space, count, rng):
         labels = space.labels(blocks)
         per_block = tuple(1.0 + effects.get((b, l), (0.0, 0.0))[0] for b, l in enumerate(labels))
-        latency = 10.0 + sum(per_block) + rng.normal(0, latency_noise) if latency_noise else 10.0 + sum(per_block)
+        latency = 10.0 + sum(per_block)
+        if latency_noise:  # drawn only when asked: the accuracy noise of noiseless samples stays as it was
+            latency += rng.normal(0, latency_noise)
         if bias and labels[bias[0]] == bias[1]:
             latency += bias[2]
         points = 70.0 + sum(effects.get((b, l), (0.0, 0.0))[1] for b, l in enumerate(labels)) + rng.normal(0, noise)

@@ -86,11 +86,11 @@ def test_compiler_workers_serve_one_call_at_a_time_so_every_answer_is_its_own():
 
 def test_through_the_tracker_and_directly_to_the_server(cluster):
     module, args = conv_kernel()
-    with Measurer(HOST, Device.parse(tracker=f"127.0.0.1:{cluster.tracker_port}", key=cluster.key), FAST) as m:
+    board = Device.parse(tracker=f"127.0.0.1:{cluster.tracker_port}", key=cluster.key)
+    with Measurer(HOST, board, FAST) as m:
         assert m.device.name == f"tracker:127.0.0.1:{cluster.tracker_port}/{cluster.key}"
         assert m.measure(module, args, threads=1).median_ms > 0
-    cold = MeasureSettings(repeats=3, cold_cache=True, retries=0)
-    with Measurer(HOST, Device.parse(tracker=f"127.0.0.1:{cluster.tracker_port}", key=cluster.key), cold) as m:
+    with Measurer(HOST, board, MeasureSettings(repeats=3, cold_cache=True, retries=0)) as m:
         assert len(m.measure(module, args, threads=1).results_ms) == 3  # the board's runtime flushes its caches too
 
 
