@@ -58,8 +58,8 @@ from envs.arch_space import ArchSpace, MobileNetV2ArchSpace  # noqa: E402
 from envs.make import make_cost_table, resolve_network  # noqa: E402
 from envs.reduced_space import architectures, write_arch_space  # noqa: E402
 from envs.space_profile import (  # noqa: E402
-    ArchitecturePricer, ProfiledArchitecture, SpaceProfile, aggressiveness_for_size, heatmap, profile_space, reduce_space,
-    sample_architectures,
+    RECOVERY_TOLERANCE, ArchitecturePricer, ProfiledArchitecture, SpaceProfile, aggressiveness_for_size, heatmap, profile_space,
+    reduce_space, sample_architectures,
 )
 from envs.subnet_accuracy import supernet_oracle_for  # noqa: E402
 
@@ -75,7 +75,7 @@ MORE_SEEDS = tuple(range(10))
 STRATEGIES = ("random", "local search")
 AGGRESSIVENESS = (-1.0, 0.0, 1.0)
 """The sizes of the reduced spaces at each aggressiveness are reported; 0, the default, is searched."""
-HV_GOAL, RECOVERY_GOAL, WARM_GOAL_S = 0.05, 0.10, 120.0
+HV_GOAL, WARM_GOAL_S = 0.05, 120.0
 HOST_PROFILE = ("--target", "host", "--space", "resnet18", "--samples", "96", "--input-size", "224")
 """The measured profile: whole networks built and timed on this machine (~20 min cold)."""
 
@@ -206,7 +206,8 @@ def main() -> None:
     print(f"host ({host['latency_provenance']}): {host['samples']} architectures, latency R² {host['fit']['latency_r2']:.3f}; "
           f"per-block latency vs per-layer costs: median {100 * host['recovery']['median_relative_error']:.1f}%, "
           f"{100 * host['recovery']['within_10_percent']:.0f}% of options within 10%, "
-          f"{100 * host['recovery']['within_interval']:.0f}% within their {100 * host['fit']['confidence']:.0f}% intervals", flush=True)
+          f"{100 * host['recovery']['within_interval']:.0f}% within their {100 * host['fit']['confidence']:.0f}% intervals; "
+          f"all within 10% would take ~{host['recovery']['samples_for_intervals_within_10_percent']} samples", flush=True)
 
     results["machine"] = platform.processor() or platform.machine()
     results["goals"] = {
@@ -216,8 +217,9 @@ def main() -> None:
                                                     for t in TARGETS},
         "own_reduced_beats_other_devices_reduced_at_equal_size": {
             t: {s: searches[t][f"{s} / own reduced beats the others' reduced, equal size"] for s in STRATEGIES} for t in TARGETS},
-        "latency_recovery_within_10pct": all(results["targets"][t]["recovery"]["max_relative_error"] <= RECOVERY_GOAL for t in TARGETS),
-        "latency_recovery_within_10pct_measured_median": host["recovery"]["median_relative_error"] <= RECOVERY_GOAL,
+        "latency_recovery_within_10pct": all(results["targets"][t]["recovery"]["max_relative_error"] <= RECOVERY_TOLERANCE for t in TARGETS),
+        "latency_recovery_within_10pct_measured_median": host["recovery"]["median_relative_error"] <= RECOVERY_TOLERANCE,
+        "latency_recovery_within_10pct_measured_every_option": host["recovery"]["within_10_percent"] == 1.0,
         "warm_profile_500_at_most_2_min": all(s <= WARM_GOAL_S for s in warm.values()),
     }
     write_json(OUT / "space_profiles.json", results)

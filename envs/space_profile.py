@@ -52,6 +52,8 @@ CONFIDENCE = 0.95
 """Confidence of the intervals the profile reports."""
 PRECISION = "int8"
 """Every layer's precision while profiling (the precision NPUs run and the A72 is fastest in)."""
+RECOVERY_TOLERANCE = 0.10
+"""How close (relative to an option's per-layer cost) an end-to-end estimate should come to it."""
 EXACT_MS = 1e-9
 """An estimate this close to the per-layer contribution is exact (an additive backend's fit, to rounding),
 whatever its interval."""
@@ -217,7 +219,9 @@ class SpaceProfile:
         option, |estimated - per-layer contribution over the reference| / the option's per-layer cost
         (the blocks' per-layer costs, averaged over the samples that take each option), and how often
         the per-layer contribution lies within the estimate's confidence interval (on a measured
-        device: whether the errors are what the samples' noise allows, or a bias)."""
+        device: whether the errors are what the samples' noise allows, or a bias), and how many samples
+        would narrow every option's interval to `RECOVERY_TOLERANCE` of its cost (an interval shrinks
+        as one over the root of the samples: what a noisy device needs for every option to come that close)."""
         errors = []
         for block in range(space.blocks):
             name = space.block_name(block)
@@ -244,11 +248,14 @@ class SpaceProfile:
             "median_relative_error": float(np.median(rel)) if len(rel) else None,
             "p90_relative_error": float(np.percentile(rel, 90)) if len(rel) else None,
             "max_relative_error": float(rel.max()) if len(rel) else None,
-            "within_10_percent": float(np.mean(rel <= 0.10)) if len(rel) else None,
+            "within_10_percent": float(np.mean(rel <= RECOVERY_TOLERANCE)) if len(rel) else None,
             "within_interval": float(np.mean([abs(e["estimate_ms"] - e["per_layer_ms"]) <= e["interval_ms"] + EXACT_MS for e in errors]))
             if errors else None,
+            "samples_for_intervals_within_10_percent":
+                _samples_for(errors, len(self.samples), minimum_samples(sum(not e.reference for e in self.effects))) if errors else None,
             "worst": sorted(errors, key=lambda e: -e["relative_error"])[:5],
         }
+
 
     def likes(self, count: int = 3) -> dict[str, list[str]]:
         """The device's taste in a few words: the options most often on its front, and the
@@ -295,9 +302,9 @@ def fit_profile(space: ArchSpace, samples: Sequence[ProfiledArchitecture], targe
     docstring). ValueError when there are too few samples for the options to be told apart."""
     columns = [(b, o) for b in range(space.blocks) for o in space.options(b) if o != reference_option(space, b)]
     index = {(b, space.label(o)): i + 1 for i, (b, o) in enumerate(columns)}
-    if len(samples) < len(columns) + 11:
+    if len(samples) < minimum_samples(len(columns)):
         raise ValueError(f"{len(samples)} samples cannot profile {len(columns)} block options of {space.name}: "
-                         f"use at least {len(columns) + 11}")
+                         f"use at least {minimum_samples(len(columns))}")
     x = np.zeros((len(samples), len(columns) + 1))
     x[:, 0] = 1.0
     for row, sample in enumerate(samples):
@@ -329,6 +336,12 @@ def fit_profile(space: ArchSpace, samples: Sequence[ProfiledArchitecture], targe
                                             float(acc_coef[column]), float(t * acc_se[column]), len(taking), on_front))
     return SpaceProfile(space.name, target, latency_provenance, accuracy_provenance, precision, list(samples), effects,
                         lat_r2, acc_r2, lat_sd, acc_sd, t)
+
+
+def minimum_samples(options: int) -> int:
+    """The fewest samples a regression on `options` non-reference block options (and an intercept) is
+    fitted from: ten degrees of freedom left for the residuals."""
+    return options + 11
 
 
 def profile_space(space: ArchSpace, pricer: ArchitecturePricer, count: int, seed: int, target: str) -> SpaceProfile:
@@ -375,6 +388,13 @@ def aggressiveness_for_size(space: ArchSpace, profile: SpaceProfile, most: float
         middle = (low + high) / 2
         low, high = (low, middle) if size(middle) <= most else (middle, high)
     return high
+
+
+def _samples_for(errors: Sequence[Mapping[str, float]], samples: int, least: int) -> int:
+    """Samples at which every option's interval half-width would be at most `RECOVERY_TOLERANCE` of its
+    per-layer cost, from `samples` giving the `errors` rows' widths (at least `least`)."""
+    worst = max((e["interval_ms"] / (RECOVERY_TOLERANCE * e["option_cost_ms"])) ** 2 for e in errors)
+    return max(least, math.ceil(samples * worst))
 
 
 def _ols(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:

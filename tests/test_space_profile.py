@@ -84,6 +84,24 @@ def test_recovery_tells_timing_noise_from_a_cost_the_layers_alone_do_not_show():
     assert 0.8 <= recovery["within_interval"] <= 19 / 20  # that one is outside its interval: a bias, not noise
 
 
+def test_recovery_says_how_many_samples_would_bring_every_interval_within_10_percent():
+    effects = random_effects(3)
+    noisy = fit_profile(RESNET, synthetic_samples(RESNET, effects, 200, 0.5, seed=0, latency_noise=2.0), "noisy").recovery(RESNET)
+    needed = noisy["samples_for_intervals_within_10_percent"]
+    assert needed > 400  # 2 ms of timing noise on options of 1.5-4 ms: 200 samples are far from enough
+
+    def widest(count: int) -> float:
+        """The widest interval, over 10% of its option's cost, from `count` fresh samples."""
+        profile = fit_profile(RESNET, synthetic_samples(RESNET, effects, count, 0.5, seed=1, latency_noise=2.0), "noisy")
+        costs = {(RESNET.block_name(b), l): 1.0 + ms for (b, l), (ms, _) in effects.items()}
+        return max(e.latency_ci_ms / (0.1 * costs[e.block, e.option]) for e in profile.effects if not e.reference)
+
+    assert 0.8 < widest(needed) <= 1.1  # the projection holds on new samples
+    assert widest(needed // 2) > 1.2
+    exact = fit_profile(RESNET, synthetic_samples(RESNET, effects, 200, 0.5, seed=0), "exact").recovery(RESNET)
+    assert exact["samples_for_intervals_within_10_percent"] == 31  # no timing noise: the fewest a fit takes
+
+
 def test_too_few_samples_is_an_error_naming_the_minimum():
     with pytest.raises(ValueError, match="use at least 31"):
         fit_profile(RESNET, synthetic_samples(RESNET, {}, 25, 0.0, 0), "synthetic")
