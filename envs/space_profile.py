@@ -256,7 +256,6 @@ class SpaceProfile:
             "worst": sorted(errors, key=lambda e: -e["relative_error"])[:5],
         }
 
-
     def likes(self, count: int = 3) -> dict[str, list[str]]:
         """The device's taste in a few words: the options most often on its front, and the
         friendliest and least friendly options (median accuracy points per ms over their blocks)."""
