@@ -242,23 +242,30 @@ def cross_validated(samples: Sequence[NetworkSample], fitted_to: str, folds: int
             "corrected": _errors(corrected, measured)}
 
 
-def measure_paired(network: Network, choices: Mapping[str, Choice], table, numerics, target: str, device, settings) -> dict[str, Any]:
-    """The deployment's kernels timed again on the table's device, then its whole network right after
-    (`measure_network`): the measurement with `kernels_ms` (each searchable layer's fresh time) and
-    `kernel_drift_percent` (median change of those against the table's). Paired so, a machine whose
-    speed drifts between the table's timings and the network's cannot pass for a correction: on a
-    shared machine the two drifted 10-50% apart within a run."""
+def measure_paired(deployments: Sequence[tuple[Network, Mapping[str, Choice], Any]], table, target: str, device, settings,
+                   rounds: int = 1) -> list[dict[str, Any]]:
+    """Each deployment's (network, choices, numerics) kernels timed again on the table's device, then
+    the whole networks right after (`measure_networks`, together, in `rounds` turns): per deployment
+    the measurement with `kernels_ms` (each searchable layer's fresh time) and `kernel_drift_percent`
+    (median change of those against the table's). Paired so, a machine whose speed drifts between the
+    table's timings and the network's cannot pass for a correction: on a shared machine the two
+    drifted 10-50% apart within a run."""
     from deploy.cost import Cost
 
-    names = [layer.name for layer in network.searchable_layers]
-    fresh = table.backend.price_many([(network[n], choices[n]) for n in names])
-    failed = next((c for c in fresh if not isinstance(c, Cost)), None)  # a CostUnavailable in its place
-    if failed is not None:
-        raise failed
-    measured = measure_network(network, choices, numerics, target, device, settings)
-    kernels_ms = {n: c.latency_ms for n, c in zip(names, fresh)}
-    drift = [abs(kernels_ms[n] / table.cost(network[n], choices[n]).latency_ms - 1) for n in names]
-    return {**measured, "kernels_ms": kernels_ms, "kernel_drift_percent": 100 * float(np.median(drift))}
+    fresh_kernels = []
+    for network, choices, _ in deployments:
+        names = [layer.name for layer in network.searchable_layers]
+        fresh = table.backend.price_many([(network[n], choices[n]) for n in names])
+        failed = next((c for c in fresh if not isinstance(c, Cost)), None)  # a CostUnavailable in its place
+        if failed is not None:
+            raise failed
+        fresh_kernels.append({n: c.latency_ms for n, c in zip(names, fresh)})
+    out = []
+    for (network, choices, _), kernels_ms, measured in zip(deployments, fresh_kernels,
+                                                           measure_networks(deployments, target, device, settings, rounds)):
+        drift = [abs(ms / table.cost(network[n], choices[n]).latency_ms - 1) for n, ms in kernels_ms.items()]
+        out.append({**measured, "kernels_ms": kernels_ms, "kernel_drift_percent": 100 * float(np.median(drift))})
+    return out
 
 
 def priced_as_measured(network: Network, choices: Mapping[str, Choice], table, measured: Mapping[str, Any]) -> NetworkCost:
@@ -275,31 +282,41 @@ def priced_as_measured(network: Network, choices: Mapping[str, Choice], table, m
     return replace(cost, latency_ms=cost.latency_ms + change, layers=layers)
 
 
-def measured_whole_network(network: Network, choices: Mapping[str, Choice], table, target: str, device, settings) -> dict[str, Any]:
-    """`measure_paired` of the deployment with seeded weights, through the table's database: a
-    deployment measured before on this device is read back, not built again."""
+def measured_whole_networks(deployments: Sequence[tuple[Network, Mapping[str, Choice]]], table, target: str, device,
+                            settings, rounds: int = 1) -> list[dict[str, Any]]:
+    """`measure_paired` of the deployments (network, choices) with seeded weights, through the table's
+    database: a deployment measured before on this device is read back, the others are built and timed
+    together, in `rounds` turns, and stored."""
     from deploy.artifact import SeededNumerics
 
-    key = measurement_key(choices)
-    measured = table.db.network_measurement(table.fingerprint, network.fingerprint, key) if table.db else None
-    if measured is None:
-        measured = measure_paired(network, choices, table, SeededNumerics(network), target, device, settings)
-        if table.db:
-            table.db.put_network(table.fingerprint, network.fingerprint, key, {n: c.to_dict() for n, c in choices.items()}, measured)
-    return measured
+    keys = [measurement_key(choices) for _, choices in deployments]
+    stored = [table.db.network_measurement(table.fingerprint, network.fingerprint, key) if table.db else None
+              for (network, _), key in zip(deployments, keys)]
+    missing = [i for i, m in enumerate(stored) if m is None]
+    if missing:
+        todo = [(deployments[i][0], deployments[i][1], SeededNumerics(deployments[i][0])) for i in missing]
+        for i, measured in zip(missing, measure_paired(todo, table, target, device, settings, rounds)):
+            stored[i] = measured
+            if table.db:
+                network, choices = deployments[i]
+                table.db.put_network(table.fingerprint, network.fingerprint, keys[i], {n: c.to_dict() for n, c in choices.items()}, measured)
+    return stored
 
 
-def measure_network(
-    network: Network, choices: Mapping[str, Choice], numerics, target: str, device, settings
-) -> dict[str, Any]:
-    """Build the deployment for `target` as one library and time it on `device` (`validation.time_library`):
-    median and IQR in ms, repeats, the pool's thread count, provenance."""
+def measure_networks(deployments: Sequence[tuple[Network, Mapping[str, Choice], Any]], target: str, device, settings,
+                     rounds: int = 1) -> list[dict[str, Any]]:
+    """Build each deployment (network, choices, numerics) for `target` as one library and time them on
+    `device` together, in `rounds` turns (`validation.time_libraries`): per deployment its latency in ms
+    with the device's drift taken out, interquartile range, repeats, the pool's thread count, provenance
+    and, timed with others, the group they share."""
     from deploy.artifact import compile_library, threads_of
     from deploy.targets import get_target
-    from deploy.validation import time_library
+    from deploy.validation import time_libraries
 
-    threads = threads_of(choices, get_target(target))
     with tempfile.TemporaryDirectory() as folder:
-        library = Path(folder) / f"{deployment_digest(choices)}.so"
-        compile_library(network, choices, numerics, target, library)
-        return time_library(library, (1, *network.layers[0].in_shape), threads, device, settings)
+        libraries = []
+        for i, (network, choices, numerics) in enumerate(deployments):
+            library = Path(folder) / f"{i}-{deployment_digest(choices)}.so"
+            compile_library(network, choices, numerics, target, library)
+            libraries.append((library, (1, *network.layers[0].in_shape), threads_of(choices, get_target(target))))
+        return time_libraries(libraries, device, settings, rounds)

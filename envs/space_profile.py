@@ -5,7 +5,10 @@ space, price each end to end on the target (its fastest deployment in one precis
 ZigZag simulation or TVM measurement) and score it with the supernet, then regress latency and
 accuracy on one-hot block options. Each coefficient is an option's contribution at its block,
 relative to the block's reference option (skipped or dropped where the block may be, else its
-smallest option), with a 95% confidence interval (ordinary least squares, t quantiles). From these:
+smallest option), with a 95% confidence interval (ordinary least squares, t quantiles). On a measured
+device the architectures are timed in groups, in turns, and the latency regression gives each group
+its own constant: a shared machine's speed drifts over minutes (here 2-5%), and the drift is then a
+group's, not noise on the options' contributions. From these:
 an option's friendliness (accuracy points per ms of latency it adds over the reference), how often
 it appears on the sampled accuracy-latency front, and its placement effect (the same option's
 contributions per stage).
@@ -34,7 +37,7 @@ import numpy as np
 from scipy import stats
 
 from deploy.cost_table import CostTable
-from deploy.deployment import evaluate
+from deploy.deployment import NetworkCost, evaluate
 from deploy.optimum import best_choices
 from deploy.whole_network import priced_as_measured
 from envs.arch_space import ArchSpace
@@ -71,10 +74,15 @@ class ProfiledArchitecture:
     accuracy: float
     block_latency_ms: tuple[float, ...] = field(default=(), compare=False)
     """Per block, what the backend's per-layer costs of its layers sum to (for `SpaceProfile.recovery` only)."""
+    group: str | None = field(default=None, compare=False)
+    """On a measured device, the architectures timed together in turns (`deploy.validation.time_libraries`):
+    `fit_profile` gives each group its own constant, so the device's drift between groups is not taken
+    for the options'."""
 
 
-WholeNetworkTimer = Callable[[Network, Mapping[str, Choice]], dict[str, Any]]
-"""Builds a deployment as one network and times it on the device (`deploy.whole_network.measured_whole_network`)."""
+WholeNetworkTimer = Callable[[Sequence[tuple[Network, Mapping[str, Choice]]]], list[dict[str, Any]]]
+"""Builds deployments as one network each and times them on the device together, in turns
+(`deploy.whole_network.measured_whole_networks`)."""
 
 
 class ArchitecturePricer:
@@ -85,13 +93,16 @@ class ArchitecturePricer:
 
     The latency is the table's sum over the deployment's layers, or, with `whole_network` (a measured
     target), the deployment the target's model finds fastest, built as one network and timed end to
-    end, as a black box is; the per-layer costs then are its kernels timed alone just before."""
+    end, as a black box is, `group_size` architectures at a time in turns; the per-layer costs then are
+    its kernels timed alone just before."""
 
     def __init__(self, space: ArchSpace, table: CostTable, oracle: SupernetOracle, precision: str = PRECISION,
                  input_size: int = NETWORK_INPUT_SIZE, whole_network: WholeNetworkTimer | None = None,
-                 own_dataflow: bool = False) -> None:
+                 own_dataflow: bool = False, group_size: int = 1) -> None:
+        if group_size < 1:
+            raise ValueError(f"a group of {group_size} architectures: time at least one at a time")
         self.space, self.table, self.oracle, self.precision = space, table, oracle, precision
-        self.input_size, self.whole_network = input_size, whole_network
+        self.input_size, self.whole_network, self.group_size = input_size, whole_network, group_size
         self.dataflow = table.space.baseline_choice().dataflow if own_dataflow else None
         self.latency_provenance = table.backend.provenance + (":whole-network" if whole_network else "")
         self.accuracy_provenance = oracle.provenance
@@ -108,14 +119,30 @@ class ArchitecturePricer:
         self.table.prefetch([(layer, c) for layer in layers for c in valid(layer) if self.admits(c)])
 
     def __call__(self, blocks: tuple) -> ProfiledArchitecture:
-        network = self.space.network(tuple(blocks), self.input_size, NETWORK_CLASSES)
+        return self.price([blocks])[0]
+
+    def price(self, architectures: Sequence[tuple]) -> list[ProfiledArchitecture]:
+        """Every architecture (block options) priced: on a measured target, `group_size` at a time."""
         if self.whole_network is None:
-            cost = evaluate(network, best_choices(network, self.table, self.admits), self.table)
-            latency = cost.latency_ms
-        else:  # deployed as the target's model finds fastest, whichever kernels were measured before
-            choices = best_choices(network, self.table.estimates, self.admits)
-            measured = self.whole_network(network, choices)
-            cost, latency = priced_as_measured(network, choices, self.table, measured), measured["median_ms"]
+            return [self._profiled(blocks, *self._table_priced(blocks)) for blocks in architectures]
+        out = []
+        for start in range(0, len(architectures), self.group_size):
+            group = architectures[start:start + self.group_size]
+            networks = [self.space.network(tuple(blocks), self.input_size, NETWORK_CLASSES) for blocks in group]
+            deployments = [(network, best_choices(network, self.table.estimates, self.admits)) for network in networks]
+            for blocks, (network, choices), measured in zip(group, deployments, self.whole_network(deployments)):
+                # deployed as the target's model finds fastest, whichever kernels were measured before
+                out.append(self._profiled(blocks, priced_as_measured(network, choices, self.table, measured),
+                                          measured["median_ms"], measured.get("group")))
+        return out
+
+    def _table_priced(self, blocks: tuple) -> tuple[NetworkCost, float]:
+        network = self.space.network(tuple(blocks), self.input_size, NETWORK_CLASSES)
+        cost = evaluate(network, best_choices(network, self.table, self.admits), self.table)
+        return cost, cost.latency_ms
+
+    def _profiled(self, blocks: tuple, cost: NetworkCost, latency: float, group: str | None = None) -> ProfiledArchitecture:
+        """The architecture with its latency, its accuracy and its blocks' per-layer costs in `cost`."""
         per_block = np.zeros(self.space.blocks)
         for layer in cost.layers:
             block = self.space.block_of(layer.name)
@@ -123,7 +150,7 @@ class ArchitecturePricer:
                 per_block[block] += layer.latency_ms + layer.conversion_ms
         layers = len(self.oracle.supernet.subnetwork(tuple(blocks)).searchable_layers)
         accuracy = self.oracle.accuracy((self.precision,) * layers, tuple(blocks))
-        return ProfiledArchitecture(self.space.labels(tuple(blocks)), latency, accuracy, tuple(per_block.tolist()))
+        return ProfiledArchitecture(self.space.labels(tuple(blocks)), latency, accuracy, tuple(per_block.tolist()), group)
 
 
 def sample_architectures(space: ArchSpace, count: int, rng: np.random.Generator, cover: bool = True) -> list[tuple]:
@@ -187,7 +214,8 @@ class SpaceProfile:
     """Standard deviation of the latency regression's residuals (non-additive effects)."""
     accuracy_residual_points: float
     t_quantile: float
-    """Each interval's half-width over its standard error."""
+    """Each accuracy interval's half-width over its standard error (the latency intervals' differs by
+    the degrees of freedom the groups' constants take)."""
 
     def effect(self, block: str, option: str) -> OptionEffect:
         """The effect of `option` at `block` (by name and label)."""
@@ -286,7 +314,7 @@ class SpaceProfile:
             "placement": self.placement(),
             "front": [{"architecture": list(p.architecture), "latency_ms": p.latency_ms, "accuracy": p.accuracy} for p in self.front()],
             "architectures": [{"architecture": list(p.architecture), "latency_ms": p.latency_ms, "accuracy": p.accuracy}
-                              for p in self.samples],
+                              | ({"group": p.group} if p.group is not None else {}) for p in self.samples],
         }
 
 
@@ -298,12 +326,15 @@ def reference_option(space: ArchSpace, block: int) -> object:
 def fit_profile(space: ArchSpace, samples: Sequence[ProfiledArchitecture], target: str,
                 latency_provenance: str = "", accuracy_provenance: str = "", precision: str = PRECISION) -> SpaceProfile:
     """Regress latency (ms) and accuracy (points) of `samples` on their block options (module
-    docstring). ValueError when there are too few samples for the options to be told apart."""
+    docstring); latency also on one constant per group of samples timed together (`ProfiledArchitecture.group`).
+    ValueError when there are too few samples for the options (and groups) to be told apart."""
     columns = [(b, o) for b in range(space.blocks) for o in space.options(b) if o != reference_option(space, b)]
     index = {(b, space.label(o)): i + 1 for i, (b, o) in enumerate(columns)}
-    if len(samples) < minimum_samples(len(columns)):
-        raise ValueError(f"{len(samples)} samples cannot profile {len(columns)} block options of {space.name}: "
-                         f"use at least {minimum_samples(len(columns))}")
+    groups = _group_columns(samples)
+    if len(samples) < minimum_samples(len(columns) + groups.shape[1]):
+        raise ValueError(f"{len(samples)} samples cannot profile {len(columns)} block options of {space.name}"
+                         + (f" timed in {groups.shape[1] + 1} groups" if groups.shape[1] else "")
+                         + f": use at least {minimum_samples(len(columns) + groups.shape[1])}")
     x = np.zeros((len(samples), len(columns) + 1))
     x[:, 0] = 1.0
     for row, sample in enumerate(samples):
@@ -313,8 +344,9 @@ def fit_profile(space: ArchSpace, samples: Sequence[ProfiledArchitecture], targe
                 x[row, column] = 1.0
     latency = np.array([s.latency_ms for s in samples])
     accuracy = 100.0 * np.array([s.accuracy for s in samples])
-    lat_coef, lat_se, lat_r2, lat_sd = _ols(x, latency)
+    lat_coef, lat_se, lat_r2, lat_sd = _ols(np.hstack([x, groups]), latency)
     acc_coef, acc_se, acc_r2, acc_sd = _ols(x, accuracy)
+    t_latency = float(stats.t.ppf(0.5 + CONFIDENCE / 2, max(len(samples) - x.shape[1] - groups.shape[1], 1)))
     t = float(stats.t.ppf(0.5 + CONFIDENCE / 2, max(len(samples) - x.shape[1], 1)))
     front = _front(samples)
     effects = []
@@ -331,7 +363,7 @@ def fit_profile(space: ArchSpace, samples: Sequence[ProfiledArchitecture], targe
                                             len(taking), on_front))
             else:
                 effects.append(OptionEffect(space.block_name(block), space.stage(block), label, False,
-                                            float(lat_coef[column]), float(t * lat_se[column]),
+                                            float(lat_coef[column]), float(t_latency * lat_se[column]),
                                             float(acc_coef[column]), float(t * acc_se[column]), len(taking), on_front))
     return SpaceProfile(space.name, target, latency_provenance, accuracy_provenance, precision, list(samples), effects,
                         lat_r2, acc_r2, lat_sd, acc_sd, t)
@@ -343,9 +375,20 @@ def minimum_samples(options: int) -> int:
     return options + 11
 
 
+def _group_columns(samples: Sequence[ProfiledArchitecture]) -> np.ndarray:
+    """One indicator column per group of samples timed together, but for one group of two or more
+    (whose constant is the intercept) when every sample is in such a group: a sample timed alone or in
+    no group shares the intercept."""
+    labels = [s.group for s in samples]
+    shared = sorted({g for g in labels if g is not None and labels.count(g) >= 2})
+    if shared and all(g in shared for g in labels):
+        shared = shared[1:]
+    return np.array([[float(label == g) for g in shared] for label in labels]).reshape(len(samples), len(shared))
+
+
 def profile_space(space: ArchSpace, pricer: ArchitecturePricer, count: int, seed: int, target: str) -> SpaceProfile:
     """Sample `count` architectures of `space`, price each with `pricer` and fit their profile."""
-    samples = [pricer(blocks) for blocks in sample_architectures(space, count, np.random.default_rng(seed))]
+    samples = pricer.price(sample_architectures(space, count, np.random.default_rng(seed)))
     return fit_profile(space, samples, target, pricer.latency_provenance, pricer.accuracy_provenance, pricer.precision)
 
 

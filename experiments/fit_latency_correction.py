@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.tvm_measure import Device, MeasureSettings
     from deploy.validation import with_threads_at_most
     from deploy.whole_network import (NetworkSample, cross_validated, fit_network_correction,
-                                      leave_one_network_out, measured_whole_network, prediction_errors,
+                                      leave_one_network_out, measured_whole_networks, prediction_errors,
                                       priced_as_measured, sample_deployments)
     from envs.make import make_cost_table, resolve_network
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         table.prefetch([(network[n], c) for _, choices in plans for n, c in choices.items()])
         for i, (kind, choices) in enumerate(plans):
             try:
-                measured = measured_whole_network(network, choices, table, args.target, device, settings)
+                (measured,) = measured_whole_networks([(network, choices)], table, args.target, device, settings)
                 priced = priced_as_measured(network, choices, table, measured)
             except CostUnavailable as err:  # a kernel that does not build or run here: the deployment cannot be either
                 print(f"{name} {kind} {i + 1}/{len(plans)}: skipped ({err})")

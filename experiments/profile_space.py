@@ -6,7 +6,8 @@
 
 Samples architectures of the space, prices each end to end on the target (its fastest deployment with
 every layer in int8, on an NPU in its own dataflow: the calibrated model or ZigZag simulation; on `host`, or a board with --rpc, the
-deployment built as one network with TVM and timed whole, its kernels timed alone with cold caches for the check) and scores it with the space's supernet, then regresses both on block options (`envs.space_profile`). Writes to
+deployment built as one network with TVM and timed whole, --group architectures at a time in --rounds turns so the
+machine's drift falls on a whole group, its kernels timed alone with cold caches for the check) and scores it with the space's supernet, then regresses both on block options (`envs.space_profile`). Writes to
 <out>: profile.json (every option's latency and accuracy contribution per block with 95% intervals,
 friendliness, front membership, placement per stage, and how well the end-to-end estimates match the
 backend's per-layer costs), profile.png (the heatmaps) and reduced-space.yaml (for
@@ -29,7 +30,7 @@ from deploy.db import MeasurementDB
 from deploy.export import write_json
 from deploy.targets import NpuTarget, get_target
 from deploy.tvm_measure import Device, MeasureSettings
-from deploy.whole_network import measured_whole_network
+from deploy.whole_network import measured_whole_networks
 from envs.arch_space import ARCH_SPACES
 from envs.make import make_cost_table, resolve_network
 from envs.reduced_space import architectures, write_arch_space
@@ -42,6 +43,8 @@ from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
 
 DEFAULT_SAMPLES = 500
 WHOLE_NETWORK_REPEATS = 20
+WHOLE_NETWORK_GROUP = 8
+WHOLE_NETWORK_ROUNDS = 10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,14 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="measured targets: time each kernel alone with its weights flushed from the caches, as inside a "
                              "network (the per-layer costs the end-to-end profile is checked against); --no-cold-cache: warm")
-    parser.add_argument("--repeats", type=int, default=WHOLE_NETWORK_REPEATS, help="measured targets: timings of each whole network (and, with cold caches, of each kernel)")
+    parser.add_argument("--repeats", type=int, default=WHOLE_NETWORK_REPEATS,
+                        help="measured targets: timings of each whole network per round (and, with cold caches, of each kernel)")
+    parser.add_argument("--group", type=int, default=WHOLE_NETWORK_GROUP,
+                        help="measured targets: architectures built, then timed together in turns (the fit gives each group its own constant)")
+    parser.add_argument("--rounds", type=int, default=WHOLE_NETWORK_ROUNDS,
+                        help="measured targets: turns in which every architecture of a group is timed (--repeats each)")
     parser.add_argument("--logdir", default="runs", help="folder of the shared measurement database")
     parser.add_argument("--out", help="output folder (default: <logdir>/profile-<space>-<target>)")
     parser.add_argument("--supernet-epochs", type=int, default=DEFAULT_SUPERNET_EPOCHS, help="training of the accuracy oracle's supernet")
     parser.add_argument("--proxy", default=PROXIES[0], choices=PROXIES, help="the supernet's proxy data")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the accuracy queries")
     args = parser.parse_args(argv)
-    for name in ("samples", "input_size", "repeats"):
+    for name in ("samples", "input_size", "repeats", "group", "rounds"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: use a positive number")
     if args.max_architectures is not None and args.max_architectures < 1:
@@ -92,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     whole_network = None
     if table.backend.provenance.startswith("measured:"):  # a device: each architecture is built and timed end to end
         settings = MeasureSettings(repeats=args.repeats, min_repeat_ms=0)
-        whole_network = functools.partial(measured_whole_network, table=table, target=args.target, device=device or Device(), settings=settings)
+        whole_network = functools.partial(measured_whole_networks, table=table, target=args.target, device=device or Device(),
+                                          settings=settings, rounds=args.rounds)
     own = isinstance(target, NpuTarget) and args.dataflow == "own"
-    pricer = ArchitecturePricer(space, table, oracle, args.precision, args.input_size, whole_network, own_dataflow=own)
+    pricer = ArchitecturePricer(space, table, oracle, args.precision, args.input_size, whole_network, own_dataflow=own,
+                                group_size=args.group)
     start = time.perf_counter()
     if getattr(table.backend, "prices_all_quickly", False):
         print(f"pricing every layer of {space.name}'s architectures on {target.name} ({table.backend.provenance})", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,6 +106,32 @@ def test_recovery_says_how_many_samples_would_bring_every_interval_within_10_per
 def test_too_few_samples_is_an_error_naming_the_minimum():
     with pytest.raises(ValueError, match="use at least 31"):
         fit_profile(RESNET, synthetic_samples(RESNET, {}, 25, 0.0, 0), "synthetic")
+    with pytest.raises(ValueError, match="timed in 5 groups: use at least 35"):
+        fit_profile(RESNET, in_groups(synthetic_samples(RESNET, {}, 34, 0.0, 0), 7, drift_ms=1.0, seed=0), "synthetic")
+
+
+def in_groups(samples: list[ProfiledArchitecture], size: int, drift_ms: float, seed: int) -> list[ProfiledArchitecture]:
+    """The samples timed `size` at a time on a device whose speed drifts between groups: each group's
+    latencies shifted by one draw of `drift_ms` standard deviation."""
+    rng = np.random.default_rng(seed)
+    shifts = rng.normal(0, drift_ms, len(samples) // size + 1)
+    return [replace(s, latency_ms=s.latency_ms + shifts[i // size], group=f"g{i // size}") for i, s in enumerate(samples)]
+
+
+def test_a_constant_per_group_timed_together_takes_the_device_drift_out_of_the_options():
+    """2 ms of drift between groups of 8 and 0.1 ms within them: with the groups' constants every option
+    is recovered within 10% of its cost from 96 samples; fitted as if each were timed alone, not."""
+    effects = random_effects(4)
+    samples = in_groups(synthetic_samples(RESNET, effects, 96, 0.5, seed=0, latency_noise=0.1), 8, drift_ms=2.0, seed=0)
+    grouped = fit_profile(RESNET, samples, "grouped")
+    alone = fit_profile(RESNET, [replace(s, group=None) for s in samples], "alone")
+    assert grouped.latency_residual_ms < 0.15 < 1.0 < alone.latency_residual_ms
+    assert grouped.recovery(RESNET)["within_10_percent"] == 1.0 and grouped.recovery(RESNET)["within_interval"] >= 0.8
+    assert alone.recovery(RESNET)["within_10_percent"] < 0.8
+    assert grouped.t_quantile == alone.t_quantile  # the accuracy regression has no group constants
+    assert [e.accuracy_points for e in grouped.effects] == pytest.approx([e.accuracy_points for e in alone.effects])
+    one_group = fit_profile(RESNET, [replace(s, group="g") for s in samples], "one group")
+    assert one_group.latency_residual_ms == pytest.approx(alone.latency_residual_ms)  # its constant is the intercept
 
 
 def test_reduction_drops_dominated_options_and_aggressiveness_drops_more():
@@ -232,20 +259,26 @@ def test_the_mobilenet_space_samples_cover_every_option_first():
         assert set(space.options(block)) <= {d[block] for d in drawn[:10]}
 
 
-def test_on_a_measured_target_each_architecture_is_built_and_timed_whole(tmp_path, resnet_supernet_oracle):
+def test_on_a_measured_target_architectures_are_built_and_timed_whole_in_groups(tmp_path, resnet_supernet_oracle):
     from deploy.tvm_measure import Device, MeasureSettings
-    from deploy.whole_network import measured_whole_network
+    from deploy.whole_network import measured_whole_networks
 
     table = make_cost_table("host", tmp_path / "m.sqlite")
-    timer = functools.partial(measured_whole_network, table=table, target="host", device=Device(),
-                              settings=MeasureSettings(repeats=5, min_repeat_ms=0))
-    pricer = ArchitecturePricer(RESNET, table, resnet_supernet_oracle, "fp32", input_size=32, whole_network=timer)
-    blocks = (0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0)  # the smallest: a quick build
-    priced = pricer(blocks)
+    timer = functools.partial(measured_whole_networks, table=table, target="host", device=Device(),
+                              settings=MeasureSettings(repeats=5, min_repeat_ms=0), rounds=3)
+    pricer = ArchitecturePricer(RESNET, table, resnet_supernet_oracle, "fp32", input_size=32, whole_network=timer, group_size=2)
+    smallest = (0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0)  # quick builds
+    wider = (0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.75, 0.0)
+    first, second, third = pricer.price([smallest, wider, smallest[:6] + (0.5, 0.5)])
     assert pricer.latency_provenance.startswith("measured:") and pricer.latency_provenance.endswith(":whole-network")
-    rows = table.db._conn.execute("SELECT measurement FROM networks").fetchall()
-    assert len(rows) == 1 and json.loads(rows[0][0])["median_ms"] == priced.latency_ms
+    assert first.group == second.group is not None and third.group is None  # the last was timed alone
+    rows = [json.loads(r[0]) for r in table.db._conn.execute("SELECT measurement FROM networks").fetchall()]
+    assert len(rows) == 3 and sorted(r["median_ms"] for r in rows) == sorted(p.latency_ms for p in (first, second, third))
+    assert all(r["rounds"] == 3 and r["repeats"] == 15 for r in rows)
     # per block, the kernels timed alone: every kept block has some, a dropped block none
-    assert all(ms > 0 for ms in priced.block_latency_ms[::2]) and not any(priced.block_latency_ms[1::2])
-    assert 0.2 < sum(priced.block_latency_ms) / priced.latency_ms < 3  # kernels alone vs together, on a shared machine
-    assert pricer(blocks) == priced and len(table.db._conn.execute("SELECT * FROM networks").fetchall()) == 1  # read back, not rebuilt
+    assert all(ms > 0 for ms in first.block_latency_ms[::2]) and not any(first.block_latency_ms[1::2])
+    assert 0.2 < sum(first.block_latency_ms) / first.latency_ms < 3  # kernels alone vs together, on a shared machine
+    assert pricer(smallest) == first and len(rows) == 3  # read back, not rebuilt
+    assert len(table.db._conn.execute("SELECT * FROM networks").fetchall()) == 3
+    with pytest.raises(ValueError, match="a group of 0 architectures"):
+        ArchitecturePricer(RESNET, table, resnet_supernet_oracle, "fp32", input_size=32, whole_network=timer, group_size=0)

@@ -121,12 +121,12 @@ def test_a_built_deployment_is_timed_whole_on_this_machine_and_stored(tiny, tmp_
     from deploy.artifact import SeededNumerics
     from deploy.db import MeasurementDB
     from deploy.tvm_measure import Device, MeasureSettings
-    from deploy.whole_network import measure_network
+    from deploy.whole_network import measure_networks
 
     space = get_target("host").search_space()
     (choices,) = sample_deployments(tiny, space, 1, seed=3)
-    result = measure_network(tiny, choices, SeededNumerics(tiny), "host", Device(), MeasureSettings(repeats=3, min_repeat_ms=0))
-    assert result["provenance"] == "measured:local:vm:whole-network"
+    (result,) = measure_networks([(tiny, choices, SeededNumerics(tiny))], "host", Device(), MeasureSettings(repeats=3, min_repeat_ms=0))
+    assert result["provenance"] == "measured:local:vm:whole-network" and "group" not in result  # timed alone
     assert result["repeats"] == 3 and 0 < result["iqr_ms"][0] <= result["median_ms"] <= result["iqr_ms"][1] < 100
     db = MeasurementDB(tmp_path / "m.sqlite")
     db.put_network("fp", tiny.fingerprint, measurement_key(choices), {n: c.to_dict() for n, c in choices.items()}, result)
@@ -135,6 +135,46 @@ def test_a_built_deployment_is_timed_whole_on_this_machine_and_stored(tiny, tmp_
     db.put_correction("c.json", "fp", {"schema": "x", "n": 1})
     db.put_correction("c.json", "fp", {"schema": "x", "n": 2})  # a refit replaces it
     assert db.correction("c.json") == ("fp", {"schema": "x", "n": 2}) and db.correction("other") is None
+
+
+def test_timing_in_turns_takes_out_what_a_slow_spell_does_to_every_library_of_a_round():
+    """Planted timings: two libraries of 10 and 20 ms on a device whose speed swings 2.5x from round to
+    round, and in one round the first alone twice as slow. Their corrected latencies keep the 2x between
+    them exactly, and sit at the device's average speed."""
+    from deploy.validation import drift_corrected
+
+    speed = np.array([1.0, 1.5, 0.8, 2.0, 1.2])
+    repeats = np.array([0.99, 1.0, 1.01])
+    timings = np.array([[ms * s * repeats for s in speed] for ms in (10.0, 20.0)])  # libraries x rounds x repeats
+    first, second = drift_corrected(timings)
+    assert second / first == pytest.approx(2.0, rel=1e-12)
+    average = float(np.exp(np.log(speed).mean()))
+    assert first == pytest.approx(10.0 * average, rel=1e-12) and second == pytest.approx(20.0 * average, rel=1e-12)
+    timings[0, 3] *= 2.0  # a spell on the first library alone: outvoted by the other rounds
+    spelled = drift_corrected(timings)
+    assert spelled[1] / spelled[0] == pytest.approx(2.0, rel=0.06)
+    assert np.median(timings[1], axis=1).max() / np.median(timings[0], axis=1).min() > 4  # what raw timings would mix
+    (alone,) = drift_corrected(timings[:1, :1])
+    assert alone == pytest.approx(10.0, rel=1e-12)  # one library timed once: its median
+
+
+def test_deployments_timed_together_share_a_group_and_are_timed_in_every_round(tiny):
+    """Real TVM: two deployments of the tiny network built and timed in turns on this machine."""
+    from deploy.artifact import SeededNumerics
+    from deploy.tvm_measure import Device, MeasureSettings
+    from deploy.whole_network import measure_networks
+
+    space = get_target("host").search_space()
+    deployments = [(tiny, choices, SeededNumerics(tiny)) for choices in sample_deployments(tiny, space, 2, seed=3)]
+    first, second = measure_networks(deployments, "host", Device(), MeasureSettings(repeats=3, min_repeat_ms=0), rounds=4)
+    assert first["group"] == second["group"] and first["group_size"] == second["group_size"] == 2
+    for result in (first, second):
+        assert result["rounds"] == 4 and result["repeats"] == 12
+        assert 0 < result["median_ms"] < 100 and result["iqr_ms"][0] <= result["iqr_ms"][1]
+    (later, _) = measure_networks(deployments, "host", Device(), MeasureSettings(repeats=3, min_repeat_ms=0), rounds=1)
+    assert later["group"] != first["group"]  # each timing in turns is a group of its own
+    with pytest.raises(ValueError, match="at least one library and one round"):
+        measure_networks(deployments, "host", Device(), MeasureSettings(repeats=3, min_repeat_ms=0), rounds=0)
 
 
 def test_a_paired_measurement_times_the_kernels_again_right_before_the_network(tiny, tmp_path):
@@ -152,7 +192,7 @@ def test_a_paired_measurement_times_the_kernels_again_right_before_the_network(t
     (choices,) = sample_deployments(tiny, table.space, 1, seed=3)
     table.prefetch([(tiny[n], c) for n, c in choices.items()])
     libraries = set(Path(table.backend.measurer._dir.name).iterdir())
-    measured = measure_paired(tiny, choices, table, SeededNumerics(tiny), "host", Device(), quick)
+    (measured,) = measure_paired([(tiny, choices, SeededNumerics(tiny))], table, "host", Device(), quick)
     assert set(Path(table.backend.measurer._dir.name).iterdir()) == libraries
     searchable = [layer.name for layer in tiny.searchable_layers]
     assert sorted(measured["kernels_ms"]) == sorted(searchable) and all(v > 0 for v in measured["kernels_ms"].values())
