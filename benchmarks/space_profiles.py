@@ -24,11 +24,12 @@ latency and accuracy (nadir) to its best (ideal). Goal: the own reduced space >=
 (relative) on every target and search.
 Then `experiments/profile_space.py` profiles 500 architectures on the warm database in a fresh
 process (goal: <= 2 min). Last, the measured row: on this machine (`host`, TVM), ResNet-18's space at a
-small N, every architecture built as one network and timed whole (`HOST_PROFILE`; out/space_profiles-host/),
+small N, every architecture built as one network and timed whole, 8 at a time in 10 turns (`HOST_PROFILE`;
+out/space_profiles-host/; `--measured-only` reruns just this row into the existing JSON),
 where recovering per-block latency from end-to-end numbers is a real test (the model and ZigZag are
 additive per layer, so there it is exact by construction); it is profiled and reduced, not searched
 (an evaluation there is a build and a timing). Everything runs on one torch thread; prices and accuracies are cached in
-benchmarks/out/space_profiles/measurements.sqlite (the first run takes ~3 h: ~2 h of accuracy queries, ~20 min timing the host row).
+benchmarks/out/space_profiles/measurements.sqlite (the first run takes ~3 h: ~2 h of accuracy queries, ~30 min timing the host row).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ AGGRESSIVENESS = (-1.0, 0.0, 1.0)
 """The sizes of the reduced spaces at each aggressiveness are reported; 0, the default, is searched."""
 HV_GOAL, WARM_GOAL_S = 0.05, 120.0
 HOST_PROFILE = ("--target", "host", "--space", "resnet18", "--samples", "96", "--input-size", "224")
-"""The measured profile: whole networks built and timed on this machine (~20 min cold)."""
+"""The measured profile: whole networks built and timed on this machine (~30 min cold)."""
 
 
 def search(space: ArchSpace, pricer: ArchitecturePricer, strategy: str, seed: int) -> list[ProfiledArchitecture]:
