@@ -333,7 +333,7 @@ def fit_profile(space: ArchSpace, samples: Sequence[ProfiledArchitecture], targe
     groups = _group_columns(samples)
     if len(samples) < minimum_samples(len(columns) + groups.shape[1]):
         raise ValueError(f"{len(samples)} samples cannot profile {len(columns)} block options of {space.name}"
-                         + (f" timed in {groups.shape[1] + 1} groups" if groups.shape[1] else "")
+                         + (f" and {groups.shape[1]} group constants" if groups.shape[1] else "")
                          + f": use at least {minimum_samples(len(columns) + groups.shape[1])}")
     x = np.zeros((len(samples), len(columns) + 1))
     x[:, 0] = 1.0

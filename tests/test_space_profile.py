@@ -106,7 +106,7 @@ def test_recovery_says_how_many_samples_would_bring_every_interval_within_10_per
 def test_too_few_samples_is_an_error_naming_the_minimum():
     with pytest.raises(ValueError, match="use at least 31"):
         fit_profile(RESNET, synthetic_samples(RESNET, {}, 25, 0.0, 0), "synthetic")
-    with pytest.raises(ValueError, match="timed in 5 groups: use at least 35"):
+    with pytest.raises(ValueError, match="20 block options of resnet18 and 4 group constants: use at least 35"):
         fit_profile(RESNET, in_groups(synthetic_samples(RESNET, {}, 34, 0.0, 0), 7, drift_ms=1.0, seed=0), "synthetic")
 
 
