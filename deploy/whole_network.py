@@ -313,10 +313,11 @@ def measure_networks(deployments: Sequence[tuple[Network, Mapping[str, Choice], 
     from deploy.targets import get_target
     from deploy.validation import time_libraries
 
+    cpu = get_target(target)
     with tempfile.TemporaryDirectory() as folder:
         libraries = []
         for i, (network, choices, numerics) in enumerate(deployments):
             library = Path(folder) / f"{i}-{deployment_digest(choices)}.so"
             compile_library(network, choices, numerics, target, library)
-            libraries.append((library, (1, *network.layers[0].in_shape), threads_of(choices, get_target(target))))
+            libraries.append((library, (1, *network.layers[0].in_shape), threads_of(choices, cpu)))
         return time_libraries(libraries, device, settings, rounds)

@@ -29,6 +29,7 @@ recovers each option's latency contribution (the check that it would work on a b
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -380,7 +381,7 @@ def _group_columns(samples: Sequence[ProfiledArchitecture]) -> np.ndarray:
     (whose constant is the intercept) when every sample is in such a group: a sample timed alone or in
     no group shares the intercept."""
     labels = [s.group for s in samples]
-    shared = sorted({g for g in labels if g is not None and labels.count(g) >= 2})
+    shared = sorted(g for g, n in Counter(labels).items() if g is not None and n >= 2)
     if shared and all(g in shared for g in labels):
         shared = shared[1:]
     return np.array([[float(label == g) for g in shared] for label in labels]).reshape(len(samples), len(shared))
