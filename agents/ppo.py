@@ -70,12 +70,26 @@ class PPOHyperparams:
     """maskable_ppo: transitions per self-imitation step"""
     value_starts_at_typical_return: bool = True
     """start the value head at `typical_return` (False: at 0, as Stable-Baselines3 does)"""
+    anneal_learning_rate: bool = False
+    """lower the learning rate linearly to 0 over each `learn()` call (`LinearDecay`)"""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for config files and TensorBoard hparams)."""
         d = asdict(self)
         d["net_arch"] = list(self.net_arch)
         return d
+
+
+@dataclass(frozen=True)
+class LinearDecay:
+    """A Stable-Baselines3 learning-rate schedule: `start` times the progress remaining, which falls
+    from 1 to 0 over a `learn()` call (a resumed run goes on along the same line). Late updates
+    then only refine what the policy learned, instead of moving it as far as the first did."""
+
+    start: float
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.start * progress_remaining
 
 
 class PausablePPO(Pausable, PPO):
@@ -148,8 +162,9 @@ def make_agent(
         raise ValueError(f"unknown algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
     # SB3's Adam (eps 1e-5), fused: one kernel for all parameters instead of a loop over them
     policy_kwargs = {"net_arch": list(hp.net_arch), "optimizer_kwargs": {"eps": 1e-5, "fused": True}}
+    learning_rate = LinearDecay(hp.learning_rate) if hp.anneal_learning_rate else hp.learning_rate
     shared = dict(
-        n_steps=hp.n_steps, learning_rate=hp.learning_rate, gamma=hp.gamma, gae_lambda=hp.gae_lambda,
+        n_steps=hp.n_steps, learning_rate=learning_rate, gamma=hp.gamma, gae_lambda=hp.gae_lambda,
         ent_coef=hp.ent_coef, policy_kwargs=policy_kwargs,
     )
     if algorithm != "a2c":

@@ -65,3 +65,27 @@ def test_value_head_starts_at_the_scale_of_an_episodes_return(tiny, tiny_oracle,
     fastest_return, _ = probe.replay(best_choices(probe.network, probe.costs))
     start = agent.policy.predict_values(torch.as_tensor(env.reset()))[0].item()
     assert fastest_return > 50 and abs(start - fastest_return) < 0.1 * fastest_return
+
+
+def test_an_annealed_learning_rate_falls_linearly_to_zero_and_is_kept_in_a_checkpoint(tiny, tiny_oracle, tmp_path):
+    """`anneal_learning_rate` (the main job's setting): each update at the learning rate times the
+    progress remaining; without it every update is at the learning rate."""
+    rates: dict[bool, list[float]] = {}
+    for anneal in (False, True):
+        hp = PPOHyperparams(n_envs=2, n_steps=32, batch_size=32, n_epochs=1, learning_rate=1e-3, anneal_learning_rate=anneal)
+        env = make_vec_env(lambda: make_deployment_env(tiny, "cortex-a72", accuracy=tiny_oracle), hp.n_envs)
+        agent = make_agent(env, hp, seed=0, tensorboard_log=None)
+        seen = rates[anneal] = []
+        train = agent.train
+
+        def recording_train() -> None:
+            train()
+            seen.append(agent.policy.optimizer.param_groups[0]["lr"])
+
+        agent.train = recording_train
+        agent.learn(256)  # 4 rollouts of 64 steps: updates at progress 0.75, 0.5, 0.25, 0
+    assert rates[False] == [1e-3] * 4
+    assert rates[True] == pytest.approx([7.5e-4, 5e-4, 2.5e-4, 0.0])
+    agent.save(tmp_path / "annealed")
+    loaded = type(agent).load(tmp_path / "annealed", env=env, device="cpu")
+    assert loaded.lr_schedule(0.5) == pytest.approx(5e-4)

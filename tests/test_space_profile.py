@@ -277,7 +277,9 @@ def test_on_a_measured_target_architectures_are_built_and_timed_whole_in_groups(
     assert all(r["rounds"] == 3 and r["repeats"] == 15 for r in rows)
     # per block, the kernels timed alone: every kept block has some, a dropped block none
     assert all(ms > 0 for ms in first.block_latency_ms[::2]) and not any(first.block_latency_ms[1::2])
-    assert 0.2 < sum(first.block_latency_ms) / first.latency_ms < 3  # kernels alone vs together, on a shared machine
+    # both in milliseconds (a unit slip is 1000x); nearer than that, the ratio is whatever else the machine
+    # ran meanwhile: under the suite's two workers, the whole network once took 5.8x its blocks' kernels
+    assert 1 / 50 < sum(first.block_latency_ms) / first.latency_ms < 50
     assert pricer(smallest) == first and len(rows) == 3  # read back, not rebuilt
     assert len(table.db._conn.execute("SELECT * FROM networks").fetchall()) == 3
     with pytest.raises(ValueError, match="a group of 0 architectures"):
