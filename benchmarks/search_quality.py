@@ -24,8 +24,9 @@ and its first `budget` episodes are the equal-budget run.
     python benchmarks/search_quality.py --markdown           # summarise the JSON again; print benchmarks/README.md's tables
 
 Writes benchmarks/out/search_quality.json and .png after every search; a rerun skips the searches the
-file holds (`--rerun` repeats them). Measurements and accuracies are kept in
-benchmarks/out/search_quality.sqlite (not in git), so a repeated search only computes what is new.
+file holds (`--rerun` repeats them, replacing their earlier runs at any budget). Measurements and
+accuracies are kept in benchmarks/out/search_quality.sqlite (not in git), so a repeated search only
+computes what is new.
 """
 
 from __future__ import annotations
@@ -468,8 +469,10 @@ def main(argv: list[str] | None = None) -> None:
         earlier = json.loads(out.read_text())
         for row, entry in earlier["summary"].items():
             refs.setdefault(row, entry["references"])
-        fresh = {k for j in jobs for k in _job_keys(j)} if args.rerun else set()
-        results = [r for r in earlier["runs"] if _key(r) not in fresh]
+        # a rerun replaces each of its searches' earlier runs, whatever their budget (the main job's
+        # timesteps may have changed since): left beside, they would be summarised instead
+        fresh = {(j.row, j.agent, j.seed) for j in jobs} if args.rerun else set()
+        results = [r for r in earlier["runs"] if (r["row"], r["agent"], r["seed"]) not in fresh]
     done = {_key(r) for r in results}
     jobs = [j for j in jobs if not set(_job_keys(j)) <= done]
     started = time.perf_counter()
