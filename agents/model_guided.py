@@ -123,8 +123,9 @@ class ModelGuidedSearch:
         """Calibrate if needed, then run rounds (step 2) until the budget is spent, nothing new is picked
         or `stop()`; `on_measured(reward, info, kernels)` gets each measured deployment, `on_round(rounds)`
         is called after each round; `learn_kwargs` go to `agent.learn`."""
-        from agents.ppo import make_vec_env
+        from agents.ppo import hold_learning_rate, make_vec_env
 
+        hold_learning_rate(agent)  # its rounds have no common end to anneal towards
         self.calibrate()
         while not stop():
             corrected = self.corrected_costs()

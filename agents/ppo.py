@@ -17,6 +17,7 @@ import yaml
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.masked_policy import PaddedMaskablePolicy
@@ -71,7 +72,8 @@ class PPOHyperparams:
     value_starts_at_typical_return: bool = True
     """start the value head at `typical_return` (False: at 0, as Stable-Baselines3 does)"""
     anneal_learning_rate: bool = False
-    """lower the learning rate linearly to 0 over each `learn()` call (`LinearDecay`)"""
+    """lower the learning rate linearly to 0 over each `learn()` call (`LinearDecay`); a model-guided
+    search, which learns in rounds, keeps its starting rate (`hold_learning_rate`)"""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for config files and TensorBoard hparams)."""
@@ -90,6 +92,14 @@ class LinearDecay:
 
     def __call__(self, progress_remaining: float) -> float:
         return self.start * progress_remaining
+
+
+def hold_learning_rate(agent: BaseAlgorithm) -> None:
+    """From now on, learn at an annealed agent's starting rate (`LinearDecay.start`): for learning in
+    rounds of `learn()` calls with no common end, where each call would anneal over its own steps."""
+    if isinstance(agent.learning_rate, LinearDecay):
+        agent.learning_rate = agent.learning_rate.start
+        agent.lr_schedule = FloatSchedule(agent.learning_rate)
 
 
 class PausablePPO(Pausable, PPO):

@@ -36,7 +36,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -368,10 +368,6 @@ def main(argv: list[str] | None = None) -> int:
                     entry.update(costs.backend.figures(layer, costs.cost(layer, choices[layer.name])))
         write_json(folder / name, doc)
 
-    measured_target = costs.backend.provenance.startswith("measured:")
-    guided = config.guide == "model" or (config.guide == "auto" and measured_target and config.agent == "maskable_ppo" and not config.arch)
-    if guided:  # it learns in rounds with no fixed total, so there is no run's end to anneal towards
-        hp = replace(hp, anneal_learning_rate=False)
     suffix = checkpoint_suffix(config.agent)
     saved = checkpoints(folder / "checkpoints", config.agent, suffix) if config.resume else []
     if saved:
@@ -390,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         minimum_latency_ms=None if config.arch else evaluate(network, best_choices(network, costs), costs).latency_ms,
     )
     keeps: dict[str, Any] = {"tensorboard": tensorboard}
+    measured_target = costs.backend.provenance.startswith("measured:")
     search = None
-    if guided:
+    if config.guide == "model" or (config.guide == "auto" and measured_target and config.agent == "maskable_ppo" and not config.arch):
         settings = GuideSettings(config.kernel_budget, config.calibration_kernels, config.pretrain_steps, config.round_steps)
         search = keeps["guide"] = ModelGuidedSearch(probe, target, make_env, settings, config.seed)
     if saved:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.ppo import HyperparamError, PPOHyperparams, load_hyperparams, make_agent, make_vec_env
+from agents.ppo import HyperparamError, PPOHyperparams, hold_learning_rate, load_hyperparams, make_agent, make_vec_env
 from deploy.optimum import best_choices
 from envs.make import make_deployment_env
 
@@ -67,25 +67,35 @@ def test_value_head_starts_at_the_scale_of_an_episodes_return(tiny, tiny_oracle,
     assert fastest_return > 50 and abs(start - fastest_return) < 0.1 * fastest_return
 
 
+def update_rates(agent, steps: int) -> list[float]:
+    """The learning rate of each update while `agent` learns `steps` steps."""
+    seen: list[float] = []
+    train = agent.train
+
+    def recording_train() -> None:
+        train()
+        seen.append(agent.policy.optimizer.param_groups[0]["lr"])
+
+    agent.train = recording_train
+    agent.learn(steps, reset_num_timesteps=False)
+    del agent.train
+    return seen
+
+
 def test_an_annealed_learning_rate_falls_linearly_to_zero_and_is_kept_in_a_checkpoint(tiny, tiny_oracle, tmp_path):
     """`anneal_learning_rate` (the main job's setting): each update at the learning rate times the
-    progress remaining; without it every update is at the learning rate."""
-    rates: dict[bool, list[float]] = {}
+    progress remaining; without it, or held for learning in rounds (a model-guided search), every
+    update is at the learning rate."""
+    agents = {}
     for anneal in (False, True):
         hp = PPOHyperparams(n_envs=2, n_steps=32, batch_size=32, n_epochs=1, learning_rate=1e-3, anneal_learning_rate=anneal)
         env = make_vec_env(lambda: make_deployment_env(tiny, "cortex-a72", accuracy=tiny_oracle), hp.n_envs)
-        agent = make_agent(env, hp, seed=0, tensorboard_log=None)
-        seen = rates[anneal] = []
-        train = agent.train
-
-        def recording_train() -> None:
-            train()
-            seen.append(agent.policy.optimizer.param_groups[0]["lr"])
-
-        agent.train = recording_train
-        agent.learn(256)  # 4 rollouts of 64 steps: updates at progress 0.75, 0.5, 0.25, 0
-    assert rates[False] == [1e-3] * 4
-    assert rates[True] == pytest.approx([7.5e-4, 5e-4, 2.5e-4, 0.0])
-    agent.save(tmp_path / "annealed")
-    loaded = type(agent).load(tmp_path / "annealed", env=env, device="cpu")
+        agents[anneal] = make_agent(env, hp, seed=0, tensorboard_log=None)
+    # 4 rollouts of 64 steps: updates at progress 0.75, 0.5, 0.25, 0
+    assert update_rates(agents[False], 256) == [1e-3] * 4
+    assert update_rates(agents[True], 256) == pytest.approx([7.5e-4, 5e-4, 2.5e-4, 0.0])
+    agents[True].save(tmp_path / "annealed")
+    loaded = type(agents[True]).load(tmp_path / "annealed", env=agents[True].get_env(), device="cpu")
     assert loaded.lr_schedule(0.5) == pytest.approx(5e-4)
+    hold_learning_rate(loaded)
+    assert update_rates(loaded, 128) == [1e-3] * 2
