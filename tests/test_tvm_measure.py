@@ -54,7 +54,9 @@ def test_cold_caches_time_a_kernel_as_in_a_network_whose_other_layers_evicted_it
     with Measurer(HOST, settings=MeasureSettings(repeats=9, cold_cache=True, retries=0)) as measurer:
         cold = measurer.measure(module, args, threads=1)
     assert len(cold.results_ms) == 9
-    assert cold.median_ms > 1.5 * warm.median_ms  # 2-4x on this machine
+    # fastest repeat against fastest repeat: another process sharing the caches (the suite's other worker) can only
+    # slow a repeat down, so each run's fastest is its least disturbed; a flush that did nothing would tie them
+    assert min(cold.results_ms) > 1.5 * min(warm.results_ms)  # 2.5x on this machine (0.058 vs 0.023 ms)
     warm_backend, cold_backend = (get_target("host").backend(settings=MeasureSettings(cold_cache=c)) for c in (False, True))
     assert warm_backend.fingerprint() != cold_backend.fingerprint()  # never mixed in one database
     assert warm_backend.fingerprint() == get_target("host").backend().fingerprint()  # warm databases stay valid
