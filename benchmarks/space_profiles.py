@@ -27,7 +27,9 @@ process (goal: <= 2 min). Last, the measured row: on this machine (`host`, TVM),
 small N, every architecture built as one network and timed whole, 8 at a time in 10 turns (`HOST_PROFILE`;
 out/space_profiles-host/; `--measured-only` reruns just this row into the existing JSON),
 where recovering per-block latency from end-to-end numbers is a real test (the model and ZigZag are
-additive per layer, so there it is exact by construction); it is profiled and reduced, not searched
+additive per layer, so there it is exact by construction): against each block's time inside the networks
+as timed (the runtime's per-call times, in the same turns), and beside it against the kernels timed alone
+before each network (timed once, minutes apart, on a machine whose speed drifts); it is profiled and reduced, not searched
 (an evaluation there is a build and a timing). Everything runs on one torch thread; prices and accuracies are cached in
 benchmarks/out/space_profiles/measurements.sqlite (the first run takes ~3 h: ~2 h of accuracy queries, ~30 min timing the host row).
 """
@@ -239,18 +241,24 @@ def measured_profile() -> dict:
                     "--out", str(out)], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
     profile = json.loads((out / "profile.json").read_text())
     host = {k: v for k, v in profile.items() if k not in ("architectures", "effects")}
-    print(f"host ({host['latency_provenance']}): {host['samples']} architectures, latency R² {host['fit']['latency_r2']:.3f}; "
-          f"per-block latency vs per-layer costs: median {100 * host['recovery']['median_relative_error']:.1f}%, "
-          f"{100 * host['recovery']['within_10_percent']:.0f}% of options within 10%, "
-          f"{100 * host['recovery']['within_interval']:.0f}% within their {100 * host['fit']['confidence']:.0f}% intervals; "
-          f"all within 10% would take ~{host['recovery']['samples_for_intervals_within_10_percent']} samples", flush=True)
+    print(f"host ({host['latency_provenance']}): {host['samples']} architectures, latency R² {host['fit']['latency_r2']:.3f}", flush=True)
+    for key, against in (("recovery_in_network", "the blocks' times inside the timed networks"),
+                         ("recovery", "the kernels timed alone before each network")):
+        recovery = host[key]
+        print(f"  per-block latency vs {against}: median {100 * recovery['median_relative_error']:.1f}%, "
+              f"{100 * recovery['within_10_percent']:.0f}% of options within 10%, "
+              f"{100 * recovery['within_interval']:.0f}% within their {100 * host['fit']['confidence']:.0f}% intervals; "
+              f"all within 10% would take ~{recovery['samples_for_intervals_within_10_percent']} samples", flush=True)
     return host
 
 
 def measured_goals(host: dict) -> dict[str, bool]:
-    """The goals the measured row decides: the median option, and every option, within the tolerance."""
-    return {"latency_recovery_within_10pct_measured_median": host["recovery"]["median_relative_error"] <= RECOVERY_TOLERANCE,
-            "latency_recovery_within_10pct_measured_every_option": host["recovery"]["within_10_percent"] == 1.0}
+    """The goals the measured row decides: the median option, and every option, within the tolerance of
+    its block's time inside the networks as timed (`envs.space_profile`: the kernels timed alone, minutes
+    apart from their network, are reported beside it)."""
+    recovery = host["recovery_in_network"]
+    return {"latency_recovery_within_10pct_measured_median": recovery["median_relative_error"] <= RECOVERY_TOLERANCE,
+            "latency_recovery_within_10pct_measured_every_option": recovery["within_10_percent"] == 1.0}
 
 
 def update_measured() -> None:

@@ -239,8 +239,8 @@ def _emit_layer(bb: relax.BlockBuilder, graph: "_Graph", layer: Layer, choice: C
     if layer.op is Op.DENSE:  # flattens its producer
         data = bb.emit(relax.op.reshape(data, spec.inputs[0].shape))
     kernel = on_threads(build_module(layer, choice)["main"], threads, pool)
-    kernel = kernel.with_attrs({"global_symbol": _symbol(layer.name), "op_pattern": OPAQUE})
-    function = bb.add_func(kernel, _symbol(layer.name))
+    kernel = kernel.with_attrs({"global_symbol": kernel_symbol(layer.name), "op_pattern": OPAQUE})
+    function = bb.add_func(kernel, kernel_symbol(layer.name))
     arguments = [data, *(relax.const(a) for a in kernel_arguments(layer, choice, values))]
     out = relax.call_tir(function, arguments, relax.TensorType(spec.output.shape, spec.output.dtype))
     graph.put(layer.name, choice.quant, out, values.output_scale if choice.quant == "int8" else None)
@@ -309,7 +309,7 @@ def host_logits(network: Network, choices: Mapping[str, Choice], numerics: Numer
     return np.stack([vm["main"](tvm.runtime.tensor(images[i : i + 1])).numpy()[0] for i in range(len(images))])
 
 
-def _symbol(layer_name: str) -> str:
+def kernel_symbol(layer_name: str) -> str:
     """A C symbol for a layer's kernel."""
     return "k_" + "".join(c if c.isalnum() else "_" for c in layer_name)
 

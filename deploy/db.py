@@ -156,12 +156,14 @@ class MeasurementDB:
         return None if row is None else json.loads(row[0])
 
     def put_network(self, fingerprint: str, network: str, deployment: str, choices: dict[str, Any],
-                    measurement: dict[str, Any]) -> None:
+                    measurement: dict[str, Any], replace: bool = False) -> None:
         """Store a whole-network measurement of one deployment (`choices` as JSON) on the device with
-        `fingerprint` (first writer wins)."""
+        `fingerprint` (first writer wins, unless it is to `replace` the stored one)."""
+        conflict = "DO UPDATE SET choices = excluded.choices, measurement = excluded.measurement, created_at = excluded.created_at" \
+            if replace else "DO NOTHING"
         with self._write():
             self._conn.execute(
-                "INSERT INTO networks VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                f"INSERT INTO networks VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT {conflict}",
                 (fingerprint, network, deployment, json.dumps(choices, sort_keys=True), json.dumps(measurement), time.time()),
             )
 

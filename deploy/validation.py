@@ -73,7 +73,13 @@ def time_libraries(
     repeats, repeats, rounds, threads, provenance; timed with others, also "group" (an id the libraries
     timed together share) and "group_size". A slow spell of a shared machine falls on every library of
     a round alike, so what the libraries cost relative to each other is measured far more closely than
-    their absolute times: a regression over groups gives each group its own constant."""
+    their absolute times: a regression over groups gives each group its own constant.
+
+    On this machine each round also runs every library `CALL_PROFILE_RUNS` times more with the VM's
+    instrument on, timing each call it makes (kernels, fused fixed layers and conversions, runtime
+    builtins): "calls" lists them in call order as [function, ms] (each position's median over the
+    runs and rounds), scaled so they sum to "median_ms": where the network's time goes, measured in
+    the same turns as the network itself. (A board over RPC cannot run the instrument's callback.)"""
     from deploy.workers import Worker
 
     if rounds < 1 or not libraries:
@@ -82,16 +88,28 @@ def time_libraries(
     timeout = settings.run_timeout_s * len(libraries) * rounds
     try:
         jobs = [(str(library), shape, threads) for library, shape, threads in libraries]
-        results = np.array(worker.call(_time, (jobs, device, settings, rounds), timeout))  # libraries x rounds x repeats
+        timed, calls = worker.call(_time, (jobs, device, settings, rounds), timeout)
     finally:
         worker.stop()
+    results = np.array(timed)  # libraries x rounds x repeats
     group = {"group": uuid.uuid4().hex[:12], "group_size": len(libraries)} if len(libraries) > 1 else {}
     out = []
-    for timings, latency, (_, _, threads) in zip(results, drift_corrected(results), libraries):
+    for timings, latency, runs, (_, _, threads) in zip(results, drift_corrected(results), calls, libraries):
         q1, q3 = np.percentile(timings, [25, 75])
         out.append({"median_ms": latency, "iqr_ms": [float(q1), float(q3)], "repeats": timings.size, "rounds": rounds,
-                    "threads": threads, "provenance": f"measured:{device.name}:whole-network", **group})
+                    "threads": threads, "provenance": f"measured:{device.name}:whole-network", **group}
+                   | ({"calls": _call_breakdown(runs, latency)} if runs else {}))
     return out
+
+
+def _call_breakdown(runs: list[list[tuple[str, float]]], latency_ms: float) -> list[list[Any]]:
+    """One library's instrumented runs (each its calls in order, (function, ms)) as one breakdown: each
+    position's median over the runs, scaled so the calls sum to `latency_ms`."""
+    names = [name for name, _ in runs[0]]
+    if any([name for name, _ in run] != names for run in runs):
+        raise RuntimeError("the instrumented runs of one library made different calls: they are not one breakdown")
+    ms = np.median(np.array([[t for _, t in run] for run in runs]), axis=0)
+    return [[name, float(t * latency_ms / ms.sum())] for name, t in zip(names, ms)]
 
 
 def drift_corrected(timings: np.ndarray) -> list[float]:
@@ -105,9 +123,11 @@ def drift_corrected(timings: np.ndarray) -> list[float]:
     return np.exp(medians.mean() + np.median(centred, axis=1)).tolist()
 
 
-def _time(jobs: list[tuple[str, tuple[int, ...], int]], device: Device, settings: MeasureSettings, rounds: int) -> list[list[list[float]]]:
+def _time(jobs: list[tuple[str, tuple[int, ...], int]], device: Device, settings: MeasureSettings,
+          rounds: int) -> tuple[list[list[list[float]]], list[list[list[tuple[str, float]]]]]:
     """What the worker runs: load (or upload) every library, then time each one's `main` in every round
-    (in an order seeded by the round); milliseconds per library, round and repeat."""
+    (in an order seeded by the round): milliseconds per library, round and repeat; and on this machine,
+    per library, its instrumented runs (`_CallProfiler`), each its calls in order."""
     import tvm
     from tvm import relax
 
@@ -130,11 +150,49 @@ def _time(jobs: list[tuple[str, tuple[int, ...], int]], device: Device, settings
                                                                min_repeat_ms=settings.min_repeat_ms) for module in modules]
     images = [tvm.runtime.tensor(timing_image(shape), dev) for _, shape, _ in jobs]
     results: list[list[list[float]]] = [[] for _ in jobs]
+    calls: list[list[list[tuple[str, float]]]] = [[] for _ in jobs]
+    profilers = [_CallProfiler(module, dev) for module in modules] if device.kind == "local" else []
     for round_ in range(rounds):
         for i in np.random.default_rng(round_).permutation(len(jobs)):
             configure(1, jobs[i][2])
             results[i].append([float(r) * 1e3 for r in timers[i](images[i]).results])
-    return results
+            if profilers:
+                calls[i].extend(profilers[i].run(images[i], CALL_PROFILE_RUNS))
+    return results, calls
+
+
+CALL_PROFILE_RUNS = 3
+"""Instrumented runs of each library per round (`time_libraries`' "calls")."""
+
+
+class _CallProfiler:
+    """A library's `main` run with the VM's instrument timing every call it makes, in a VM of its own
+    (the timed runs are not instrumented)."""
+
+    def __init__(self, module: Any, dev: Any) -> None:
+        from tvm import relax
+
+        self.vm = relax.VirtualMachine(module, dev)
+        self._calls: list[tuple[str, float]] = []
+        self._started = 0.0
+        self.vm.set_instrument(self._instrument)
+
+    def _instrument(self, func: Any, symbol: str, before_run: bool, ret_value: Any, *args: Any) -> int:
+        now = time.perf_counter()
+        if before_run:
+            self._started = now
+        else:
+            self._calls.append((str(symbol), (now - self._started) * 1e3))
+        return 0
+
+    def run(self, image: Any, runs: int) -> list[list[tuple[str, float]]]:
+        """`runs` runs of `main`, each its calls in order with their milliseconds."""
+        out = []
+        for _ in range(runs):
+            self._calls = []
+            self.vm["main"](image)
+            out.append(self._calls)
+        return out
 
 
 def timing_image(shape: tuple[int, ...]) -> np.ndarray:

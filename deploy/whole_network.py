@@ -286,20 +286,22 @@ def measured_whole_networks(deployments: Sequence[tuple[Network, Mapping[str, Ch
                             settings, rounds: int = 1) -> list[dict[str, Any]]:
     """`measure_paired` of the deployments (network, choices) with seeded weights, through the table's
     database: a deployment measured before on this device is read back, the others are built and timed
-    together, in `rounds` turns, and stored."""
+    together, in `rounds` turns, and stored (replacing, on this machine, a measurement without "layers_ms")."""
     from deploy.artifact import SeededNumerics
 
     keys = [measurement_key(choices) for _, choices in deployments]
     stored = [table.db.network_measurement(table.fingerprint, network.fingerprint, key) if table.db else None
               for (network, _), key in zip(deployments, keys)]
-    missing = [i for i, m in enumerate(stored) if m is None]
+    # on this machine a measurement also says where the time went ("layers_ms"); one timed before it did is timed again
+    missing = [i for i, m in enumerate(stored) if m is None or (device.kind == "local" and "layers_ms" not in m)]
     if missing:
         todo = [(deployments[i][0], deployments[i][1], SeededNumerics(deployments[i][0])) for i in missing]
         for i, measured in zip(missing, measure_paired(todo, table, target, device, settings, rounds)):
             stored[i] = measured
             if table.db:
                 network, choices = deployments[i]
-                table.db.put_network(table.fingerprint, network.fingerprint, keys[i], {n: c.to_dict() for n, c in choices.items()}, measured)
+                table.db.put_network(table.fingerprint, network.fingerprint, keys[i], {n: c.to_dict() for n, c in choices.items()}, measured,
+                                     replace=True)
     return stored
 
 
@@ -308,7 +310,7 @@ def measure_networks(deployments: Sequence[tuple[Network, Mapping[str, Choice], 
     """Build each deployment (network, choices, numerics) for `target` as one library and time them on
     `device` together, in `rounds` turns (`validation.time_libraries`): per deployment its latency in ms
     with the device's drift taken out, interquartile range, repeats, the pool's thread count, provenance
-    and, timed with others, the group they share."""
+    and, timed with others, the group they share; on this machine also "layers_ms" (`in_network_layers`)."""
     from deploy.artifact import compile_library, threads_of
     from deploy.targets import get_target
     from deploy.validation import time_libraries
@@ -320,4 +322,28 @@ def measure_networks(deployments: Sequence[tuple[Network, Mapping[str, Choice], 
             library = Path(folder) / f"{i}-{deployment_digest(choices)}.so"
             compile_library(network, choices, numerics, target, library)
             libraries.append((library, (1, *network.layers[0].in_shape), threads_of(choices, cpu)))
-        return time_libraries(libraries, device, settings, rounds)
+        measured = time_libraries(libraries, device, settings, rounds)
+    return [{k: v for k, v in m.items() if k != "calls"} | ({"layers_ms": in_network_layers(network, m["calls"])} if "calls" in m else {})
+            for (network, _, _), m in zip(deployments, measured)]
+
+
+NETWORK_INPUT_CALLS = "(input)"
+"""Where `in_network_layers` puts the calls made before the first kernel (the image's conversion)."""
+
+
+def in_network_layers(network: Network, calls: Sequence[Sequence[Any]]) -> dict[str, float]:
+    """Where a built network's time went, per searchable layer: its kernel's call and every call after it
+    up to the next kernel (the fused fixed layers and conversions that follow it, runtime builtins), in
+    ms, from `time_libraries`' "calls" (in call order). Calls before the first kernel go to
+    `NETWORK_INPUT_CALLS`."""
+    from deploy.build import kernel_symbol
+
+    layer_of = {kernel_symbol(layer.name): layer.name for layer in network.searchable_layers}
+    current, out = NETWORK_INPUT_CALLS, {}
+    for function, ms in calls:
+        current = layer_of.get(function, current)
+        out[current] = out.get(current, 0.0) + float(ms)
+    missing = sorted(set(layer_of.values()) - set(out))
+    if missing:
+        raise ValueError(f"network {network.name!r}: no call of the kernels of {missing} in its profile: not this network's")
+    return out

@@ -23,7 +23,13 @@ devices' reductions compared at equal size differ only in which options each dev
 
 The regression never sees per-layer costs. Each sample also records the per-layer costs the backend
 gave for its blocks, and `SpaceProfile.recovery` compares the two: how well end-to-end profiling
-recovers each option's latency contribution (the check that it would work on a black box).
+recovers each option's latency contribution (the check that it would work on a black box). On a
+measured device the per-layer costs are kernels timed alone (and the fixed layers and conversions as
+the target's model prices them), timed once each, minutes apart from the network: on a shared machine
+the same kernel took 3x longer in one such timing than in another. So there each sample also records
+where its network's time went, block by block, measured in the same turns as the network (the
+runtime's per-call times, `deploy.whole_network.in_network_layers`), and `recovery(in_network=True)`
+checks the profile against those.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -75,6 +81,9 @@ class ProfiledArchitecture:
     accuracy: float
     block_latency_ms: tuple[float, ...] = field(default=(), compare=False)
     """Per block, what the backend's per-layer costs of its layers sum to (for `SpaceProfile.recovery` only)."""
+    block_in_network_ms: tuple[float, ...] = field(default=(), compare=False)
+    """On a measured device, per block, the time its layers took inside the network as timed (for
+    `SpaceProfile.recovery` only; empty where the device gives no per-call times)."""
     group: str | None = field(default=None, compare=False)
     """On a measured device, the architectures timed together in turns (`deploy.validation.time_libraries`):
     `fit_profile` gives each group its own constant, so the device's drift between groups is not taken
@@ -134,7 +143,7 @@ class ArchitecturePricer:
             for blocks, (network, choices), measured in zip(group, deployments, self.whole_network(deployments)):
                 # deployed as the target's model finds fastest, whichever kernels were measured before
                 out.append(self._profiled(blocks, priced_as_measured(network, choices, self.table, measured),
-                                          measured["median_ms"], measured.get("group")))
+                                          measured["median_ms"], measured.get("group"), measured.get("layers_ms")))
         return out
 
     def _table_priced(self, blocks: tuple) -> tuple[NetworkCost, float]:
@@ -142,16 +151,24 @@ class ArchitecturePricer:
         cost = evaluate(network, best_choices(network, self.table, self.admits), self.table)
         return cost, cost.latency_ms
 
-    def _profiled(self, blocks: tuple, cost: NetworkCost, latency: float, group: str | None = None) -> ProfiledArchitecture:
-        """The architecture with its latency, its accuracy and its blocks' per-layer costs in `cost`."""
-        per_block = np.zeros(self.space.blocks)
-        for layer in cost.layers:
-            block = self.space.block_of(layer.name)
-            if block is not None:
-                per_block[block] += layer.latency_ms + layer.conversion_ms
+    def _profiled(self, blocks: tuple, cost: NetworkCost, latency: float, group: str | None = None,
+                  in_network: Mapping[str, float] | None = None) -> ProfiledArchitecture:
+        """The architecture with its latency, its accuracy, its blocks' per-layer costs in `cost` and, given
+        the layers' times inside the network (`in_network`), its blocks' times there."""
+        per_block = self._per_block((layer.name, layer.latency_ms + layer.conversion_ms) for layer in cost.layers)
+        inside = self._per_block(in_network.items()) if in_network else ()
         layers = len(self.oracle.supernet.subnetwork(tuple(blocks)).searchable_layers)
         accuracy = self.oracle.accuracy((self.precision,) * layers, tuple(blocks))
-        return ProfiledArchitecture(self.space.labels(tuple(blocks)), latency, accuracy, tuple(per_block.tolist()), group)
+        return ProfiledArchitecture(self.space.labels(tuple(blocks)), latency, accuracy, per_block, group=group, block_in_network_ms=inside)
+
+    def _per_block(self, layer_ms: Iterable[tuple[str, float]]) -> tuple[float, ...]:
+        """Milliseconds per layer summed per block (layers outside every block left out)."""
+        per_block = np.zeros(self.space.blocks)
+        for name, ms in layer_ms:
+            block = self.space.block_of(name)
+            if block is not None:
+                per_block[block] += ms
+        return tuple(per_block.tolist())
 
 
 def sample_architectures(space: ArchSpace, count: int, rng: np.random.Generator, cover: bool = True) -> list[tuple]:
@@ -225,6 +242,11 @@ class SpaceProfile:
                 return e
         raise KeyError(f"no effect of option {option!r} at block {block!r} in the profile of {self.space} on {self.target}")
 
+    @property
+    def in_network(self) -> bool:
+        """Whether every sample has its blocks' times inside the measured network (`recovery(in_network=True)`)."""
+        return bool(self.samples) and all(s.block_in_network_ms for s in self.samples)
+
     def front(self) -> list[ProfiledArchitecture]:
         """The sampled architectures no other sample beats in both accuracy and latency, by latency."""
         return _front(self.samples)
@@ -243,8 +265,9 @@ class SpaceProfile:
             }
         return {o: by_stage for o, by_stage in table.items() if by_stage}
 
-    def recovery(self, space: ArchSpace) -> dict[str, Any]:
-        """End-to-end estimates against the per-layer costs the backend gave: for every non-reference
+    def recovery(self, space: ArchSpace, in_network: bool = False) -> dict[str, Any]:
+        """End-to-end estimates against the per-layer costs the backend gave (with `in_network`, the
+        blocks' times inside the measured networks, `ProfiledArchitecture.block_in_network_ms`): for every non-reference
         option, |estimated - per-layer contribution over the reference| / the option's per-layer cost
         (the blocks' per-layer costs, averaged over the samples that take each option), and how often
         the per-layer contribution lies within the estimate's confidence interval (on a measured
@@ -257,7 +280,8 @@ class SpaceProfile:
             per_option = {}
             for option in space.options(block):
                 label = space.label(option)
-                costs = [s.block_latency_ms[block] for s in self.samples if s.architecture[block] == label]
+                costs = [(s.block_in_network_ms if in_network else s.block_latency_ms)[block]
+                         for s in self.samples if s.architecture[block] == label]
                 if costs:
                     per_option[label] = float(np.mean(costs))
             reference = next((e.option for e in self.effects if e.block == name and e.reference), None)
@@ -311,6 +335,7 @@ class SpaceProfile:
                     "confidence": CONFIDENCE, "t_quantile": self.t_quantile},
             "likes": self.likes(),
             "recovery": self.recovery(space),
+            **({"recovery_in_network": self.recovery(space, in_network=True)} if self.in_network else {}),
             "effects": [e.to_dict() for e in self.effects],
             "placement": self.placement(),
             "front": [{"architecture": list(p.architecture), "latency_ms": p.latency_ms, "accuracy": p.accuracy} for p in self.front()],

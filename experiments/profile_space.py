@@ -125,13 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "profile.json", report)
     heatmap([profile], space).savefig(out / "profile.png", dpi=110)
     write_arch_space(reduced, out / "reduced-space.yaml")
-    recovery = report["recovery"]
     likes = report["likes"]
     print(f"{len(profile.samples)} architectures in {seconds:.0f} s: latency R² {profile.latency_r2:.3f}, accuracy R² {profile.accuracy_r2:.3f}")
-    print(f"per-block latency from end-to-end numbers vs per-layer costs: median error {100 * recovery['median_relative_error']:.1f}%, "
-          f"{100 * recovery['within_10_percent']:.0f}% of {recovery['options']} options within 10%, "
-          f"{100 * recovery['within_interval']:.0f}% within their {100 * CONFIDENCE:.0f}% intervals; every interval would be within "
-          f"10% of its option's cost from {recovery['samples_for_intervals_within_10_percent']} samples")
+    for key, against in (("recovery", "per-layer costs"), ("recovery_in_network", "the blocks' times inside the timed networks")):
+        if key in report:
+            recovery = report[key]
+            print(f"per-block latency from end-to-end numbers vs {against}: median error {100 * recovery['median_relative_error']:.1f}%, "
+                  f"{100 * recovery['within_10_percent']:.0f}% of {recovery['options']} options within 10%, "
+                  f"{100 * recovery['within_interval']:.0f}% within their {100 * CONFIDENCE:.0f}% intervals; every interval would be within "
+                  f"10% of its option's cost from {recovery['samples_for_intervals_within_10_percent']} samples")
     print(f"{target.name} likes {', '.join(likes['friendliest'])} (most on its front: {', '.join(likes['most_on_front'])}); "
           f"least friendly {', '.join(likes['least_friendly'])}")
     print(f"reduced space: {architectures(reduced):.3g} of {architectures(space):.3g} architectures "

@@ -85,6 +85,23 @@ def test_recovery_tells_timing_noise_from_a_cost_the_layers_alone_do_not_show():
     assert 0.8 <= recovery["within_interval"] <= 19 / 20  # that one is outside its interval: a bias, not noise
 
 
+def test_in_network_recovery_checks_the_profile_against_where_the_timed_networks_spent_their_time():
+    """One option costs 1 ms more inside the network than its kernels timed alone say (as a layer whose
+    weights the others evicted does): against the kernels it stands out as a bias; against the blocks'
+    times inside the networks, measured in the same runs as the networks, every option is recovered."""
+    effects = random_effects(5)
+    samples = synthetic_samples(RESNET, effects, 300, 0.5, seed=0, latency_noise=0.05, bias=(3, "w1", 1.0))
+    measured = [replace(s, block_in_network_ms=tuple(ms + (1.0 if b == 3 and s.architecture[3] == "w1" else 0.0)
+                                                     for b, ms in enumerate(s.block_latency_ms))) for s in samples]
+    profile = fit_profile(RESNET, measured, "measured")
+    alone, inside = profile.recovery(RESNET), profile.recovery(RESNET, in_network=True)
+    assert (alone["worst"][0]["block"], alone["worst"][0]["option"]) == ("layer2.1", "w1") and alone["within_10_percent"] == 19 / 20
+    assert inside["within_10_percent"] == 1.0 and inside["max_relative_error"] < 0.02
+    assert profile.in_network and profile.to_dict(RESNET)["recovery_in_network"] == inside
+    modelled = fit_profile(RESNET, samples, "modelled")  # no times inside networks: nothing to check against
+    assert not modelled.in_network and "recovery_in_network" not in modelled.to_dict(RESNET)
+
+
 def test_recovery_says_how_many_samples_would_bring_every_interval_within_10_percent():
     effects = random_effects(3)
     noisy = fit_profile(RESNET, synthetic_samples(RESNET, effects, 200, 0.5, seed=0, latency_noise=2.0), "noisy").recovery(RESNET)

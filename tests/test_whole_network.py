@@ -13,8 +13,9 @@ from deploy.cost_table import CostTable
 from deploy.deployment import evaluate
 from deploy.latency_correction import algorithm_class, correction_document, load_correction
 from deploy.targets import get_target
-from deploy.whole_network import (NetworkSample, corrected_sum, cross_validated, deployment_digest, features,
-                                  fit_network_correction, leave_one_network_out, measurement_key, prediction_errors, sample_deployments)
+from deploy.whole_network import (NETWORK_INPUT_CALLS, NetworkSample, corrected_sum, cross_validated, deployment_digest, features,
+                                  fit_network_correction, in_network_layers, leave_one_network_out, measurement_key, prediction_errors,
+                                  sample_deployments)
 from envs.network import Op
 from envs.zoo import get_network, small_input_variant
 
@@ -128,13 +129,33 @@ def test_a_built_deployment_is_timed_whole_on_this_machine_and_stored(tiny, tmp_
     (result,) = measure_networks([(tiny, choices, SeededNumerics(tiny))], "host", Device(), MeasureSettings(repeats=3, min_repeat_ms=0))
     assert result["provenance"] == "measured:local:vm:whole-network" and "group" not in result  # timed alone
     assert result["repeats"] == 3 and 0 < result["iqr_ms"][0] <= result["median_ms"] <= result["iqr_ms"][1] < 100
+    # where its time went, from the runtime's calls: every kernel's layer, the image's conversion before them
+    inside = result["layers_ms"]
+    assert set(inside) == {layer.name for layer in tiny.searchable_layers} | {NETWORK_INPUT_CALLS}
+    assert sum(inside.values()) == pytest.approx(result["median_ms"], rel=1e-9) and min(inside.values()) > 0
     db = MeasurementDB(tmp_path / "m.sqlite")
     db.put_network("fp", tiny.fingerprint, measurement_key(choices), {n: c.to_dict() for n, c in choices.items()}, result)
     assert db.network_measurement("fp", tiny.fingerprint, measurement_key(choices)) == result
     assert db.network_measurement("fp", tiny.fingerprint, "other") is None
+    db.put_network("fp", tiny.fingerprint, measurement_key(choices), {}, {"median_ms": 1.0})  # first writer wins
+    assert db.network_measurement("fp", tiny.fingerprint, measurement_key(choices)) == result
+    db.put_network("fp", tiny.fingerprint, measurement_key(choices), {}, {"median_ms": 1.0}, replace=True)
+    assert db.network_measurement("fp", tiny.fingerprint, measurement_key(choices)) == {"median_ms": 1.0}
     db.put_correction("c.json", "fp", {"schema": "x", "n": 1})
     db.put_correction("c.json", "fp", {"schema": "x", "n": 2})  # a refit replaces it
     assert db.correction("c.json") == ("fp", {"schema": "x", "n": 2}) and db.correction("other") is None
+
+
+def test_a_network_s_calls_go_to_the_layer_whose_kernel_they_follow(tiny):
+    """Planted calls in call order: the fused add and conversions after a kernel are its layer's, the
+    image's conversion before the first kernel the input's; a profile without one of the kernels is not
+    this network's."""
+    calls = [["vm.builtin.alloc_storage", 0.01], ["fused_quantize", 0.02], ["k_stem", 1.0], ["k_dw", 0.5], ["k_pw", 0.25],
+             ["fused_dequantize_add_relu_quantize", 0.125], ["k_conv2", 2.0], ["fused_mean", 0.0625], ["k_fc", 0.5]]
+    assert in_network_layers(tiny, calls) == pytest.approx(
+        {NETWORK_INPUT_CALLS: 0.03, "stem": 1.0, "dw": 0.5, "pw": 0.375, "conv2": 2.0625, "fc": 0.5})
+    with pytest.raises(ValueError, match=r"no call of the kernels of \['dw'\]"):
+        in_network_layers(tiny, [c for c in calls if c[0] != "k_dw"])
 
 
 def test_timing_in_turns_takes_out_what_a_slow_spell_does_to_every_library_of_a_round():
@@ -171,6 +192,7 @@ def test_deployments_timed_together_share_a_group_and_are_timed_in_every_round(t
     for result in (first, second):
         assert result["rounds"] == 4 and result["repeats"] == 12
         assert 0 < result["median_ms"] < 100 and result["iqr_ms"][0] <= result["iqr_ms"][1]
+        assert sum(result["layers_ms"].values()) == pytest.approx(result["median_ms"], rel=1e-9)
     (later, _) = measure_networks(deployments, "host", Device(), MeasureSettings(repeats=3, min_repeat_ms=0), rounds=1)
     assert later["group"] != first["group"]  # each timing in turns is a group of its own
     with pytest.raises(ValueError, match="at least one library and one round"):
