@@ -31,7 +31,7 @@ additive per layer, so there it is exact by construction): against each block's 
 as timed (the runtime's per-call times, in the same turns), and beside it against the kernels timed alone
 before each network (timed once, minutes apart, on a machine whose speed drifts); it is profiled and reduced, not searched
 (an evaluation there is a build and a timing). Everything runs on one torch thread; prices and accuracies are cached in
-benchmarks/out/space_profiles/measurements.sqlite (the first run takes ~3 h: ~2 h of accuracy queries, ~30 min timing the host row).
+benchmarks/out/space_profiles/measurements.sqlite (the first run takes ~3.5 h: ~2 h of accuracy queries, ~55 min timing the host row).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ STRATEGIES = ("random", "local search")
 AGGRESSIVENESS = (-1.0, 0.0, 1.0)
 """The sizes of the reduced spaces at each aggressiveness are reported; 0, the default, is searched."""
 HV_GOAL, WARM_GOAL_S = 0.05, 120.0
-HOST_PROFILE = ("--target", "host", "--space", "resnet18", "--samples", "96", "--input-size", "224")
+HOST_PROFILE = ("--target", "host", "--space", "resnet18", "--samples", "192", "--input-size", "224")
 """The measured profile: whole networks built and timed on this machine (~30 min cold)."""
 
 

@@ -2,15 +2,16 @@
 
     python experiments/profile_space.py --target cortex-a72 --space mobilenet_v2
     python experiments/profile_space.py --target npu-eyeriss --space resnet18 --samples 300 --aggressiveness 1
-    python experiments/profile_space.py --target host --space resnet18 --samples 96 --input-size 224   # measured whole networks
+    python experiments/profile_space.py --target host --space resnet18 --samples 192 --input-size 224   # measured whole networks
 
 Samples architectures of the space, prices each end to end on the target (its fastest deployment with
 every layer in int8, on an NPU in its own dataflow: the calibrated model or ZigZag simulation; on `host`, or a board with --rpc, the
 deployment built as one network with TVM and timed whole, --group architectures at a time in --rounds turns so the
-machine's drift falls on a whole group, its kernels timed alone with cold caches for the check) and scores it with the space's supernet, then regresses both on block options (`envs.space_profile`). Writes to
+machine's drift falls on a whole group, with the runtime's per-call times inside it, and its kernels timed alone with cold caches,
+both for the check) and scores it with the space's supernet, then regresses both on block options (`envs.space_profile`). Writes to
 <out>: profile.json (every option's latency and accuracy contribution per block with 95% intervals,
 friendliness, front membership, placement per stage, and how well the end-to-end estimates match the
-backend's per-layer costs), profile.png (the heatmaps) and reduced-space.yaml (for
+backend's per-layer costs and, on a measured target, the blocks' times inside the networks), profile.png (the heatmaps) and reduced-space.yaml (for
 `run_ppo.py --arch --arch-space` and `nas.py --arch-space`). Prices and accuracies go through the
 measurement database in --logdir: a second profile on a warm database simulates and trains nothing.
 """
