@@ -17,6 +17,10 @@ from deploy.tvm_measure import Device, MeasureSettings
 from envs.space import Choice
 
 
+CALL_PROFILE_RUNS = 3
+"""Instrumented runs of each library per round (`time_libraries`' "calls")."""
+
+
 def with_threads_at_most(choices: Mapping[str, Choice], cores: int) -> dict[str, Choice]:
     """The choices with every thread count capped at `cores` (a kernel's code does not depend on it)."""
     return {
@@ -159,10 +163,6 @@ def _time(jobs: list[tuple[str, tuple[int, ...], int]], device: Device, settings
             if profilers:
                 calls[i].extend(profilers[i].run(images[i], CALL_PROFILE_RUNS))
     return results, calls
-
-
-CALL_PROFILE_RUNS = 3
-"""Instrumented runs of each library per round (`time_libraries`' "calls")."""
 
 
 class _CallProfiler:
