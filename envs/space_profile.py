@@ -274,6 +274,9 @@ class SpaceProfile:
         device: whether the errors are what the samples' noise allows, or a bias), and how many samples
         would narrow every option's interval to `RECOVERY_TOLERANCE` of its cost (an interval shrinks
         as one over the root of the samples: what a noisy device needs for every option to come that close)."""
+        if in_network and not self.in_network:
+            raise ValueError(f"the profile of {self.space} on {self.target} has no blocks' times inside measured networks "
+                             "(a model, a simulator, or a board over RPC gives none): check it with in_network=False")
         errors = []
         for block in range(space.blocks):
             name = space.block_name(block)

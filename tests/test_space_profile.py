@@ -100,6 +100,8 @@ def test_in_network_recovery_checks_the_profile_against_where_the_timed_networks
     assert profile.in_network and profile.to_dict(RESNET)["recovery_in_network"] == inside
     modelled = fit_profile(RESNET, samples, "modelled")  # no times inside networks: nothing to check against
     assert not modelled.in_network and "recovery_in_network" not in modelled.to_dict(RESNET)
+    with pytest.raises(ValueError, match="no blocks' times inside measured networks"):
+        modelled.recovery(RESNET, in_network=True)
 
 
 def test_recovery_says_how_many_samples_would_bring_every_interval_within_10_percent():
