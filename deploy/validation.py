@@ -68,7 +68,8 @@ def time_library(
 
 
 def time_libraries(
-    libraries: Sequence[tuple[Path, tuple[int, ...], int]], device: Device, settings: MeasureSettings, rounds: int = 1
+    libraries: Sequence[tuple[Path, tuple[int, ...], int]], device: Device, settings: MeasureSettings, rounds: int = 1,
+    call_profile: bool = False,
 ) -> list[dict[str, Any]]:
     """Several libraries (each with its input shape and thread count) timed as `time_library` times one,
     in turns: `rounds` rounds, each timing every library once (`settings.repeats` repeats) in a fresh
@@ -79,7 +80,7 @@ def time_libraries(
     a round alike, so what the libraries cost relative to each other is measured far more closely than
     their absolute times: a regression over groups gives each group its own constant.
 
-    On this machine each round also runs every library `CALL_PROFILE_RUNS` times more with the VM's
+    With `call_profile`, on this machine, each round also runs every library `CALL_PROFILE_RUNS` times more with the VM's
     instrument on, timing each call it makes (kernels, fused fixed layers and conversions, runtime
     builtins): "calls" lists them in call order as [function, ms] (each position's median over the
     runs and rounds), scaled so they sum to "median_ms": where the network's time goes, measured in
@@ -89,10 +90,10 @@ def time_libraries(
     if rounds < 1 or not libraries:
         raise ValueError(f"timing in turns needs at least one library and one round ({len(libraries)} libraries, {rounds} rounds)")
     worker = Worker(f"whole-network timing on {device.name}")
-    timeout = settings.run_timeout_s * len(libraries) * rounds
+    timeout = settings.run_timeout_s * len(libraries) * rounds * (2 if call_profile else 1)  # the instrumented runs: at most a timing's
     try:
         jobs = [(str(library), shape, threads) for library, shape, threads in libraries]
-        timed, calls = worker.call(_time, (jobs, device, settings, rounds), timeout)
+        timed, calls = worker.call(_time, (jobs, device, settings, rounds, call_profile), timeout)
     finally:
         worker.stop()
     results = np.array(timed)  # libraries x rounds x repeats
@@ -102,11 +103,11 @@ def time_libraries(
         q1, q3 = np.percentile(timings, [25, 75])
         out.append({"median_ms": latency, "iqr_ms": [float(q1), float(q3)], "repeats": timings.size, "rounds": rounds,
                     "threads": threads, "provenance": f"measured:{device.name}:whole-network", **group}
-                   | ({"calls": _call_breakdown(runs, latency)} if runs else {}))
+                   | ({"calls": call_breakdown(runs, latency)} if runs else {}))
     return out
 
 
-def _call_breakdown(runs: list[list[tuple[str, float]]], latency_ms: float) -> list[list[Any]]:
+def call_breakdown(runs: list[list[tuple[str, float]]], latency_ms: float) -> list[list[Any]]:
     """One library's instrumented runs (each its calls in order, (function, ms)) as one breakdown: each
     position's median over the runs, scaled so the calls sum to `latency_ms`."""
     names = [name for name, _ in runs[0]]
@@ -127,11 +128,11 @@ def drift_corrected(timings: np.ndarray) -> list[float]:
     return np.exp(medians.mean() + np.median(centred, axis=1)).tolist()
 
 
-def _time(jobs: list[tuple[str, tuple[int, ...], int]], device: Device, settings: MeasureSettings,
-          rounds: int) -> tuple[list[list[list[float]]], list[list[list[tuple[str, float]]]]]:
+def _time(jobs: list[tuple[str, tuple[int, ...], int]], device: Device, settings: MeasureSettings, rounds: int,
+          call_profile: bool) -> tuple[list[list[list[float]]], list[list[list[tuple[str, float]]]]]:
     """What the worker runs: load (or upload) every library, then time each one's `main` in every round
-    (in an order seeded by the round): milliseconds per library, round and repeat; and on this machine,
-    per library, its instrumented runs (`_CallProfiler`), each its calls in order."""
+    (in an order seeded by the round): milliseconds per library, round and repeat; and with
+    `call_profile`, on this machine, per library, its instrumented runs (`_CallProfiler`), each its calls in order."""
     import tvm
     from tvm import relax
 
@@ -155,7 +156,7 @@ def _time(jobs: list[tuple[str, tuple[int, ...], int]], device: Device, settings
     images = [tvm.runtime.tensor(timing_image(shape), dev) for _, shape, _ in jobs]
     results: list[list[list[float]]] = [[] for _ in jobs]
     calls: list[list[list[tuple[str, float]]]] = [[] for _ in jobs]
-    profilers = [_CallProfiler(module, dev) for module in modules] if device.kind == "local" else []
+    profilers = [_CallProfiler(module, dev) for module in modules] if call_profile and device.kind == "local" else []
     for round_ in range(rounds):
         for i in np.random.default_rng(round_).permutation(len(jobs)):
             configure(1, jobs[i][2])

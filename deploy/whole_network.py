@@ -243,11 +243,11 @@ def cross_validated(samples: Sequence[NetworkSample], fitted_to: str, folds: int
 
 
 def measure_paired(deployments: Sequence[tuple[Network, Mapping[str, Choice], Any]], table, target: str, device, settings,
-                   rounds: int = 1) -> list[dict[str, Any]]:
+                   rounds: int = 1, in_network: bool = False) -> list[dict[str, Any]]:
     """Each deployment's (network, choices, numerics) kernels timed again on the table's device, then
     the whole networks right after (`measure_networks`, together, in `rounds` turns): per deployment
     the measurement with `kernels_ms` (each searchable layer's fresh time) and `kernel_drift_percent`
-    (median change of those against the table's). Paired so, a machine whose speed drifts between the
+    (median change of those against the table's), and with `in_network` "layers_ms" (`measure_networks`). Paired so, a machine whose speed drifts between the
     table's timings and the network's cannot pass for a correction: on a shared machine the two
     drifted 10-50% apart within a run."""
     from deploy.cost import Cost
@@ -262,7 +262,7 @@ def measure_paired(deployments: Sequence[tuple[Network, Mapping[str, Choice], An
         fresh_kernels.append({n: c.latency_ms for n, c in zip(names, fresh)})
     out = []
     for (network, choices, _), kernels_ms, measured in zip(deployments, fresh_kernels,
-                                                           measure_networks(deployments, target, device, settings, rounds)):
+                                                           measure_networks(deployments, target, device, settings, rounds, in_network)):
         drift = [abs(ms / table.cost(network[n], choices[n]).latency_ms - 1) for n, ms in kernels_ms.items()]
         out.append({**measured, "kernels_ms": kernels_ms, "kernel_drift_percent": 100 * float(np.median(drift))})
     return out
@@ -283,34 +283,37 @@ def priced_as_measured(network: Network, choices: Mapping[str, Choice], table, m
 
 
 def measured_whole_networks(deployments: Sequence[tuple[Network, Mapping[str, Choice]]], table, target: str, device,
-                            settings, rounds: int = 1) -> list[dict[str, Any]]:
+                            settings, rounds: int = 1, in_network: bool = False) -> list[dict[str, Any]]:
     """`measure_paired` of the deployments (network, choices) with seeded weights, through the table's
     database: a deployment measured before on this device is read back, the others are built and timed
-    together, in `rounds` turns, and stored (replacing, on this machine, a measurement without "layers_ms")."""
+    together, in `rounds` turns, and stored. With `in_network`, on this machine, a stored measurement
+    without "layers_ms" (timed before they were kept) is timed again and replaced."""
     from deploy.artifact import SeededNumerics
 
     keys = [measurement_key(choices) for _, choices in deployments]
     stored = [table.db.network_measurement(table.fingerprint, network.fingerprint, key) if table.db else None
               for (network, _), key in zip(deployments, keys)]
-    # on this machine a measurement also says where the time went ("layers_ms"); one timed before it did is timed again
-    missing = [i for i, m in enumerate(stored) if m is None or (device.kind == "local" and "layers_ms" not in m)]
+    stale = in_network and device.kind == "local"
+    missing = [i for i, m in enumerate(stored) if m is None or (stale and "layers_ms" not in m)]
+    stored_before = list(stored)
     if missing:
         todo = [(deployments[i][0], deployments[i][1], SeededNumerics(deployments[i][0])) for i in missing]
-        for i, measured in zip(missing, measure_paired(todo, table, target, device, settings, rounds)):
+        for i, measured in zip(missing, measure_paired(todo, table, target, device, settings, rounds, in_network)):
             stored[i] = measured
             if table.db:
                 network, choices = deployments[i]
                 table.db.put_network(table.fingerprint, network.fingerprint, keys[i], {n: c.to_dict() for n, c in choices.items()}, measured,
-                                     replace=True)
+                                     replace=stored_before[i] is not None)
     return stored
 
 
 def measure_networks(deployments: Sequence[tuple[Network, Mapping[str, Choice], Any]], target: str, device, settings,
-                     rounds: int = 1) -> list[dict[str, Any]]:
+                     rounds: int = 1, in_network: bool = False) -> list[dict[str, Any]]:
     """Build each deployment (network, choices, numerics) for `target` as one library and time them on
     `device` together, in `rounds` turns (`validation.time_libraries`): per deployment its latency in ms
     with the device's drift taken out, interquartile range, repeats, the pool's thread count, provenance
-    and, timed with others, the group they share; on this machine also "layers_ms" (`in_network_layers`)."""
+    and, timed with others, the group they share; with `in_network`, on this machine, also "layers_ms"
+    (`in_network_layers` of the runtime's per-call times, `time_libraries`' call_profile)."""
     from deploy.artifact import compile_library, threads_of
     from deploy.targets import get_target
     from deploy.validation import time_libraries
@@ -322,7 +325,7 @@ def measure_networks(deployments: Sequence[tuple[Network, Mapping[str, Choice], 
             library = Path(folder) / f"{i}-{deployment_digest(choices)}.so"
             compile_library(network, choices, numerics, target, library)
             libraries.append((library, (1, *network.layers[0].in_shape), threads_of(choices, cpu)))
-        measured = time_libraries(libraries, device, settings, rounds)
+        measured = time_libraries(libraries, device, settings, rounds, call_profile=in_network)
     return [{k: v for k, v in m.items() if k != "calls"} | ({"layers_ms": in_network_layers(network, m["calls"])} if "calls" in m else {})
             for (network, _, _), m in zip(deployments, measured)]
 
@@ -335,7 +338,11 @@ def in_network_layers(network: Network, calls: Sequence[Sequence[Any]]) -> dict[
     """Where a built network's time went, per searchable layer: its kernel's call and every call after it
     up to the next kernel (the fused fixed layers and conversions that follow it, runtime builtins), in
     ms, from `time_libraries`' "calls" (in call order). Calls before the first kernel go to
-    `NETWORK_INPUT_CALLS`."""
+    `NETWORK_INPUT_CALLS`. So a layer holds the conversion into the *next* kernel (the cost table charges
+    a conversion to the layer it feeds), and in a block with a branch the last kernel called holds the
+    add (ResNet: conv1, conv2, the shortcut's downsample, then the add); a block's total holds the
+    conversion into the next block instead of the one into its own first kernel, and the last block
+    holds the head's pooling (~0.01 ms here)."""
     from deploy.build import kernel_symbol
 
     layer_of = {kernel_symbol(layer.name): layer.name for layer in network.searchable_layers}

@@ -347,6 +347,14 @@ class SpaceProfile:
         }
 
 
+def recovery_summary(recovery: Mapping[str, Any], against: str) -> str:
+    """One line on a `SpaceProfile.recovery`: how close the end-to-end estimates came to `against`."""
+    return (f"per-block latency from end-to-end numbers vs {against}: median error {100 * recovery['median_relative_error']:.1f}%, "
+            f"{100 * recovery['within_10_percent']:.0f}% of {recovery['options']} options within {100 * RECOVERY_TOLERANCE:.0f}%, "
+            f"{100 * recovery['within_interval']:.0f}% within their {100 * CONFIDENCE:.0f}% intervals; every interval would be within "
+            f"{100 * RECOVERY_TOLERANCE:.0f}% of its option's cost from {recovery['samples_for_intervals_within_10_percent']} samples")
+
+
 def reference_option(space: ArchSpace, block: int) -> object:
     """The option a block's effects are measured from: its smallest (skipped or dropped where it may be)."""
     return min(space.options(block), key=space.size)

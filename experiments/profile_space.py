@@ -13,7 +13,8 @@ both for the check) and scores it with the space's supernet, then regresses both
 friendliness, front membership, placement per stage, and how well the end-to-end estimates match the
 backend's per-layer costs and, on a measured target, the blocks' times inside the networks), profile.png (the heatmaps) and reduced-space.yaml (for
 `run_ppo.py --arch --arch-space` and `nas.py --arch-space`). Prices and accuracies go through the
-measurement database in --logdir: a second profile on a warm database simulates and trains nothing.
+measurement database in --logdir: a second profile on a warm database simulates and trains nothing (on a measured
+target, networks timed before per-call times were kept are timed again).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from envs.make import make_cost_table, resolve_network
 from envs.reduced_space import architectures, write_arch_space
 from envs.space import QUANTS
 from envs.space_profile import (
-    CONFIDENCE, NETWORK_INPUT_SIZE, PRECISION, ArchitecturePricer, aggressiveness_for_size, heatmap, profile_space, reduce_space,
+    NETWORK_INPUT_SIZE, PRECISION, ArchitecturePricer, aggressiveness_for_size, heatmap, profile_space, recovery_summary, reduce_space,
 )
 from envs.subnet_accuracy import PROXIES, supernet_oracle_for
 from envs.supernet_training import DEFAULT_SUPERNET_EPOCHS
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     whole_network = None
     if table.backend.provenance.startswith("measured:"):  # a device: each architecture is built and timed end to end
         settings = MeasureSettings(repeats=args.repeats, min_repeat_ms=0)
-        whole_network = functools.partial(measured_whole_networks, table=table, target=args.target, device=device or Device(),
+        whole_network = functools.partial(measured_whole_networks, table=table, target=args.target, device=device or Device(), in_network=True,
                                           settings=settings, rounds=args.rounds)
     own = isinstance(target, NpuTarget) and args.dataflow == "own"
     pricer = ArchitecturePricer(space, table, oracle, args.precision, args.input_size, whole_network, own_dataflow=own,
@@ -130,11 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(profile.samples)} architectures in {seconds:.0f} s: latency R² {profile.latency_r2:.3f}, accuracy R² {profile.accuracy_r2:.3f}")
     for key, against in (("recovery", "per-layer costs"), ("recovery_in_network", "the blocks' times inside the timed networks")):
         if key in report:
-            recovery = report[key]
-            print(f"per-block latency from end-to-end numbers vs {against}: median error {100 * recovery['median_relative_error']:.1f}%, "
-                  f"{100 * recovery['within_10_percent']:.0f}% of {recovery['options']} options within 10%, "
-                  f"{100 * recovery['within_interval']:.0f}% within their {100 * CONFIDENCE:.0f}% intervals; every interval would be within "
-                  f"10% of its option's cost from {recovery['samples_for_intervals_within_10_percent']} samples")
+            print(recovery_summary(report[key], against))
     print(f"{target.name} likes {', '.join(likes['friendliest'])} (most on its front: {', '.join(likes['most_on_front'])}); "
           f"least friendly {', '.join(likes['least_friendly'])}")
     print(f"reduced space: {architectures(reduced):.3g} of {architectures(space):.3g} architectures "

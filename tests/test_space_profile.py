@@ -284,7 +284,7 @@ def test_on_a_measured_target_architectures_are_built_and_timed_whole_in_groups(
 
     table = make_cost_table("host", tmp_path / "m.sqlite")
     timer = functools.partial(measured_whole_networks, table=table, target="host", device=Device(),
-                              settings=MeasureSettings(repeats=5, min_repeat_ms=0), rounds=3)
+                              settings=MeasureSettings(repeats=5, min_repeat_ms=0), rounds=3, in_network=True)
     pricer = ArchitecturePricer(RESNET, table, resnet_supernet_oracle, "fp32", input_size=32, whole_network=timer, group_size=2)
     smallest = (0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0)  # quick builds
     wider = (0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.75, 0.0)
@@ -299,6 +299,10 @@ def test_on_a_measured_target_architectures_are_built_and_timed_whole_in_groups(
     # both in milliseconds (a unit slip is 1000x); nearer than that, the ratio is whatever else the machine
     # ran meanwhile: under the suite's two workers, the whole network once took 5.8x its blocks' kernels
     assert 1 / 50 < sum(first.block_latency_ms) / first.latency_ms < 50
+    # per block, its time inside the network as timed: the same blocks, and less than the whole (stem and head are outside)
+    assert all(ms > 0 for ms in first.block_in_network_ms[::2]) and not any(first.block_in_network_ms[1::2])
+    assert 0 < sum(first.block_in_network_ms) < first.latency_ms
+    assert all(p.block_in_network_ms for p in (first, second, third))
     assert pricer(smallest) == first and len(rows) == 3  # read back, not rebuilt
     assert len(table.db._conn.execute("SELECT * FROM networks").fetchall()) == 3
     with pytest.raises(ValueError, match="a group of 0 architectures"):
