@@ -242,14 +242,15 @@ def measured_profile() -> dict:
     profile = json.loads((out / "profile.json").read_text())
     host = {k: v for k, v in profile.items() if k not in ("architectures", "effects")}
     print(f"host ({host['latency_provenance']}): {host['samples']} architectures, latency R² {host['fit']['latency_r2']:.3f}", flush=True)
-    for key, against in MEASURED_REFERENCES.items():
+    for key, (_, against) in MEASURED_REFERENCES.items():
         print("  " + recovery_summary(host[key], against), flush=True)
     return host
 
 
-MEASURED_REFERENCES = {"recovery_in_network": "the blocks' times inside the timed networks",
-                       "recovery": "the kernels timed alone before each network"}
-"""The measured row's two references (`envs.space_profile`), by their key in profile.json."""
+MEASURED_REFERENCES = {"recovery_in_network": ("in_network", "the blocks' times inside the timed networks"),
+                       "recovery": ("kernels_alone", "the kernels timed alone before each network")}
+"""The measured row's two references (`envs.space_profile`), by their key in profile.json: the name of
+their goals, and what they are."""
 MEASURED_GOAL = "latency_recovery_within_10pct_measured"
 """Prefix of the measured row's goals in out/space_profiles.json."""
 
@@ -258,7 +259,7 @@ def measured_goals(host: dict) -> dict[str, bool]:
     """The goals the measured row decides, against each reference: the median option, and every
     option, within the tolerance."""
     goals = {}
-    for key, name in (("recovery_in_network", "in_network"), ("recovery", "kernels_alone")):
+    for key, (name, _) in MEASURED_REFERENCES.items():
         goals[f"{MEASURED_GOAL}_{name}_median"] = host[key]["median_relative_error"] <= RECOVERY_TOLERANCE
         goals[f"{MEASURED_GOAL}_{name}_every_option"] = host[key]["within_10_percent"] == 1.0
     return goals

@@ -295,15 +295,14 @@ def measured_whole_networks(deployments: Sequence[tuple[Network, Mapping[str, Ch
               for (network, _), key in zip(deployments, keys)]
     stale = in_network and device.kind == "local"
     missing = [i for i, m in enumerate(stored) if m is None or (stale and "layers_ms" not in m)]
-    stored_before = list(stored)
     if missing:
         todo = [(deployments[i][0], deployments[i][1], SeededNumerics(deployments[i][0])) for i in missing]
         for i, measured in zip(missing, measure_paired(todo, table, target, device, settings, rounds, in_network)):
-            stored[i] = measured
-            if table.db:
+            if table.db:  # replacing only a stale row: a new one is first writer wins
                 network, choices = deployments[i]
                 table.db.put_network(table.fingerprint, network.fingerprint, keys[i], {n: c.to_dict() for n, c in choices.items()}, measured,
-                                     replace=stored_before[i] is not None)
+                                     replace=stored[i] is not None)
+            stored[i] = measured
     return stored
 
 

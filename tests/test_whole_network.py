@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from deploy.build import kernel_symbol
 from deploy.cost_table import CostTable
 from deploy.deployment import evaluate
 from deploy.latency_correction import algorithm_class, correction_document, load_correction
@@ -16,7 +17,6 @@ from deploy.targets import get_target
 from deploy.whole_network import (NETWORK_INPUT_CALLS, NetworkSample, corrected_sum, cross_validated, deployment_digest, features,
                                   fit_network_correction, in_network_layers, leave_one_network_out, measurement_key, prediction_errors,
                                   sample_deployments)
-from deploy.build import kernel_symbol
 from envs.network import Op
 from envs.zoo import get_network, small_input_variant
 
